@@ -1,0 +1,3 @@
+from coordinator._cli import main
+
+raise SystemExit(main())

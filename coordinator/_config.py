@@ -1,0 +1,121 @@
+"""Coordinator settings: frozen, keyword-only, validated at construction.
+
+Bad configuration fails here, with a message that names the fix, instead of
+as a flapping leader an hour later.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import socket
+from dataclasses import dataclass, field
+
+from coordinator._dsn import redact_dsn
+from coordinator._errors import ConfigurationError
+from coordinator._keys import DEFAULT_LOCK_NAMESPACE
+
+__all__ = ["CoordinatorConfig", "default_instance_id"]
+
+_SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+
+
+def default_instance_id() -> str:
+    """``host-pid-random``: unique per run, readable in ``pg_stat_activity``."""
+    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class CoordinatorConfig:
+    """Everything a coordinator needs to know, checked once.
+
+    Times are in seconds. A leader trusts itself until
+    ``last successful heartbeat start + ttl - safety_margin``; other
+    instances may fence it once its heartbeat is older than ``ttl`` on the
+    database clock. ``ttl`` must therefore exceed one heartbeat interval plus
+    its timeout plus the margin, or a healthy leader would demote itself.
+    """
+
+    dsn: str = field(repr=False)
+    instance_id: str = field(default_factory=default_instance_id)
+    ttl: float = 15.0
+    heartbeat_interval: float = 5.0
+    heartbeat_timeout: float = 5.0
+    #: Defaults to 1 s, or less when the ttl leaves less room (short test ttls).
+    safety_margin: float | None = None
+    #: How often this instance looks for stale leaders; defaults to the heartbeat interval.
+    monitor_interval: float | None = None
+    schema: str = "coordinator"
+    lock_namespace: int = DEFAULT_LOCK_NAMESPACE
+    connect_timeout: float = 5.0
+    #: Bounds on the jittered wait between reconnection attempts.
+    reconnect_min: float = 0.05
+    reconnect_max: float = 5.0
+    #: How long ``on_demoted`` callbacks may run when leadership ends.
+    callback_timeout: float = 10.0
+    #: How long taking office may wait for fenced transactions of the old term, per attempt.
+    take_office_timeout: float = 5.0
+    #: Events older than this are pruned.
+    events_retention: float = 7 * 24 * 3600.0
+
+    def __post_init__(self) -> None:
+        if not self.dsn or not isinstance(self.dsn, str):
+            raise ConfigurationError(
+                "no database given: pass a DSN (--dsn or COORDINATOR_DSN), "
+                "e.g. postgresql://user:password@host:5432/dbname"
+            )
+        if not self.instance_id or len(self.instance_id) > 200 or not self.instance_id.isprintable():
+            raise ConfigurationError(
+                f"instance id {self.instance_id!r} is empty, too long or not printable: "
+                "use up to 200 printable characters, or leave it unset for host-pid-random"
+            )
+        for name in ("ttl", "heartbeat_interval", "heartbeat_timeout", "connect_timeout",
+                     "reconnect_min", "reconnect_max", "callback_timeout", "take_office_timeout",
+                     "events_retention"):
+            value = getattr(self, name)
+            if not isinstance(value, int | float) or value <= 0:
+                raise ConfigurationError(f"{name} must be a positive number of seconds, got {value!r}")
+        if self.reconnect_min > self.reconnect_max:
+            raise ConfigurationError("reconnect_min must not exceed reconnect_max")
+        cycle = self.heartbeat_interval + self.heartbeat_timeout
+        if self.ttl <= cycle:
+            raise ConfigurationError(
+                f"ttl ({self.ttl:g} s) must be greater than heartbeat interval plus heartbeat "
+                f"timeout ({self.heartbeat_interval:g} + {self.heartbeat_timeout:g} s): raise the "
+                "ttl or shorten the heartbeat, or a healthy leader would be fenced"
+            )
+        if self.safety_margin is None:
+            object.__setattr__(self, "safety_margin", min(1.0, (self.ttl - cycle) / 2))
+        elif not 0 <= self.safety_margin < self.ttl - cycle:
+            raise ConfigurationError(
+                f"safety_margin ({self.safety_margin:g} s) must be at least 0 and less than "
+                f"ttl - heartbeat interval - heartbeat timeout ({self.ttl - cycle:g} s)"
+            )
+        if self.monitor_interval is None:
+            object.__setattr__(self, "monitor_interval", self.heartbeat_interval)
+        elif self.monitor_interval <= 0:
+            raise ConfigurationError("monitor_interval must be a positive number of seconds")
+        if not _SCHEMA_NAME.match(self.schema):
+            raise ConfigurationError(
+                f"schema {self.schema!r} is not a plain lower-case SQL identifier: "
+                "use letters, digits and underscores, e.g. 'coordinator'"
+            )
+        if not 0 <= self.lock_namespace <= 0x7FFF_FFFF:
+            raise ConfigurationError(
+                f"lock_namespace {self.lock_namespace} must be a non-negative 32-bit integer"
+            )
+
+    @property
+    def trust_window(self) -> float:
+        """How long a successful heartbeat keeps this instance trusting its leadership."""
+        assert self.safety_margin is not None  # set in __post_init__
+        return self.ttl - self.safety_margin
+
+    @property
+    def redacted_dsn(self) -> str:
+        return redact_dsn(self.dsn)
+
+    @property
+    def application_name(self) -> str:
+        return f"coordinator:{self.instance_id}"[:63]

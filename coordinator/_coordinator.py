@@ -1,0 +1,282 @@
+"""The coordinator: one instance taking part in any number of groups.
+
+Data flows one way: configuration -> coordinator -> per-group elector ->
+lock session. The coordinator owns a control connection (member heartbeats,
+the monitor, history) and registers two APScheduler jobs: the heartbeat and
+the monitor, with stable ids so that an application's own scheduler can
+carry them beside its jobs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import os
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from types import TracebackType
+from typing import Any, Self, TypeVar
+
+import asyncpg
+import structlog
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+from coordinator._config import CoordinatorConfig
+from coordinator._connect import TRANSIENT_ERRORS, check_server, connect
+from coordinator._errors import ConfigurationError, KeyCollisionError
+from coordinator._group import Group, Role
+from coordinator._keys import group_lock_key, validate_group_name
+from coordinator._migrations import check_schema
+from coordinator._sql import Statements
+
+__all__ = ["HEARTBEAT_JOB_ID", "MONITOR_JOB_ID", "Coordinator"]
+
+log = structlog.get_logger("coordinator")
+
+HEARTBEAT_JOB_ID = "coordinator.heartbeat"
+MONITOR_JOB_ID = "coordinator.monitor"
+_PRUNE_EVERY_S = 300.0
+_HOST = socket.gethostname()
+
+T = TypeVar("T")
+
+
+class RunState(enum.Enum):
+    NEW = "new"
+    RUNNING = "running"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+
+
+class Coordinator:
+    """Takes part in leader elections, one per named group.
+
+    ``Coordinator(dsn, ttl=..., heartbeat_interval=...)`` accepts every field
+    of :class:`CoordinatorConfig` as a keyword, or a ready ``config=``. Pass
+    ``scheduler=`` to run the heartbeat and monitor jobs in the application's
+    own ``AsyncIOScheduler``.
+    """
+
+    def __init__(
+        self,
+        dsn: str | None = None,
+        *,
+        config: CoordinatorConfig | None = None,
+        scheduler: AsyncIOScheduler | None = None,
+        **settings: Any,
+    ) -> None:
+        if config is None:
+            config = CoordinatorConfig(dsn=dsn or os.environ.get("COORDINATOR_DSN", ""), **settings)
+        elif dsn is not None or settings:
+            raise ConfigurationError("pass either config= or a DSN and settings, not both")
+        self.config = config
+        self._sql = Statements.for_schema(config.schema)
+        self._groups: dict[str, Group] = {}
+        self._scheduler = scheduler
+        self._owns_scheduler = scheduler is None
+        self._control: asyncpg.Connection | None = None
+        self._control_lock = asyncio.Lock()
+        self._state = RunState.NEW
+        self._log = log.bind(instance_id=config.instance_id)
+        self._last_prune = 0.0
+        self._warned_privilege = False
+
+    @property
+    def instance_id(self) -> str:
+        return self.config.instance_id
+
+    @property
+    def groups(self) -> dict[str, Group]:
+        return dict(self._groups)
+
+    def group(self, name: str) -> Group:
+        """The group called ``name``, created on first use (before start)."""
+        if name in self._groups:
+            return self._groups[name]
+        if self._state is not RunState.NEW:
+            raise RuntimeError("add groups before the coordinator starts")
+        validate_group_name(name)
+        key = group_lock_key(name)
+        for other in self._groups.values():
+            if other.lock_key == key:
+                raise KeyCollisionError(
+                    f"groups {other.name!r} and {name!r} hash to the same lock key {key}: "
+                    "rename one of them"
+                )
+        group = Group(name, key, self.config, self._sql, self)
+        self._groups[name] = group
+        return group
+
+    # -- lifecycle ----------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        """Connect, check the server and schema, register the groups, start electing.
+
+        Every check runs before anything is written or started, so a refusal
+        leaves nothing behind.
+        """
+        if self._state is not RunState.NEW:
+            raise RuntimeError(f"a coordinator starts once; this one is {self._state.value}")
+        if not self._groups:
+            raise ConfigurationError("no groups to join: call coordinator.group(name) first")
+        conn = await connect(self.config, check_pooler=True)
+        try:
+            await check_server(self.config, conn)
+            await check_schema(conn, self.config.schema, self._sql.schema_version)
+            for group in self._groups.values():
+                await self._register(conn, group)
+            await self._beat_members(conn)
+        except BaseException:
+            await conn.close()
+            raise
+        self._control = conn
+        self._state = RunState.RUNNING
+        self._start_jobs()
+        for group in self._groups.values():
+            group.start()
+        self._log.info("coordinator_started", groups=list(self._groups), dsn=self.config.redacted_dsn,
+                       ttl=self.config.ttl, heartbeat_interval=self.config.heartbeat_interval)
+
+    async def stop(self) -> None:
+        """Resign every leadership, leave every group, close everything. Idempotent."""
+        if self._state is not RunState.RUNNING:
+            return
+        self._state = RunState.STOPPING
+        await asyncio.gather(*(group.stop() for group in self._groups.values()))
+        self._stop_jobs()
+        try:
+            await self._on_control(lambda conn: conn.execute(self._sql.leave_groups, self.instance_id))
+        except TRANSIENT_ERRORS:
+            pass  # members expire on their own
+        if self._control is not None:
+            await self._control.close(timeout=self.config.heartbeat_timeout)
+        self._state = RunState.STOPPED
+        self._log.info("coordinator_stopped")
+
+    # -- jobs -----------------------------------------------------------------
+
+    def _start_jobs(self) -> None:
+        if self._scheduler is None:
+            self._scheduler = AsyncIOScheduler()
+        jobs: list[tuple[str, Callable[[], Awaitable[None]], float]] = [
+            (HEARTBEAT_JOB_ID, self._heartbeat_job, self.config.heartbeat_interval),
+            (MONITOR_JOB_ID, self._monitor_job, self.config.monitor_interval or 0.0),
+        ]
+        for job_id, func, seconds in jobs:
+            self._scheduler.add_job(
+                func, "interval", seconds=seconds, id=job_id, name=job_id,
+                replace_existing=True, max_instances=1, coalesce=True,
+                # A late heartbeat is still worth running; never skip it as "missed".
+                misfire_grace_time=None,
+            )
+        if not self._scheduler.running:
+            self._scheduler.start()
+            self._owns_scheduler = True
+
+    def _stop_jobs(self) -> None:
+        if self._scheduler is None:
+            return
+        for job_id in (HEARTBEAT_JOB_ID, MONITOR_JOB_ID):
+            if self._scheduler.get_job(job_id) is not None:
+                self._scheduler.remove_job(job_id)
+        if self._owns_scheduler and self._scheduler.running:
+            self._scheduler.shutdown(wait=False)
+
+    async def _heartbeat_job(self) -> None:
+        """Leaders beat on their own lock sessions; followers in one statement together."""
+        try:
+            async with asyncio.timeout(self.config.heartbeat_timeout):
+                await asyncio.gather(
+                    *(g.heartbeat() for g in self._groups.values() if g.role is Role.LEADER),
+                    self._on_control(self._beat_members),
+                )
+        except TRANSIENT_ERRORS as error:
+            self._log.warning("member_heartbeat_failed", error=f"{type(error).__name__}: {error}")
+
+    async def _monitor_job(self) -> None:
+        """Fence stale leaders of every group in this schema, not only ours."""
+        try:
+            async with asyncio.timeout(self.config.heartbeat_timeout):
+                rows = await self._on_control(
+                    lambda conn: conn.fetch(self._sql.fence_stale_leaders, self.instance_id)
+                )
+                if time.monotonic() - self._last_prune > _PRUNE_EVERY_S:
+                    await self._on_control(
+                        lambda conn: conn.execute(self._sql.prune_events, self.config.events_retention)
+                    )
+                    self._last_prune = time.monotonic()
+        except asyncpg.InsufficientPrivilegeError as error:
+            if not self._warned_privilege:
+                self._warned_privilege = True
+                self._log.error(
+                    "fence_permission_denied", error=str(error),
+                    fix="grant the coordinator's role pg_signal_backend, or run every instance "
+                        "as the same role; until then stale leaders are fenced only by their "
+                        "own trust deadline and TCP keepalives",
+                )
+            return
+        except TRANSIENT_ERRORS as error:
+            self._log.warning("monitor_failed", error=f"{type(error).__name__}: {error}")
+            return
+        for row in rows:
+            event = "leader_fenced" if row["kind"] == "fenced" else "leader_expired"
+            self._log.warning(event, group=row["group_name"], term=row["term"],
+                              holder=row["instance_id"])
+
+    # -- the control connection ----------------------------------------------
+
+    async def _on_control(self, operation: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+        """Run ``operation`` on the control connection, reconnecting if it was lost."""
+        async with self._control_lock:
+            if self._control is None or self._control.is_closed():
+                self._control = await connect(self.config)
+            try:
+                return await operation(self._control)
+            except TRANSIENT_ERRORS:
+                self._control.terminate()
+                raise
+
+    async def _register(self, conn: asyncpg.Connection, group: Group) -> None:
+        ns = self.config.lock_namespace
+        await conn.execute(self._sql.register_group, group.name, ns, group.lock_key, self.config.ttl)
+        for row in await conn.fetch(self._sql.group_keys, group.name, ns, group.lock_key):
+            if row["group_name"] != group.name:
+                raise KeyCollisionError(
+                    f"group {group.name!r} hashes to lock key {group.lock_key}, which group "
+                    f"{row['group_name']!r} already uses in this database: rename one of them"
+                )
+            if (row["lock_namespace"], row["lock_key"]) != (ns, group.lock_key):
+                raise ConfigurationError(
+                    f"group {group.name!r} is registered with lock namespace "
+                    f"{row['lock_namespace']}, this instance uses {ns}: give every instance "
+                    "the same lock_namespace"
+                )
+
+    async def _beat_members(self, conn: asyncpg.Connection) -> None:
+        following = [name for name, g in self._groups.items() if g.role is Role.FOLLOWER]
+        if following:
+            await conn.execute(self._sql.member_heartbeat, following, self.instance_id, _HOST,
+                               os.getpid())
+
+    async def record_lost(self, group: str, term: int, reason: str) -> None:
+        """Write a ``lost`` event for a leadership whose session is gone; best effort."""
+        try:
+            async with asyncio.timeout(self.config.heartbeat_timeout):
+                await self._on_control(
+                    lambda conn: conn.execute(self._sql.record_lost, group, self.instance_id,
+                                              term, reason)
+                )
+        except TRANSIENT_ERRORS as error:
+            self._log.info("lost_event_not_recorded", group=group, term=term,
+                           error=f"{type(error).__name__}: {error}")

@@ -1,0 +1,360 @@
+"""The per-group elector.
+
+One ``Group`` takes part in one election. Its state machine::
+
+                 start
+                   |
+                   v
+     +---------------------------+   lock granted; term = term + 1;   +---------------------+
+     | FOLLOWER                  |   first heartbeat; "elected" event | LEADER              |
+     | own session, blocked in   | ---------------------------------> | trusted until last  |
+     | pg_advisory_lock(ns, key) |                                    | heartbeat start +   |
+     |                           | <--------------------------------- | ttl - margin        |
+     +---------------------------+   resigned: row cleared, unlock,   +---------------------+
+           |        ^                NOTIFY, keep the session                 |
+           |        |                                                        |
+           |        +--- reconnect with jittered back-off <------------------+
+           |             lost: trust expired, lock or row gone,               |
+           |             connection closed; session dropped                   |
+           | stop                                                        stop |
+           v                                                                  v
+     +--------------------------------------------------------------------------+
+     | STOPPED   (a leader resigns first: on_demoted drained, unlock, NOTIFY)   |
+     +--------------------------------------------------------------------------+
+
+The top loop, :meth:`Group._run`, reads like the drawing: open a session,
+then ``follow`` and ``lead`` in turn until the session is lost or the group
+stops. ``is_leader`` is computed from the trust deadline every time it is
+read, never from a stored flag.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import inspect
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Protocol, TypeVar
+
+import structlog
+
+from coordinator._config import CoordinatorConfig
+from coordinator._connect import TRANSIENT_ERRORS
+from coordinator._errors import ConnectionFailed
+from coordinator._sql import Statements
+from coordinator._session import LockSession
+
+__all__ = ["DemotionReason", "Group", "Role"]
+
+log = structlog.get_logger("coordinator")
+
+ElectedCallback = Callable[[int], Awaitable[None] | None]
+DemotedCallback = Callable[[str], Awaitable[None] | None]
+C = TypeVar("C", ElectedCallback, DemotedCallback)
+
+
+class Role(enum.Enum):
+    FOLLOWER = "follower"
+    LEADER = "leader"
+    STOPPED = "stopped"
+
+
+class DemotionReason(enum.StrEnum):
+    """Why a leadership ended; passed to ``on_demoted`` and logged."""
+
+    RESIGNED = "resigned"  # resign() was called
+    STOPPING = "stopping"  # the coordinator is shutting down
+    TRUST_EXPIRED = "trust_expired"  # no heartbeat succeeded in time
+    LOCK_LOST = "lock_lost"  # the heartbeat found the lock or the term gone
+    CONNECTION_LOST = "connection_lost"  # the lock session closed
+
+
+_GRACEFUL = (DemotionReason.RESIGNED, DemotionReason.STOPPING)
+
+
+@dataclass
+class _Term:
+    """One leadership: its number and how long it may trust itself (monotonic clock)."""
+
+    number: int
+    trusted_until: float
+    ended: DemotionReason | None = None
+
+
+class _Runtime(Protocol):
+    """What a group needs from its coordinator."""
+
+    async def record_lost(self, group: str, term: int, reason: str) -> None: ...
+
+
+class Group:
+    """One election. Create it with :meth:`Coordinator.group`, not directly."""
+
+    def __init__(
+        self, name: str, lock_key: int, config: CoordinatorConfig, sql: Statements,
+        runtime: _Runtime,
+    ) -> None:
+        self.name = name
+        self.lock_key = lock_key
+        self._config = config
+        self._sql = sql
+        self._runtime = runtime
+        self._log = log.bind(group=name, instance_id=config.instance_id)
+        self._elected_callbacks: list[ElectedCallback] = []
+        self._demoted_callbacks: list[DemotedCallback] = []
+        self._role = Role.FOLLOWER
+        self._term: _Term | None = None
+        self._session: LockSession | None = None
+        self._wakeup = asyncio.Event()
+        self._changed = asyncio.Condition()
+        self._stopping = False
+        self._resign_requested = False
+        self._task: asyncio.Task[None] | None = None
+
+    def __repr__(self) -> str:
+        return f"<Group {self.name!r} {self._role.value} term={self.term}>"
+
+    # -- public surface -----------------------------------------------------
+
+    def on_elected(self, callback: ElectedCallback) -> ElectedCallback:
+        """Register ``callback(term)``, run each time this instance takes office."""
+        self._elected_callbacks.append(callback)
+        return callback
+
+    def on_demoted(self, callback: DemotedCallback) -> DemotedCallback:
+        """Register ``callback(reason)``, run each time a leadership of this instance ends."""
+        self._demoted_callbacks.append(callback)
+        return callback
+
+    @property
+    def role(self) -> Role:
+        return self._role
+
+    @property
+    def is_leader(self) -> bool:
+        """True only while this instance leads and its trust deadline has not passed."""
+        term = self._term
+        return term is not None and term.ended is None and time.monotonic() < term.trusted_until
+
+    @property
+    def term(self) -> int | None:
+        """The current term while :attr:`is_leader`, else None."""
+        term = self._term
+        return term.number if term is not None and self.is_leader else None
+
+    async def wait_elected(self, timeout: float | None = None) -> int:
+        """Wait until this instance leads; return the term. Raises TimeoutError."""
+        async with asyncio.timeout(timeout), self._changed:
+            await self._changed.wait_for(lambda: self.is_leader or self._role is Role.STOPPED)
+        term = self.term
+        if term is None:
+            raise RuntimeError(f"group {self.name!r} stopped before it was elected")
+        return term
+
+    async def wait_demoted(self, timeout: float | None = None) -> None:
+        """Wait until this instance does not lead (returns at once if it does not)."""
+        async with asyncio.timeout(timeout), self._changed:
+            await self._changed.wait_for(lambda: self._term is None)
+
+    async def resign(self) -> None:
+        """Hand leadership over now, then follow again. A no-op when not leading."""
+        if self._term is None:
+            return
+        self._resign_requested = True
+        self._wakeup.set()
+        await self.wait_demoted()
+
+    # -- driven by the coordinator ------------------------------------------
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=f"coordinator-group-{self.name}")
+
+    async def stop(self) -> None:
+        """Resign if leading, stop following, and wait until that is done."""
+        self._stopping = True
+        self._wakeup.set()
+        if self._task is not None:
+            await self._task
+
+    async def heartbeat(self) -> None:
+        """One leader heartbeat on the lock session; called by the heartbeat job.
+
+        A heartbeat extends trust only if it began while the term was trusted
+        and finished before the deadline passed: a slow success never revives
+        a term that has already expired.
+        """
+        term, session = self._term, self._session
+        if term is None or session is None or term.ended is not None:
+            return
+        started = time.monotonic()
+        try:
+            still_ours = await session.heartbeat(self._config.instance_id, term.number)
+        except TRANSIENT_ERRORS as error:
+            self._log.warning("heartbeat_failed", term=term.number, error=_describe(error))
+            return
+        if not still_ours:
+            self._end_term(term, DemotionReason.LOCK_LOST)
+        elif term.ended is None and time.monotonic() < term.trusted_until:
+            term.trusted_until = max(term.trusted_until, started + self._config.trust_window)
+
+    # -- the state machine --------------------------------------------------
+
+    async def _run(self) -> None:
+        failures = 0
+        while not self._stopping:
+            try:
+                session = await LockSession.open(
+                    self._config, self._sql, self.name, self.lock_key, self._session_closed
+                )
+            except (ConnectionFailed, *TRANSIENT_ERRORS) as error:
+                failures += 1
+                self._log.warning("session_connect_failed", error=_describe(error), attempt=failures)
+                await self._back_off(failures)
+                continue
+            self._session = session
+            try:
+                keep_session = True
+                while keep_session and not self._stopping:
+                    term = await self._follow(session)
+                    if term is None:
+                        break
+                    failures = 0
+                    keep_session = await self._lead(session, term)
+            except TRANSIENT_ERRORS as error:
+                failures += 1
+                self._log.warning("session_lost", error=_describe(error), attempt=failures)
+            finally:
+                self._session = None
+                await session.close()
+            if not self._stopping and failures:
+                await self._back_off(failures)
+        await self._set_role(Role.STOPPED)
+
+    async def _follow(self, session: LockSession) -> _Term | None:
+        """FOLLOWER: wait for the lock, then take office. None when stopping."""
+        await self._set_role(Role.FOLLOWER)
+        waiting = asyncio.create_task(session.wait_for_lock())
+        stopping = asyncio.create_task(self._wait_for_stop())
+        try:
+            await asyncio.wait({waiting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
+            if not waiting.done():
+                waiting.cancel()
+                await asyncio.gather(waiting, return_exceptions=True)
+        if self._stopping:
+            return None  # closing the session frees a lock granted at the last moment
+        waiting.result()  # re-raise a lost connection
+        while True:
+            started = time.monotonic()
+            office = await session.take_office(self._config.instance_id)
+            if office is not None:
+                return _Term(office.term, trusted_until=started + self._config.trust_window)
+            self._log.warning(
+                "take_office_waiting",
+                reason="fenced transactions of the previous term are still open",
+                waited_s=self._config.take_office_timeout,
+            )
+            if self._stopping:
+                await session.close()
+                return None
+
+    async def _lead(self, session: LockSession, term: _Term) -> bool:
+        """LEADER: serve until the term ends. Returns whether the session can be reused."""
+        self._resign_requested = False
+        self._term = term
+        await self._set_role(Role.LEADER)
+        self._log.info("leadership_acquired", term=term.number, backend_pid=session.backend_pid)
+        await self._run_callbacks(self._elected_callbacks, term.number, "on_elected")
+        reason = await self._hold(term)
+        term.ended = reason
+        self._term = None
+        await self._set_role(Role.FOLLOWER)
+        if reason in _GRACEFUL:
+            await self._run_callbacks(self._demoted_callbacks, reason.value, "on_demoted")
+            try:
+                await session.resign(self._config.instance_id, term.number, reason.value)
+            except TRANSIENT_ERRORS as error:
+                self._log.warning("resign_failed", term=term.number, error=_describe(error))
+                return False
+            self._log.info("leadership_released", term=term.number, reason=reason.value)
+            return reason is DemotionReason.RESIGNED
+        session.abort()
+        self._log.warning("leadership_lost", term=term.number, reason=reason.value)
+        await self._run_callbacks(self._demoted_callbacks, reason.value, "on_demoted")
+        await self._runtime.record_lost(self.name, term.number, reason.value)
+        return False
+
+    async def _hold(self, term: _Term) -> DemotionReason:
+        """Wait until the term must end, re-reading the trust deadline as heartbeats move it."""
+        while True:
+            self._wakeup.clear()
+            if self._stopping:
+                return DemotionReason.STOPPING
+            if self._resign_requested:
+                return DemotionReason.RESIGNED
+            if term.ended is not None:
+                return term.ended
+            remaining = term.trusted_until - time.monotonic()
+            if remaining <= 0:
+                return DemotionReason.TRUST_EXPIRED
+            try:
+                async with asyncio.timeout(remaining):
+                    await self._wakeup.wait()
+            except TimeoutError:
+                pass
+
+    # -- helpers ------------------------------------------------------------
+
+    def _session_closed(self, session: LockSession) -> None:
+        """Termination listener: a leader whose session closed demotes at once."""
+        term = self._term
+        if term is not None and self._session is session:
+            self._end_term(term, DemotionReason.CONNECTION_LOST)
+
+    def _end_term(self, term: _Term, reason: DemotionReason) -> None:
+        if term.ended is None:
+            term.ended = reason
+        self._wakeup.set()
+
+    async def _wait_for_stop(self) -> None:
+        while not self._stopping:
+            self._wakeup.clear()
+            await self._wakeup.wait()
+
+    async def _set_role(self, role: Role) -> None:
+        self._role = role
+        async with self._changed:
+            self._changed.notify_all()
+
+    async def _back_off(self, failures: int) -> None:
+        """Full jitter, growing with consecutive failures, cut short by stop()."""
+        ceiling = min(self._config.reconnect_max, self._config.reconnect_min * 2 ** min(failures, 16))
+        delay = random.uniform(self._config.reconnect_min, ceiling)
+        try:
+            async with asyncio.timeout(delay):
+                await self._wait_for_stop()
+        except TimeoutError:
+            pass
+
+    async def _run_callbacks(self, callbacks: list[C], argument: int | str, kind: str) -> None:
+        for callback in callbacks:
+            try:
+                async with asyncio.timeout(self._config.callback_timeout):
+                    result = callback(argument)  # type: ignore[arg-type]
+                    if inspect.isawaitable(result):
+                        await result
+            except Exception as error:  # noqa: BLE001 - one failing callback must not stop the elector
+                self._log.error(f"{kind}_callback_failed", callback=_name_of(callback),
+                                error=_describe(error))
+
+
+def _describe(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+
+
+def _name_of(callback: object) -> str:
+    return getattr(callback, "__qualname__", repr(callback))

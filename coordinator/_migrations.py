@@ -1,0 +1,154 @@
+"""The built-in migration runner.
+
+The SQL files in ``migrations/`` are plain and numbered (``0001_init.sql``),
+so any migration tool can apply them. This runner records each applied
+version with its checksum, applies each file in its own transaction, and
+serialises concurrent runs (many replicas starting at once) with an advisory
+lock, so ``coordinator migrate`` is safe to run from every pod.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import asyncpg
+import structlog
+
+from coordinator._config import CoordinatorConfig
+from coordinator._connect import connect
+from coordinator._errors import MigrationError, SchemaNotMigrated
+from coordinator._keys import DEFAULT_LOCK_NAMESPACE, group_lock_key
+
+__all__ = ["Migration", "available_migrations", "check_schema", "migrate"]
+
+log = structlog.get_logger(__name__)
+
+_FILE_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+# Where the SQL names the default schema; replaced when another schema is asked for.
+_SCHEMA_REFERENCE = re.compile(r"\bcoordinator(?=\.)|(?<=SCHEMA IF NOT EXISTS )coordinator\b")
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    sql: str
+
+    @property
+    def checksum(self) -> str:
+        """SHA-256 of the file as shipped, before any schema substitution."""
+        return hashlib.sha256(self.sql.encode("utf-8")).hexdigest()
+
+    def sql_for(self, schema: str) -> str:
+        if schema == "coordinator":
+            return self.sql
+        return _SCHEMA_REFERENCE.sub(f'"{schema}"', self.sql)
+
+
+def _migrations_dir() -> Path:
+    """The SQL files: inside the installed wheel, or beside the package in a checkout."""
+    packaged = Path(str(resources.files("coordinator"))) / "migrations"
+    if packaged.is_dir():
+        return packaged
+    return Path(__file__).resolve().parent.parent / "migrations"
+
+
+def available_migrations() -> list[Migration]:
+    found = []
+    for path in sorted(_migrations_dir().glob("*.sql")):
+        match = _FILE_NAME.match(path.name)
+        if match is None:
+            raise MigrationError(f"unexpected file {path.name} among the migrations: name files NNNN_name.sql")
+        found.append(Migration(int(match.group(1)), path.name, path.read_text(encoding="utf-8")))
+    versions = [m.version for m in found]
+    if versions != list(range(1, len(found) + 1)):
+        raise MigrationError(f"migrations must be numbered 1, 2, 3 ... without gaps, found {versions}")
+    return found
+
+
+def latest_version() -> int:
+    return len(available_migrations())
+
+
+async def migrate(
+    dsn: str, *, schema: str = "coordinator", connect_timeout: float = 5.0
+) -> list[int]:
+    """Apply pending migrations to ``schema``; return the versions applied (empty if none)."""
+    config = CoordinatorConfig(dsn=dsn, schema=schema, connect_timeout=connect_timeout,
+                               instance_id="migrate")
+    migrations = available_migrations()
+    conn = await connect(config, check_pooler=False)
+    try:
+        # A session lock, held across the per-file transactions; taken before
+        # anything is created so concurrent runners never race on DDL.
+        await conn.execute(
+            "SELECT pg_advisory_lock($1, $2)",
+            DEFAULT_LOCK_NAMESPACE, group_lock_key(f"migrations:{schema}"),
+        )
+        await conn.execute(f"""
+            CREATE SCHEMA IF NOT EXISTS "{schema}";
+            CREATE TABLE IF NOT EXISTS "{schema}".schema_migrations (
+                version    integer     PRIMARY KEY,
+                name       text        NOT NULL,
+                checksum   text        NOT NULL,
+                applied_at timestamptz NOT NULL DEFAULT now()
+            )""")
+        applied = {
+            row["version"]: row
+            for row in await conn.fetch(
+                f'SELECT version, name, checksum FROM "{schema}".schema_migrations'
+            )
+        }
+        _check_applied(applied, migrations)
+        done = []
+        for migration in migrations:
+            if migration.version in applied:
+                continue
+            async with conn.transaction():
+                await conn.execute(migration.sql_for(schema))
+                await conn.execute(
+                    f'INSERT INTO "{schema}".schema_migrations (version, name, checksum) '
+                    "VALUES ($1, $2, $3)",
+                    migration.version, migration.name, migration.checksum,
+                )
+            log.info("migration_applied", version=migration.version, name=migration.name,
+                     schema=schema)
+            done.append(migration.version)
+        return done
+    except asyncpg.PostgresError as error:
+        raise MigrationError(f"migration failed in schema {schema!r}: {error}") from error
+    finally:
+        await conn.close()
+
+
+def _check_applied(applied: dict[int, asyncpg.Record], migrations: list[Migration]) -> None:
+    known = {m.version: m for m in migrations}
+    for version, row in sorted(applied.items()):
+        migration = known.get(version)
+        if migration is None:
+            raise MigrationError(
+                f"the database has migration {version} ({row['name']}), which this version of "
+                "pg-coordinator does not know: upgrade pg-coordinator"
+            )
+        if row["checksum"] != migration.checksum:
+            raise MigrationError(
+                f"migration {migration.name} was changed after it was applied (checksum "
+                f"{row['checksum'][:12]} in the database, {migration.checksum[:12]} in the file): "
+                "restore the original file and add changes as a new numbered migration"
+            )
+
+
+async def check_schema(conn: asyncpg.Connection, schema: str, schema_version_sql: str) -> None:
+    """Refuse to start on a schema that is missing or older than this code."""
+    hint = f"run `coordinator migrate` (schema {schema!r}) against this database first"
+    try:
+        have = await conn.fetchval(schema_version_sql)
+    except (asyncpg.UndefinedTableError, asyncpg.InvalidSchemaNameError):
+        raise SchemaNotMigrated(f"the coordinator tables are missing: {hint}") from None
+    need = latest_version()
+    if have < need:
+        raise SchemaNotMigrated(f"the coordinator schema is at version {have}, this version needs {need}: {hint}")

@@ -1,0 +1,154 @@
+"""The lock session: one dedicated connection that waits for, holds and
+releases one group's advisory lock.
+
+All statements on the connection are serialised by an asyncio lock, because
+an asyncpg connection runs one operation at a time. The blocking lock wait is
+the exception: while following, nothing else uses the session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+
+import asyncpg
+import structlog
+
+from coordinator._config import CoordinatorConfig
+from coordinator._connect import connect
+from coordinator._sql import Statements
+
+__all__ = ["LockSession", "Office"]
+
+log = structlog.get_logger(__name__)
+
+_HOST = socket.gethostname()
+
+
+@dataclass(frozen=True)
+class Office:
+    """What taking office returned: the new term and when it began on the database clock."""
+
+    term: int
+    acquired_at: datetime
+
+
+class LockSession:
+    """One group's advisory lock on its own connection.
+
+    ``on_closed`` runs when the connection ends for any reason, including the
+    server terminating it; the elector uses it to demote at once.
+    """
+
+    def __init__(
+        self, conn: asyncpg.Connection, config: CoordinatorConfig, sql: Statements,
+        group: str, lock_key: int,
+    ) -> None:
+        self._conn = conn
+        self._config = config
+        self._sql = sql
+        self._group = group
+        self._lock = (config.lock_namespace, lock_key)
+        self._busy = asyncio.Lock()
+        self._lock_timeout = f"{int(config.take_office_timeout * 1000)}ms"
+
+    @classmethod
+    async def open(
+        cls, config: CoordinatorConfig, sql: Statements, group: str, lock_key: int,
+        on_closed: Callable[[LockSession], None],
+    ) -> LockSession:
+        conn = await connect(config)
+        session = cls(conn, config, sql, group, lock_key)
+        conn.add_termination_listener(lambda _conn: on_closed(session))
+        return session
+
+    @property
+    def backend_pid(self) -> int:
+        return int(self._conn.get_server_pid())
+
+    @property
+    def is_closed(self) -> bool:
+        return bool(self._conn.is_closed())
+
+    async def wait_for_lock(self) -> None:
+        """Block in ``pg_advisory_lock`` until granted.
+
+        A cancelled wait races with the grant: the server may have granted the
+        lock just before the cancel arrived. After a cancellation we look in
+        ``pg_locks`` and release a lock that was granted anyway, so that a
+        stopping follower never leaves a held lock behind.
+        """
+        try:
+            await self._conn.execute(self._sql.wait_for_lock, *self._lock)
+        except asyncio.CancelledError:
+            await asyncio.shield(self._release_if_granted())
+            raise
+
+    async def _release_if_granted(self) -> None:
+        try:
+            async with asyncio.timeout(self._config.heartbeat_timeout):
+                if await self._conn.fetchval(self._sql.lock_is_mine, *self._lock):
+                    await self._conn.execute(self._sql.unlock, *self._lock)
+                    log.info("lock_released_after_cancel", group=self._group)
+        except Exception:  # noqa: BLE001 - closing the session below frees the lock anyway
+            self.abort()
+
+    async def take_office(self, instance_id: str) -> Office | None:
+        """Holding the lock, start the next term; None if fenced transactions still block it.
+
+        The term update waits for in-flight fenced transactions of the old
+        term (they hold FOR SHARE on the leader row). The wait is bounded by
+        ``take_office_timeout``; the caller logs and tries again.
+        """
+        try:
+            async with self._busy, self._conn.transaction():
+                await self._conn.execute(self._sql.set_lock_timeout, self._lock_timeout)
+                row = await self._conn.fetchrow(
+                    self._sql.take_office, self._group, instance_id, _HOST, os.getpid(),
+                    self._config.ttl,
+                )
+        except asyncpg.LockNotAvailableError:
+            return None
+        if row is None:
+            raise RuntimeError(f"group {self._group!r} has no leader row; was it registered?")
+        return Office(term=row["term"], acquired_at=row["acquired_at"])
+
+    async def heartbeat(self, instance_id: str, term: int) -> bool:
+        """Refresh our heartbeat; False means the lock or the term is no longer ours."""
+        async with asyncio.timeout(self._config.heartbeat_timeout), self._busy:
+            row = await self._conn.fetchrow(
+                self._sql.leader_heartbeat, self._group, instance_id, term, *self._lock
+            )
+        return row is not None
+
+    async def resign(self, instance_id: str, term: int, reason: str) -> None:
+        """Clear the holder, record why, notify, then unlock: the next waiter wakes at once."""
+        async with asyncio.timeout(self._config.heartbeat_timeout + self._config.take_office_timeout):
+            async with self._busy:
+                try:
+                    async with self._conn.transaction():
+                        await self._conn.execute(self._sql.set_lock_timeout, self._lock_timeout)
+                        await self._conn.execute(
+                            self._sql.resign, self._group, instance_id, term, reason
+                        )
+                except asyncpg.LockNotAvailableError:
+                    # Fenced transactions of our term are still open; the next
+                    # leader's term update will wait for them instead.
+                    log.warning("resign_record_skipped", group=self._group, term=term,
+                                reason="fenced transactions still open")
+                await self._conn.execute(self._sql.unlock, *self._lock)
+
+    def abort(self) -> None:
+        """Drop the connection now; the server frees the lock when it notices."""
+        if not self._conn.is_closed():
+            self._conn.terminate()
+
+    async def close(self) -> None:
+        try:
+            await self._conn.close(timeout=self._config.heartbeat_timeout)
+        except Exception:  # noqa: BLE001 - a close that fails still has to free the socket
+            self.abort()

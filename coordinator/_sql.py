@@ -1,0 +1,233 @@
+"""Every statement the coordinator sends, in one place.
+
+The schema name is substituted once per coordinator (``{schema}``); the
+notification channel likewise (``{channel}``). Migrations are plain SQL files
+in ``migrations/``; everything else is here, so a reviewer sees it all.
+
+Advisory locks use the two-int4 keyspace: in ``pg_locks`` such a lock shows
+``classid = namespace``, ``objid = key``, ``objsubid = 2``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+__all__ = ["Statements", "notify_channel"]
+
+
+def notify_channel(schema: str) -> str:
+    """The LISTEN/NOTIFY channel on which leadership changes are announced."""
+    return f"{schema}_leadership"
+
+
+@dataclass(frozen=True)
+class Statements:
+    """The coordinator's SQL, bound to one schema by :meth:`for_schema`."""
+
+    server_facts: str = """
+        SELECT pg_is_in_recovery() AS in_recovery,
+               pg_backend_pid() AS backend_pid,
+               current_setting('server_version_num')::int AS version_num
+    """
+
+    schema_version: str = "SELECT coalesce(max(version), 0) FROM {schema}.schema_migrations"
+
+    register_group: str = """
+        INSERT INTO {schema}.leaders (group_name, lock_namespace, lock_key, ttl)
+        VALUES ($1, $2, $3, make_interval(secs => $4))
+        ON CONFLICT (group_name) DO NOTHING
+    """
+
+    group_keys: str = """
+        SELECT group_name, lock_namespace, lock_key FROM {schema}.leaders
+        WHERE group_name = $1 OR (lock_namespace = $2 AND lock_key = $3)
+    """
+
+    # Blocks until granted: the wake-up on the holder's death is what makes
+    # crash failover take milliseconds.
+    wait_for_lock: str = "SELECT pg_advisory_lock($1, $2)"
+
+    unlock: str = "SELECT pg_advisory_unlock($1, $2)"
+
+    lock_is_mine: str = """
+        SELECT EXISTS (
+            SELECT 1 FROM pg_catalog.pg_locks
+            WHERE locktype = 'advisory' AND pid = pg_backend_pid() AND granted
+              AND classid = $1::int::oid AND objid = $2::int::oid AND objsubid = 2
+        )
+    """
+
+    # Bounds the wait of taking office and resigning on fenced transactions,
+    # which hold FOR SHARE on the leader row. Local to the transaction, so the
+    # blocking lock wait of a follower is never cut short by it.
+    set_lock_timeout: str = "SELECT set_config('lock_timeout', $1, true)"
+
+    # $1 group, $2 instance, $3 host, $4 pid, $5 ttl seconds
+    take_office: str = """
+        WITH office AS (
+            UPDATE {schema}.leaders
+               SET term = term + 1, holder = $2, holder_host = $3, holder_pid = $4,
+                   backend_pid = pg_backend_pid(), acquired_at = now(),
+                   ttl = make_interval(secs => $5)
+             WHERE group_name = $1
+            RETURNING term, acquired_at
+        ), beat AS (
+            INSERT INTO {schema}.heartbeats AS h
+                   (group_name, instance_id, role, term, host, pid, backend_pid, heartbeat_at)
+            SELECT $1, $2, 'leader', office.term, $3, $4, pg_backend_pid(), now() FROM office
+            ON CONFLICT (group_name, instance_id) DO UPDATE
+               SET role = 'leader', term = excluded.term, host = excluded.host,
+                   pid = excluded.pid, backend_pid = excluded.backend_pid, heartbeat_at = now()
+        ), event AS (
+            INSERT INTO {schema}.events (group_name, kind, term, instance_id)
+            SELECT $1, 'elected', office.term, $2 FROM office
+        )
+        SELECT office.term, office.acquired_at,
+               pg_notify('{channel}', json_build_object(
+                   'group', $1::text, 'kind', 'elected', 'term', office.term,
+                   'instance_id', $2::text)::text) AS notified
+        FROM office
+    """
+
+    # Runs on the lock session. Succeeds only while this backend still holds
+    # the lock and the row still names this instance and term; fewer rows
+    # means leadership is gone. It never touches the leader row.
+    leader_heartbeat: str = """
+        UPDATE {schema}.heartbeats
+           SET heartbeat_at = now()
+         WHERE group_name = $1 AND instance_id = $2 AND term = $3 AND role = 'leader'
+           AND EXISTS (
+               SELECT 1 FROM pg_catalog.pg_locks
+               WHERE locktype = 'advisory' AND pid = pg_backend_pid() AND granted
+                 AND classid = $4::int::oid AND objid = $5::int::oid AND objsubid = 2)
+        RETURNING heartbeat_at
+    """
+
+    # One statement for every group this instance follows. A row that says
+    # "leader" is left alone while the leader table still names that instance
+    # and term: a follower beat racing with taking office must not undo it.
+    member_heartbeat: str = """
+        INSERT INTO {schema}.heartbeats AS h (group_name, instance_id, role, host, pid, heartbeat_at)
+        SELECT g, $2, 'follower', $3, $4, now() FROM unnest($1::text[]) AS g
+        ON CONFLICT (group_name, instance_id) DO UPDATE
+           SET role = 'follower', term = NULL, backend_pid = NULL, host = excluded.host,
+               pid = excluded.pid, heartbeat_at = now()
+         WHERE h.role = 'follower' OR NOT EXISTS (
+               SELECT 1 FROM {schema}.leaders AS l
+               WHERE l.group_name = h.group_name AND l.holder = h.instance_id AND l.term = h.term)
+    """
+
+    # $1 group, $2 instance, $3 term, $4 reason
+    resign: str = """
+        WITH cleared AS (
+            UPDATE {schema}.leaders
+               SET holder = NULL, holder_host = NULL, holder_pid = NULL, backend_pid = NULL
+             WHERE group_name = $1 AND holder = $2 AND term = $3
+            RETURNING term
+        ), beat AS (
+            UPDATE {schema}.heartbeats
+               SET role = 'follower', term = NULL, backend_pid = NULL, heartbeat_at = now()
+             WHERE group_name = $1 AND instance_id = $2
+        ), event AS (
+            INSERT INTO {schema}.events (group_name, kind, term, instance_id, reason)
+            SELECT $1, 'resigned', cleared.term, $2, $4 FROM cleared
+        )
+        SELECT pg_notify('{channel}', json_build_object(
+                   'group', $1::text, 'kind', 'resigned', 'term', cleared.term,
+                   'instance_id', $2::text)::text) AS notified
+        FROM cleared
+    """
+
+    # Written from the control connection after a leader lost its session, so
+    # the history says what happened. Best effort: the database may be gone.
+    record_lost: str = """
+        WITH event AS (
+            INSERT INTO {schema}.events (group_name, kind, term, instance_id, reason)
+            VALUES ($1, 'lost', $3, $2, $4)
+        )
+        UPDATE {schema}.heartbeats
+           SET role = 'follower', term = NULL, backend_pid = NULL
+         WHERE group_name = $1 AND instance_id = $2 AND term = $3
+    """
+
+    # The monitor, in one statement. A stale holder (heartbeat older than its
+    # ttl on the database clock) whose recorded backend still holds the lock is
+    # terminated; one whose lock is held by nobody is marked vacant. FOR SHARE
+    # on the leader row pins the recorded term and backend pid: the next
+    # leader's term update waits for this statement, so it can never be hit.
+    # SKIP LOCKED passes over a row whose next leader is taking office now.
+    fence_stale_leaders: str = """
+        WITH stale AS (
+            SELECT l.group_name, l.term, l.holder, l.backend_pid, l.lock_namespace, l.lock_key,
+                   extract(epoch FROM now() - h.heartbeat_at)::float8 AS heartbeat_age_s,
+                   (SELECT k.pid FROM pg_catalog.pg_locks AS k
+                     WHERE k.locktype = 'advisory' AND k.granted
+                       AND k.database = (SELECT oid FROM pg_catalog.pg_database
+                                          WHERE datname = current_database())
+                       AND k.classid = l.lock_namespace::oid AND k.objid = l.lock_key::oid
+                       AND k.objsubid = 2
+                     LIMIT 1) AS lock_pid
+              FROM {schema}.leaders AS l
+              LEFT JOIN {schema}.heartbeats AS h
+                     ON h.group_name = l.group_name AND h.instance_id = l.holder
+                    AND h.term = l.term
+             WHERE l.holder IS NOT NULL
+               AND (h.heartbeat_at IS NULL OR h.heartbeat_at < now() - l.ttl)
+               FOR SHARE OF l SKIP LOCKED
+        ), fenced AS (
+            SELECT stale.*, pg_terminate_backend(stale.backend_pid) AS terminated
+              FROM stale
+             WHERE stale.lock_pid = stale.backend_pid
+        ), vacated AS (
+            UPDATE {schema}.leaders AS l
+               SET holder = NULL, holder_host = NULL, holder_pid = NULL, backend_pid = NULL
+              FROM stale
+             WHERE l.group_name = stale.group_name AND l.term = stale.term
+               AND stale.lock_pid IS NULL
+            RETURNING l.group_name, stale.term, stale.holder, stale.heartbeat_age_s
+        ), history AS (
+            INSERT INTO {schema}.events (group_name, kind, term, instance_id, reason)
+            SELECT group_name, 'fenced', term, holder,
+                   format('heartbeat %s s old, backend %s terminated by %s',
+                          round(heartbeat_age_s::numeric, 3), backend_pid, $1::text)
+              FROM fenced WHERE terminated
+            UNION ALL
+            SELECT group_name, 'expired', term, holder,
+                   format('heartbeat %s s old and no lock held', round(heartbeat_age_s::numeric, 3))
+              FROM vacated
+            RETURNING group_name, kind, term, instance_id
+        ), notified AS (
+            SELECT pg_notify('{channel}', json_build_object(
+                       'group', group_name, 'kind', kind, 'term', term,
+                       'instance_id', instance_id)::text)
+              FROM history
+        )
+        SELECT history.group_name, history.kind, history.term, history.instance_id,
+               (SELECT count(*) FROM notified) AS notified
+          FROM history
+    """
+
+    prune_events: str = """
+        DELETE FROM {schema}.events WHERE at < now() - make_interval(secs => $1)
+    """
+
+    leave_groups: str = """
+        DELETE FROM {schema}.heartbeats WHERE instance_id = $1 AND role = 'follower'
+    """
+
+    leader_status: str = """
+        SELECT group_name, leader, holder, term, acquired_at, heartbeat_at, heartbeat_age_s,
+               ttl_s, lock_pid, lock_held, is_stale
+          FROM {schema}.leader_status
+         ORDER BY group_name
+    """
+
+    @classmethod
+    def for_schema(cls, schema: str) -> Statements:
+        """Bind every statement to ``schema`` (a validated plain identifier)."""
+        channel = notify_channel(schema)
+        return cls(**{
+            f.name: f.default.replace("{schema}", f'"{schema}"').replace("{channel}", channel)
+            for f in fields(cls)
+            if isinstance(f.default, str)
+        })
