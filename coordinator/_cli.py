@@ -40,30 +40,55 @@ def _parser() -> argparse.ArgumentParser:
 
     def with_dsn(sub: argparse.ArgumentParser) -> argparse.ArgumentParser:
         sub.add_argument("--dsn", default=os.environ.get("COORDINATOR_DSN"), help=_DSN_HELP)
-        sub.add_argument("--schema", default=os.environ.get("COORDINATOR_SCHEMA", "coordinator"),
-                         help="schema of the coordinator's tables (default: coordinator)")
+        sub.add_argument(
+            "--schema",
+            default=os.environ.get("COORDINATOR_SCHEMA", "coordinator"),
+            help="schema of the coordinator's tables (default: coordinator)",
+        )
         return sub
 
     with_dsn(commands.add_parser("migrate", help="apply pending migrations (idempotent)"))
 
-    run = with_dsn(commands.add_parser(
-        "run", help="take part in elections until SIGTERM or SIGINT, then resign"))
-    run.add_argument("--group", action="append", required=True, dest="groups", metavar="NAME",
-                     help="a group to take part in; repeat for several")
+    run = with_dsn(
+        commands.add_parser(
+            "run", help="take part in elections until SIGTERM or SIGINT, then resign"
+        )
+    )
+    run.add_argument(
+        "--group",
+        action="append",
+        required=True,
+        dest="groups",
+        metavar="NAME",
+        help="a group to take part in; repeat for several",
+    )
     run.add_argument("--instance-id", help="this instance's name (default: host-pid-random)")
-    run.add_argument("--ttl", type=float, default=15.0,
-                     help="seconds without a heartbeat before a leader may be fenced (default 15)")
-    run.add_argument("--heartbeat-interval", type=float, default=5.0,
-                     help="seconds between heartbeats (default 5)")
-    run.add_argument("--heartbeat-timeout", type=float, default=5.0,
-                     help="seconds one heartbeat may take (default 5)")
+    run.add_argument(
+        "--ttl",
+        type=float,
+        default=15.0,
+        help="seconds without a heartbeat before a leader may be fenced (default 15)",
+    )
+    run.add_argument(
+        "--heartbeat-interval",
+        type=float,
+        default=5.0,
+        help="seconds between heartbeats (default 5)",
+    )
+    run.add_argument(
+        "--heartbeat-timeout",
+        type=float,
+        default=5.0,
+        help="seconds one heartbeat may take (default 5)",
+    )
     run.add_argument("--log-format", choices=("json", "console"), default="console")
 
     status = with_dsn(commands.add_parser("status", help="show every group's leader"))
     status.add_argument("--json", action="store_true", help="print a JSON array")
 
     demo = commands.add_parser(
-        "demo", help="start an embedded PostgreSQL and show three instances failing over")
+        "demo", help="start an embedded PostgreSQL and show three instances failing over"
+    )
     demo.add_argument("--instances", type=int, default=3, help="instances to start (default 3)")
     return parser
 
@@ -72,7 +97,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "demo":
-            from coordinator._demo import run_demo  # noqa: PLC0415 - needs the optional extra
+            from coordinator._demo import run_demo
 
             return run_demo(instances=args.instances)
         if not args.dsn:
@@ -86,8 +111,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_status(args.dsn, args.schema, as_json=args.json))
         configure_logging(args.log_format)
         config = CoordinatorConfig(
-            dsn=args.dsn, schema=args.schema, ttl=args.ttl,
-            heartbeat_interval=args.heartbeat_interval, heartbeat_timeout=args.heartbeat_timeout,
+            dsn=args.dsn,
+            schema=args.schema,
+            ttl=args.ttl,
+            heartbeat_interval=args.heartbeat_interval,
+            heartbeat_timeout=args.heartbeat_timeout,
             **({"instance_id": args.instance_id} if args.instance_id else {}),
         )
         return asyncio.run(_run(config, args.groups))
@@ -121,20 +149,24 @@ def format_status(rows: Sequence[GroupStatus]) -> str:
     header = ("GROUP", "LEADER", "TERM", "ACQUIRED", "HEARTBEAT AGE", "STALE", "LOCK HELD")
     lines = [header]
     for row in rows:
-        lines.append((
-            row.group,
-            row.leader or "-",
-            str(row.term),
-            row.acquired_at.isoformat(timespec="milliseconds") if row.acquired_at else "-",
-            f"{row.heartbeat_age_s:.3f} s" if row.heartbeat_age_s is not None else "-",
-            "yes" if row.stale else "no",
-            "yes" if row.lock_held else "no",
-        ))
+        lines.append(
+            (
+                row.group,
+                row.leader or "-",
+                str(row.term),
+                row.acquired_at.isoformat(timespec="milliseconds") if row.acquired_at else "-",
+                f"{row.heartbeat_age_s:.3f} s" if row.heartbeat_age_s is not None else "-",
+                "yes" if row.stale else "no",
+                "yes" if row.lock_held else "no",
+            )
+        )
     if len(lines) == 1:
         return "no groups yet"
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip()
-                     for line in lines)
+    return "\n".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip()
+        for line in lines
+    )
 
 
 async def _run(config: CoordinatorConfig, groups: Sequence[str]) -> int:

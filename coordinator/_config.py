@@ -65,17 +65,31 @@ class CoordinatorConfig:
                 "no database given: pass a DSN (--dsn or COORDINATOR_DSN), "
                 "e.g. postgresql://user:password@host:5432/dbname"
             )
-        if not self.instance_id or len(self.instance_id) > 200 or not self.instance_id.isprintable():
+        if (
+            not self.instance_id
+            or len(self.instance_id) > 200
+            or not self.instance_id.isprintable()
+        ):
             raise ConfigurationError(
                 f"instance id {self.instance_id!r} is empty, too long or not printable: "
                 "use up to 200 printable characters, or leave it unset for host-pid-random"
             )
-        for name in ("ttl", "heartbeat_interval", "heartbeat_timeout", "connect_timeout",
-                     "reconnect_min", "reconnect_max", "callback_timeout", "take_office_timeout",
-                     "events_retention"):
+        for name in (
+            "ttl",
+            "heartbeat_interval",
+            "heartbeat_timeout",
+            "connect_timeout",
+            "reconnect_min",
+            "reconnect_max",
+            "callback_timeout",
+            "take_office_timeout",
+            "events_retention",
+        ):
             value = getattr(self, name)
             if not isinstance(value, int | float) or value <= 0:
-                raise ConfigurationError(f"{name} must be a positive number of seconds, got {value!r}")
+                raise ConfigurationError(
+                    f"{name} must be a positive number of seconds, got {value!r}"
+                )
         if self.reconnect_min > self.reconnect_max:
             raise ConfigurationError("reconnect_min must not exceed reconnect_max")
         cycle = self.heartbeat_interval + self.heartbeat_timeout

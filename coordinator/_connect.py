@@ -9,7 +9,6 @@ and names itself in ``pg_stat_activity``.
 
 from __future__ import annotations
 
-import asyncio
 import socket
 from typing import Any
 
@@ -66,7 +65,7 @@ async def connect(config: CoordinatorConfig, *, check_pooler: bool = False) -> a
         raise ConnectionFailed(
             f"the database named in {where} does not exist: create it or fix the DSN"
         ) from None
-    except (TimeoutError, asyncio.TimeoutError):
+    except TimeoutError:
         raise ConnectionFailed(
             f"no answer from {where} within {config.connect_timeout:g} s: "
             "check the host, port and firewall"

@@ -10,6 +10,7 @@ carry them beside its jobs.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import os
 import socket
@@ -115,7 +116,9 @@ class Coordinator:
         return self
 
     async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
         await self.stop()
@@ -145,8 +148,13 @@ class Coordinator:
         self._start_jobs()
         for group in self._groups.values():
             group.start()
-        self._log.info("coordinator_started", groups=list(self._groups), dsn=self.config.redacted_dsn,
-                       ttl=self.config.ttl, heartbeat_interval=self.config.heartbeat_interval)
+        self._log.info(
+            "coordinator_started",
+            groups=list(self._groups),
+            dsn=self.config.redacted_dsn,
+            ttl=self.config.ttl,
+            heartbeat_interval=self.config.heartbeat_interval,
+        )
 
     async def stop(self) -> None:
         """Resign every leadership, leave every group, close everything. Idempotent."""
@@ -155,10 +163,10 @@ class Coordinator:
         self._state = RunState.STOPPING
         await asyncio.gather(*(group.stop() for group in self._groups.values()))
         self._stop_jobs()
-        try:
-            await self._on_control(lambda conn: conn.execute(self._sql.leave_groups, self.instance_id))
-        except TRANSIENT_ERRORS:
-            pass  # members expire on their own
+        with contextlib.suppress(*TRANSIENT_ERRORS):  # members expire on their own anyway
+            await self._on_control(
+                lambda conn: conn.execute(self._sql.leave_groups, self.instance_id)
+            )
         if self._control is not None:
             await self._control.close(timeout=self.config.heartbeat_timeout)
         self._state = RunState.STOPPED
@@ -175,8 +183,14 @@ class Coordinator:
         ]
         for job_id, func, seconds in jobs:
             self._scheduler.add_job(
-                func, "interval", seconds=seconds, id=job_id, name=job_id,
-                replace_existing=True, max_instances=1, coalesce=True,
+                func,
+                "interval",
+                seconds=seconds,
+                id=job_id,
+                name=job_id,
+                replace_existing=True,
+                max_instances=1,
+                coalesce=True,
                 # A late heartbeat is still worth running; never skip it as "missed".
                 misfire_grace_time=None,
             )
@@ -213,17 +227,20 @@ class Coordinator:
                 )
                 if time.monotonic() - self._last_prune > _PRUNE_EVERY_S:
                     await self._on_control(
-                        lambda conn: conn.execute(self._sql.prune_events, self.config.events_retention)
+                        lambda conn: conn.execute(
+                            self._sql.prune_events, self.config.events_retention
+                        )
                     )
                     self._last_prune = time.monotonic()
         except asyncpg.InsufficientPrivilegeError as error:
             if not self._warned_privilege:
                 self._warned_privilege = True
                 self._log.error(
-                    "fence_permission_denied", error=str(error),
+                    "fence_permission_denied",
+                    error=str(error),
                     fix="grant the coordinator's role pg_signal_backend, or run every instance "
-                        "as the same role; until then stale leaders are fenced only by their "
-                        "own trust deadline and TCP keepalives",
+                    "as the same role; until then stale leaders are fenced only by their "
+                    "own trust deadline and TCP keepalives",
                 )
             return
         except TRANSIENT_ERRORS as error:
@@ -231,8 +248,9 @@ class Coordinator:
             return
         for row in rows:
             event = "leader_fenced" if row["kind"] == "fenced" else "leader_expired"
-            self._log.warning(event, group=row["group_name"], term=row["term"],
-                              holder=row["instance_id"])
+            self._log.warning(
+                event, group=row["group_name"], term=row["term"], holder=row["instance_id"]
+            )
 
     # -- the control connection ----------------------------------------------
 
@@ -249,7 +267,9 @@ class Coordinator:
 
     async def _register(self, conn: asyncpg.Connection, group: Group) -> None:
         ns = self.config.lock_namespace
-        await conn.execute(self._sql.register_group, group.name, ns, group.lock_key, self.config.ttl)
+        await conn.execute(
+            self._sql.register_group, group.name, ns, group.lock_key, self.config.ttl
+        )
         for row in await conn.fetch(self._sql.group_keys, group.name, ns, group.lock_key):
             if row["group_name"] != group.name:
                 raise KeyCollisionError(
@@ -266,17 +286,23 @@ class Coordinator:
     async def _beat_members(self, conn: asyncpg.Connection) -> None:
         following = [name for name, g in self._groups.items() if g.role is Role.FOLLOWER]
         if following:
-            await conn.execute(self._sql.member_heartbeat, following, self.instance_id, _HOST,
-                               os.getpid())
+            await conn.execute(
+                self._sql.member_heartbeat, following, self.instance_id, _HOST, os.getpid()
+            )
 
     async def record_lost(self, group: str, term: int, reason: str) -> None:
         """Write a ``lost`` event for a leadership whose session is gone; best effort."""
         try:
             async with asyncio.timeout(self.config.heartbeat_timeout):
                 await self._on_control(
-                    lambda conn: conn.execute(self._sql.record_lost, group, self.instance_id,
-                                              term, reason)
+                    lambda conn: conn.execute(
+                        self._sql.record_lost, group, self.instance_id, term, reason
+                    )
                 )
         except TRANSIENT_ERRORS as error:
-            self._log.info("lost_event_not_recorded", group=group, term=term,
-                           error=f"{type(error).__name__}: {error}")
+            self._log.info(
+                "lost_event_not_recorded",
+                group=group,
+                term=term,
+                error=f"{type(error).__name__}: {error}",
+            )

@@ -43,9 +43,8 @@ import structlog
 
 from coordinator._config import CoordinatorConfig
 from coordinator._connect import TRANSIENT_ERRORS
-from coordinator._errors import ConnectionFailed
-from coordinator._sql import Statements
 from coordinator._session import LockSession
+from coordinator._sql import Statements
 
 __all__ = ["DemotionReason", "Group", "Role"]
 
@@ -94,7 +93,11 @@ class Group:
     """One election. Create it with :meth:`Coordinator.group`, not directly."""
 
     def __init__(
-        self, name: str, lock_key: int, config: CoordinatorConfig, sql: Statements,
+        self,
+        name: str,
+        lock_key: int,
+        config: CoordinatorConfig,
+        sql: Statements,
         runtime: _Runtime,
     ) -> None:
         self.name = name
@@ -209,9 +212,11 @@ class Group:
                 session = await LockSession.open(
                     self._config, self._sql, self.name, self.lock_key, self._session_closed
                 )
-            except (ConnectionFailed, *TRANSIENT_ERRORS) as error:
+            except TRANSIENT_ERRORS as error:  # ConnectionFailed is an OSError too
                 failures += 1
-                self._log.warning("session_connect_failed", error=_describe(error), attempt=failures)
+                self._log.warning(
+                    "session_connect_failed", error=_describe(error), attempt=failures
+                )
                 await self._back_off(failures)
                 continue
             self._session = session
@@ -332,7 +337,9 @@ class Group:
 
     async def _back_off(self, failures: int) -> None:
         """Full jitter, growing with consecutive failures, cut short by stop()."""
-        ceiling = min(self._config.reconnect_max, self._config.reconnect_min * 2 ** min(failures, 16))
+        ceiling = min(
+            self._config.reconnect_max, self._config.reconnect_min * 2 ** min(failures, 16)
+        )
         delay = random.uniform(self._config.reconnect_min, ceiling)
         try:
             async with asyncio.timeout(delay):
@@ -347,9 +354,10 @@ class Group:
                     result = callback(argument)  # type: ignore[arg-type]
                     if inspect.isawaitable(result):
                         await result
-            except Exception as error:  # noqa: BLE001 - one failing callback must not stop the elector
-                self._log.error(f"{kind}_callback_failed", callback=_name_of(callback),
-                                error=_describe(error))
+            except Exception as error:
+                self._log.error(
+                    f"{kind}_callback_failed", callback=_name_of(callback), error=_describe(error)
+                )
 
 
 def _describe(error: BaseException) -> str:

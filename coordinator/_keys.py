@@ -14,7 +14,12 @@ import hashlib
 
 from coordinator._errors import ConfigurationError
 
-__all__ = ["DEFAULT_LOCK_NAMESPACE", "MAX_GROUP_NAME_BYTES", "group_lock_key", "validate_group_name"]
+__all__ = [
+    "DEFAULT_LOCK_NAMESPACE",
+    "MAX_GROUP_NAME_BYTES",
+    "group_lock_key",
+    "validate_group_name",
+]
 
 #: ``classid`` of every lock the coordinator takes: the bytes "pgrc".
 DEFAULT_LOCK_NAMESPACE = 0x70677263

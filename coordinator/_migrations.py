@@ -62,11 +62,15 @@ def available_migrations() -> list[Migration]:
     for path in sorted(_migrations_dir().glob("*.sql")):
         match = _FILE_NAME.match(path.name)
         if match is None:
-            raise MigrationError(f"unexpected file {path.name} among the migrations: name files NNNN_name.sql")
+            raise MigrationError(
+                f"unexpected file {path.name} among the migrations: name files NNNN_name.sql"
+            )
         found.append(Migration(int(match.group(1)), path.name, path.read_text(encoding="utf-8")))
     versions = [m.version for m in found]
     if versions != list(range(1, len(found) + 1)):
-        raise MigrationError(f"migrations must be numbered 1, 2, 3 ... without gaps, found {versions}")
+        raise MigrationError(
+            f"migrations must be numbered 1, 2, 3 ... without gaps, found {versions}"
+        )
     return found
 
 
@@ -78,8 +82,9 @@ async def migrate(
     dsn: str, *, schema: str = "coordinator", connect_timeout: float = 5.0
 ) -> list[int]:
     """Apply pending migrations to ``schema``; return the versions applied (empty if none)."""
-    config = CoordinatorConfig(dsn=dsn, schema=schema, connect_timeout=connect_timeout,
-                               instance_id="migrate")
+    config = CoordinatorConfig(
+        dsn=dsn, schema=schema, connect_timeout=connect_timeout, instance_id="migrate"
+    )
     migrations = available_migrations()
     conn = await connect(config, check_pooler=False)
     try:
@@ -87,7 +92,8 @@ async def migrate(
         # anything is created so concurrent runners never race on DDL.
         await conn.execute(
             "SELECT pg_advisory_lock($1, $2)",
-            DEFAULT_LOCK_NAMESPACE, group_lock_key(f"migrations:{schema}"),
+            DEFAULT_LOCK_NAMESPACE,
+            group_lock_key(f"migrations:{schema}"),
         )
         await conn.execute(f"""
             CREATE SCHEMA IF NOT EXISTS "{schema}";
@@ -113,10 +119,13 @@ async def migrate(
                 await conn.execute(
                     f'INSERT INTO "{schema}".schema_migrations (version, name, checksum) '
                     "VALUES ($1, $2, $3)",
-                    migration.version, migration.name, migration.checksum,
+                    migration.version,
+                    migration.name,
+                    migration.checksum,
                 )
-            log.info("migration_applied", version=migration.version, name=migration.name,
-                     schema=schema)
+            log.info(
+                "migration_applied", version=migration.version, name=migration.name, schema=schema
+            )
             done.append(migration.version)
         return done
     except asyncpg.PostgresError as error:
@@ -151,4 +160,6 @@ async def check_schema(conn: asyncpg.Connection, schema: str, schema_version_sql
         raise SchemaNotMigrated(f"the coordinator tables are missing: {hint}") from None
     need = latest_version()
     if have < need:
-        raise SchemaNotMigrated(f"the coordinator schema is at version {have}, this version needs {need}: {hint}")
+        raise SchemaNotMigrated(
+            f"the coordinator schema is at version {have}, this version needs {need}: {hint}"
+        )

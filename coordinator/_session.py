@@ -45,8 +45,12 @@ class LockSession:
     """
 
     def __init__(
-        self, conn: asyncpg.Connection, config: CoordinatorConfig, sql: Statements,
-        group: str, lock_key: int,
+        self,
+        conn: asyncpg.Connection,
+        config: CoordinatorConfig,
+        sql: Statements,
+        group: str,
+        lock_key: int,
     ) -> None:
         self._conn = conn
         self._config = config
@@ -58,7 +62,11 @@ class LockSession:
 
     @classmethod
     async def open(
-        cls, config: CoordinatorConfig, sql: Statements, group: str, lock_key: int,
+        cls,
+        config: CoordinatorConfig,
+        sql: Statements,
+        group: str,
+        lock_key: int,
         on_closed: Callable[[LockSession], None],
     ) -> LockSession:
         conn = await connect(config)
@@ -94,7 +102,7 @@ class LockSession:
                 if await self._conn.fetchval(self._sql.lock_is_mine, *self._lock):
                     await self._conn.execute(self._sql.unlock, *self._lock)
                     log.info("lock_released_after_cancel", group=self._group)
-        except Exception:  # noqa: BLE001 - closing the session below frees the lock anyway
+        except Exception:
             self.abort()
 
     async def take_office(self, instance_id: str) -> Office | None:
@@ -108,7 +116,11 @@ class LockSession:
             async with self._busy, self._conn.transaction():
                 await self._conn.execute(self._sql.set_lock_timeout, self._lock_timeout)
                 row = await self._conn.fetchrow(
-                    self._sql.take_office, self._group, instance_id, _HOST, os.getpid(),
+                    self._sql.take_office,
+                    self._group,
+                    instance_id,
+                    _HOST,
+                    os.getpid(),
                     self._config.ttl,
                 )
         except asyncpg.LockNotAvailableError:
@@ -127,7 +139,9 @@ class LockSession:
 
     async def resign(self, instance_id: str, term: int, reason: str) -> None:
         """Clear the holder, record why, notify, then unlock: the next waiter wakes at once."""
-        async with asyncio.timeout(self._config.heartbeat_timeout + self._config.take_office_timeout):
+        async with asyncio.timeout(
+            self._config.heartbeat_timeout + self._config.take_office_timeout
+        ):
             async with self._busy:
                 try:
                     async with self._conn.transaction():
@@ -138,8 +152,12 @@ class LockSession:
                 except asyncpg.LockNotAvailableError:
                     # Fenced transactions of our term are still open; the next
                     # leader's term update will wait for them instead.
-                    log.warning("resign_record_skipped", group=self._group, term=term,
-                                reason="fenced transactions still open")
+                    log.warning(
+                        "resign_record_skipped",
+                        group=self._group,
+                        term=term,
+                        reason="fenced transactions still open",
+                    )
                 await self._conn.execute(self._sql.unlock, *self._lock)
 
     def abort(self) -> None:
@@ -150,5 +168,5 @@ class LockSession:
     async def close(self) -> None:
         try:
             await self._conn.close(timeout=self._config.heartbeat_timeout)
-        except Exception:  # noqa: BLE001 - a close that fails still has to free the socket
+        except Exception:
             self.abort()

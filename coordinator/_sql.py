@@ -35,7 +35,7 @@ class Statements:
     register_group: str = """
         INSERT INTO {schema}.leaders (group_name, lock_namespace, lock_key, ttl)
         VALUES ($1, $2, $3, make_interval(secs => $4))
-        ON CONFLICT (group_name) DO NOTHING
+        ON CONFLICT DO NOTHING
     """
 
     group_keys: str = """
@@ -107,7 +107,8 @@ class Statements:
     # "leader" is left alone while the leader table still names that instance
     # and term: a follower beat racing with taking office must not undo it.
     member_heartbeat: str = """
-        INSERT INTO {schema}.heartbeats AS h (group_name, instance_id, role, host, pid, heartbeat_at)
+        INSERT INTO {schema}.heartbeats AS h
+               (group_name, instance_id, role, host, pid, heartbeat_at)
         SELECT g, $2, 'follower', $3, $4, now() FROM unnest($1::text[]) AS g
         ON CONFLICT (group_name, instance_id) DO UPDATE
            SET role = 'follower', term = NULL, backend_pid = NULL, host = excluded.host,
@@ -226,8 +227,10 @@ class Statements:
     def for_schema(cls, schema: str) -> Statements:
         """Bind every statement to ``schema`` (a validated plain identifier)."""
         channel = notify_channel(schema)
-        return cls(**{
-            f.name: f.default.replace("{schema}", f'"{schema}"').replace("{channel}", channel)
-            for f in fields(cls)
-            if isinstance(f.default, str)
-        })
+        return cls(
+            **{
+                f.name: f.default.replace("{schema}", f'"{schema}"').replace("{channel}", channel)
+                for f in fields(cls)
+                if isinstance(f.default, str)
+            }
+        )

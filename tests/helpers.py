@@ -1,0 +1,74 @@
+"""Shared test helpers: short timings, and waiting on conditions instead of sleeping."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import asyncpg
+
+from coordinator import Coordinator
+
+#: Short timings so that expiry and fencing happen within a couple of seconds.
+FAST: dict[str, float] = {"ttl": 1.5, "heartbeat_interval": 0.2, "heartbeat_timeout": 0.4}
+
+
+#: Two group names whose lock keys collide (found by search; asserted in test_keys).
+COLLIDING_NAMES = ("tenant-5256", "tenant-5447")
+
+
+def coordinator(dsn: str, instance_id: str, *groups: str, **settings: Any) -> Coordinator:
+    merged = {**FAST, **settings}
+    coord = Coordinator(dsn, instance_id=instance_id, **merged)
+    for name in groups or ("scheduler",):
+        coord.group(name)
+    return coord
+
+
+async def wait_until(
+    condition: Callable[[], Awaitable[Any]], timeout: float, *, what: str, every: float = 0.02
+) -> Any:
+    """Poll an async condition until it returns something truthy; fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = await condition()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        await asyncio.sleep(every)
+
+
+async def leader_row(dsn: str, group: str = "scheduler") -> asyncpg.Record | None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return await conn.fetchrow(
+            "SELECT * FROM coordinator.leader_status WHERE group_name = $1", group
+        )
+    finally:
+        await conn.close()
+
+
+async def events(dsn: str, group: str = "scheduler") -> list[tuple[str, int, str]]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        rows = await conn.fetch(
+            "SELECT kind, term, instance_id FROM coordinator.events WHERE group_name = $1 "
+            "ORDER BY id",
+            group,
+        )
+    finally:
+        await conn.close()
+    return [(r["kind"], r["term"], r["instance_id"]) for r in rows]
+
+
+async def current_leader(
+    dsn: str, group: str = "scheduler", *, after_term: int = 0
+) -> asyncpg.Record | None:
+    """The leader_status row once a live leader with a term above ``after_term`` exists."""
+    row = await leader_row(dsn, group)
+    if row is not None and row["leader"] is not None and row["term"] > after_term:
+        return row
+    return None

@@ -1,0 +1,100 @@
+"""Configuration and group names fail at construction, with the fix in the message."""
+
+from __future__ import annotations
+
+import pytest
+from helpers import COLLIDING_NAMES
+
+from coordinator import (
+    ConfigurationError,
+    Coordinator,
+    CoordinatorConfig,
+    KeyCollisionError,
+    group_lock_key,
+)
+from coordinator._dsn import redact_dsn
+
+DSN = "postgresql://app:s3cret@db.example:5432/app"
+
+
+def test_ttl_not_greater_than_heartbeat_cycle_is_refused() -> None:
+    with pytest.raises(ConfigurationError, match=r"ttl .* must be greater than heartbeat"):
+        CoordinatorConfig(dsn=DSN, ttl=10, heartbeat_interval=5, heartbeat_timeout=5)
+
+
+def test_defaults_leave_a_safety_margin_inside_the_ttl() -> None:
+    config = CoordinatorConfig(dsn=DSN)
+    assert (config.ttl, config.heartbeat_interval, config.heartbeat_timeout) == (15, 5, 5)
+    assert config.safety_margin == 1.0
+    assert config.trust_window == 14.0
+
+
+def test_short_ttls_shrink_the_default_margin_to_fit() -> None:
+    config = CoordinatorConfig(dsn=DSN, ttl=1.5, heartbeat_interval=0.2, heartbeat_timeout=0.4)
+    assert config.safety_margin == pytest.approx(0.45)
+
+
+def test_margin_that_swallows_the_slack_is_refused() -> None:
+    with pytest.raises(ConfigurationError, match="safety_margin"):
+        CoordinatorConfig(
+            dsn=DSN, ttl=12, heartbeat_interval=5, heartbeat_timeout=5, safety_margin=2
+        )
+
+
+@pytest.mark.parametrize("name", ["", "   ", " padded", "tab\there", "x" * 201, "é" * 101])
+def test_bad_group_names_are_refused(name: str) -> None:
+    coord = Coordinator(DSN)
+    with pytest.raises(ConfigurationError, match="group name"):
+        coord.group(name)
+
+
+def test_group_name_of_200_bytes_is_accepted() -> None:
+    assert Coordinator(DSN).group("g" * 200).name == "g" * 200
+
+
+def test_colliding_group_names_in_one_process_are_refused() -> None:
+    first, second = COLLIDING_NAMES
+    assert group_lock_key(first) == group_lock_key(second)
+    coord = Coordinator(DSN)
+    coord.group(first)
+    with pytest.raises(KeyCollisionError, match="same lock key"):
+        coord.group(second)
+
+
+def test_lock_key_is_the_documented_stable_hash() -> None:
+    # First four bytes of SHA-256("scheduler"), top bit cleared; other languages rely on it.
+    assert group_lock_key("scheduler") == 539730275
+    assert 0 <= group_lock_key("any name at all") <= 0x7FFF_FFFF
+
+
+def test_missing_dsn_names_the_fix(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("COORDINATOR_DSN", raising=False)
+    with pytest.raises(ConfigurationError, match="COORDINATOR_DSN"):
+        Coordinator()
+
+
+def test_schema_must_be_a_plain_identifier() -> None:
+    with pytest.raises(ConfigurationError, match="schema"):
+        CoordinatorConfig(dsn=DSN, schema='evil"; DROP TABLE x; --')
+
+
+def test_config_repr_never_shows_the_dsn() -> None:
+    config = CoordinatorConfig(dsn=DSN)
+    assert "s3cret" not in repr(config)
+    assert "s3cret" not in config.redacted_dsn
+
+
+@pytest.mark.parametrize(
+    ("dsn", "expected"),
+    [
+        ("postgresql://app:s3cret@db:5432/app", "postgresql://app:***@db:5432/app"),
+        (
+            "postgresql://app@db/app?password=s3cret&sslmode=require",
+            "postgresql://app@db/app?password=***&sslmode=require",
+        ),
+        ("host=db user=app password=s3cret dbname=app", "host=db user=app password=*** dbname=app"),
+        ("host=db password='s3 cret' dbname=app", "host=db password=*** dbname=app"),
+    ],
+)
+def test_passwords_are_redacted_from_dsns(dsn: str, expected: str) -> None:
+    assert redact_dsn(dsn) == expected

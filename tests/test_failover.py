@@ -1,0 +1,123 @@
+"""Real faults on real processes: kill, stop, terminate, restart the server."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import pytest
+from helpers import FAST, current_leader, events, leader_row, wait_until
+
+from coordinator.testing import CoordinatorProcess
+
+pytestmark = [pytest.mark.core, pytest.mark.slow]
+
+Spawn = Callable[..., CoordinatorProcess]
+SLACK = 5.0  # generous: the machines are shared; the benchmarks measure the real figures
+
+
+def start_instances(spawn: Spawn, dsn: str, count: int) -> list[CoordinatorProcess]:
+    return [spawn(dsn, ["scheduler"], instance_id=f"p{n}", **FAST) for n in range(1, count + 1)]
+
+
+def by_id(instances: Sequence[CoordinatorProcess], instance_id: str) -> CoordinatorProcess:
+    return next(p for p in instances if p.instance_id == instance_id)
+
+
+async def wait_leader(dsn: str, after_term: int = 0, timeout: float = 15.0) -> Any:
+    return await wait_until(
+        lambda: current_leader(dsn, after_term=after_term),
+        timeout,
+        what=f"a leader with a term above {after_term}",
+    )
+
+
+async def test_killed_leader_is_replaced_and_the_history_says_so(spawn: Spawn, dsn: str) -> None:
+    instances = start_instances(spawn, dsn, 3)
+    first = await wait_leader(dsn)
+    old = by_id(instances, first["leader"])
+    old.kill()
+    second = await wait_leader(dsn, after_term=first["term"], timeout=SLACK)
+    assert second["leader"] != old.instance_id
+    assert second["term"] == first["term"] + 1
+    new = by_id(instances, second["leader"])
+    await asyncio.to_thread(new.wait_for, "leadership_acquired", SLACK, term=second["term"])
+    history = await events(dsn)
+    assert history[:2] == [("elected", 1, old.instance_id), ("elected", 2, new.instance_id)]
+
+
+async def test_sigterm_resigns_and_hands_over(spawn: Spawn, dsn: str) -> None:
+    instances = start_instances(spawn, dsn, 2)
+    first = await wait_leader(dsn)
+    old = by_id(instances, first["leader"])
+    old.terminate()
+    assert await asyncio.to_thread(old.wait_exit, SLACK) == 0
+    released = old.wait_for("leadership_released", 0, term=1)
+    assert released["reason"] == "stopping"
+    second = await wait_leader(dsn, after_term=1, timeout=SLACK)
+    assert second["term"] == 2
+    history = await events(dsn)
+    assert history[:3] == [
+        ("elected", 1, old.instance_id),
+        ("resigned", 1, old.instance_id),
+        ("elected", 2, second["leader"]),
+    ]
+
+
+async def test_frozen_leader_is_fenced_and_stays_demoted_after_thaw(spawn: Spawn, dsn: str) -> None:
+    instances = start_instances(spawn, dsn, 2)
+    first = await wait_leader(dsn)
+    frozen = by_id(instances, first["leader"])
+    frozen.freeze()
+    try:
+        second = await wait_leader(dsn, after_term=1, timeout=FAST["ttl"] + SLACK)
+    finally:
+        frozen.thaw()
+    assert second["leader"] != frozen.instance_id
+    assert ("fenced", 1, frozen.instance_id) in await events(dsn)
+    lost = await asyncio.to_thread(frozen.wait_for, "leadership_lost", SLACK, term=1)
+    assert lost["reason"] in {"trust_expired", "connection_lost"}
+    # It follows again: its member heartbeat returns, and it never claims term 1 again.
+    await wait_until(lambda: _is_follower(dsn, frozen.instance_id), SLACK, what="it to follow")
+    acquired = [r for r in frozen.records() if r.get("event") == "leadership_acquired"]
+    assert [r["term"] for r in acquired] == [1]
+    row = await leader_row(dsn)
+    assert row is not None
+    assert row["leader"] == second["leader"]
+
+
+async def _is_follower(dsn: str, instance_id: str) -> bool:
+    import asyncpg
+
+    conn = await asyncpg.connect(dsn)
+    try:
+        return bool(
+            await conn.fetchval(
+                "SELECT role = 'follower' AND now() - heartbeat_at < interval '1 second' "
+                "FROM coordinator.heartbeats WHERE instance_id = $1",
+                instance_id,
+            )
+        )
+    finally:
+        await conn.close()
+
+
+async def test_database_restart_under_running_instances_elects_again(
+    spawn: Spawn, dsn: str, pg_server: Any
+) -> None:
+    instances = start_instances(spawn, dsn, 3)
+    first = await wait_leader(dsn)
+    await asyncio.to_thread(pg_server.restart)
+    second = await wait_leader(dsn, after_term=first["term"], timeout=30)
+    old = by_id(instances, first["leader"])
+    await asyncio.to_thread(old.wait_for, "leadership_lost", SLACK, term=first["term"])
+    # Exactly one leader: the view's leader holds the lock, and only one process claims the term.
+    claims = [
+        p.instance_id
+        for p in instances
+        for r in p.records()
+        if r.get("event") == "leadership_acquired" and r.get("term") == second["term"]
+    ]
+    assert claims == [second["leader"]]
+    assert second["lock_held"]
