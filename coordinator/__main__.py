@@ -1,3 +1,3 @@
-from coordinator._cli import main
+from coordinator.cli import main
 
 raise SystemExit(main())

