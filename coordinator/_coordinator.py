@@ -29,6 +29,7 @@ from coordinator._errors import ConfigurationError, KeyCollisionError
 from coordinator._group import Group, Role
 from coordinator._keys import group_lock_key, validate_group_name
 from coordinator._migrations import check_schema
+from coordinator._signals import Fenced, HeartbeatDone, Listener, Signal
 from coordinator._sql import Statements
 
 __all__ = ["HEARTBEAT_JOB_ID", "MONITOR_JOB_ID", "Coordinator"]
@@ -82,6 +83,8 @@ class Coordinator:
         self._log = log.bind(instance_id=config.instance_id)
         self._last_prune = 0.0
         self._warned_privilege = False
+        self._listeners: list[Listener] = []
+        self._last_heartbeat_job: float | None = None
 
     @property
     def instance_id(self) -> str:
@@ -108,6 +111,28 @@ class Coordinator:
         group = Group(name, key, self.config, self._sql, self)
         self._groups[name] = group
         return group
+
+    def add_listener(self, listener: Listener) -> None:
+        """Call ``listener(signal)`` for every :mod:`signal <coordinator._signals>` emitted."""
+        self._listeners.append(listener)
+
+    def emit(self, signal: Signal) -> None:
+        for listener in self._listeners:
+            try:
+                listener(signal)
+            except Exception as error:  # noqa: BLE001 - a listener must not break the elector
+                self._log.error("listener_failed", listener=repr(listener), error=repr(error))
+
+    @property
+    def running(self) -> bool:
+        return self._state is RunState.RUNNING
+
+    @property
+    def seconds_since_heartbeat_job(self) -> float | None:
+        """Monotonic seconds since the heartbeat job last finished; None before the first run."""
+        if self._last_heartbeat_job is None:
+            return None
+        return time.monotonic() - self._last_heartbeat_job
 
     # -- lifecycle ----------------------------------------------------------
 
@@ -213,10 +238,21 @@ class Coordinator:
             async with asyncio.timeout(self.config.heartbeat_timeout):
                 await asyncio.gather(
                     *(g.heartbeat() for g in self._groups.values() if g.role is Role.LEADER),
-                    self._on_control(self._beat_members),
+                    self._timed_member_heartbeat(),
                 )
         except TRANSIENT_ERRORS as error:
             self._log.warning("member_heartbeat_failed", error=f"{type(error).__name__}: {error}")
+        finally:
+            self._last_heartbeat_job = time.monotonic()
+
+    async def _timed_member_heartbeat(self) -> None:
+        started = time.monotonic()
+        ok = False
+        try:
+            await self._on_control(self._beat_members)
+            ok = True
+        finally:
+            self.emit(HeartbeatDone(None, time.monotonic() - started, ok=ok))
 
     async def _monitor_job(self) -> None:
         """Fence stale leaders of every group in this schema, not only ours."""
@@ -251,6 +287,7 @@ class Coordinator:
             self._log.warning(
                 event, group=row["group_name"], term=row["term"], holder=row["instance_id"]
             )
+            self.emit(Fenced(row["group_name"], row["term"], row["instance_id"], row["kind"]))
 
     # -- the control connection ----------------------------------------------
 

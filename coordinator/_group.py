@@ -44,6 +44,7 @@ import structlog
 from coordinator._config import CoordinatorConfig
 from coordinator._connect import TRANSIENT_ERRORS
 from coordinator._session import LockSession
+from coordinator._signals import Demoted, Elected, HeartbeatDone, Signal
 from coordinator._sql import Statements
 
 __all__ = ["DemotionReason", "Group", "Role"]
@@ -87,6 +88,8 @@ class _Runtime(Protocol):
     """What a group needs from its coordinator."""
 
     async def record_lost(self, group: str, term: int, reason: str) -> None: ...
+
+    def emit(self, signal: Signal) -> None: ...
 
 
 class Group:
@@ -196,8 +199,10 @@ class Group:
         try:
             still_ours = await session.heartbeat(self._config.instance_id, term.number)
         except TRANSIENT_ERRORS as error:
+            self._runtime.emit(HeartbeatDone(self.name, time.monotonic() - started, ok=False))
             self._log.warning("heartbeat_failed", term=term.number, error=_describe(error))
             return
+        self._runtime.emit(HeartbeatDone(self.name, time.monotonic() - started, ok=still_ours))
         if not still_ours:
             self._end_term(term, DemotionReason.LOCK_LOST)
         elif term.ended is None and time.monotonic() < term.trusted_until:
@@ -273,11 +278,13 @@ class Group:
         self._term = term
         await self._set_role(Role.LEADER)
         self._log.info("leadership_acquired", term=term.number, backend_pid=session.backend_pid)
+        self._runtime.emit(Elected(self.name, term.number))
         await self._run_callbacks(self._elected_callbacks, term.number, "on_elected")
         reason = await self._hold(term)
         term.ended = reason
         self._term = None
         await self._set_role(Role.FOLLOWER)
+        self._runtime.emit(Demoted(self.name, term.number, reason.value))
         if reason in _GRACEFUL:
             await self._run_callbacks(self._demoted_callbacks, reason.value, "on_demoted")
             try:
@@ -354,7 +361,7 @@ class Group:
                     result = callback(argument)  # type: ignore[arg-type]
                     if inspect.isawaitable(result):
                         await result
-            except Exception as error:
+            except Exception as error:  # noqa: BLE001 - a failing callback must not stop the elector
                 self._log.error(
                     f"{kind}_callback_failed", callback=_name_of(callback), error=_describe(error)
                 )

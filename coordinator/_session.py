@@ -102,7 +102,7 @@ class LockSession:
                 if await self._conn.fetchval(self._sql.lock_is_mine, *self._lock):
                     await self._conn.execute(self._sql.unlock, *self._lock)
                     log.info("lock_released_after_cancel", group=self._group)
-        except Exception:
+        except Exception:  # noqa: BLE001 - closing the session frees the lock anyway
             self.abort()
 
     async def take_office(self, instance_id: str) -> Office | None:
@@ -168,5 +168,5 @@ class LockSession:
     async def close(self) -> None:
         try:
             await self._conn.close(timeout=self._config.heartbeat_timeout)
-        except Exception:
+        except Exception:  # noqa: BLE001 - a failed close must still free the socket
             self.abort()
