@@ -84,6 +84,7 @@ class Coordinator:
         self._last_prune = 0.0
         self._warned_privilege = False
         self._listeners: list[Listener] = []
+        self._background: set[asyncio.Task[None]] = set()
         self._last_heartbeat_job: float | None = None
 
     @property
@@ -187,6 +188,7 @@ class Coordinator:
             return
         self._state = RunState.STOPPING
         await asyncio.gather(*(group.stop() for group in self._groups.values()))
+        await asyncio.gather(*self._background, return_exceptions=True)
         self._stop_jobs()
         with contextlib.suppress(*TRANSIENT_ERRORS):  # members expire on their own anyway
             await self._on_control(
@@ -327,8 +329,17 @@ class Coordinator:
                 self._sql.member_heartbeat, following, self.instance_id, _HOST, os.getpid()
             )
 
-    async def record_lost(self, group: str, term: int, reason: str) -> None:
-        """Write a ``lost`` event for a leadership whose session is gone; best effort."""
+    def record_lost(self, group: str, term: int, reason: str) -> None:
+        """Write a ``lost`` event for a leadership whose session is gone, in the background.
+
+        Best effort: after a database restart it may never be written. It runs
+        aside so that the group reconnects without waiting for it.
+        """
+        task = asyncio.create_task(self._write_lost(group, term, reason))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _write_lost(self, group: str, term: int, reason: str) -> None:
         try:
             async with asyncio.timeout(self.config.heartbeat_timeout):
                 await self._on_control(

@@ -87,7 +87,7 @@ class _Term:
 class _Runtime(Protocol):
     """What a group needs from its coordinator."""
 
-    async def record_lost(self, group: str, term: int, reason: str) -> None: ...
+    def record_lost(self, group: str, term: int, reason: str) -> None: ...
 
     def emit(self, signal: Signal) -> None: ...
 
@@ -297,7 +297,7 @@ class Group:
         session.abort()
         self._log.warning("leadership_lost", term=term.number, reason=reason.value)
         await self._run_callbacks(self._demoted_callbacks, reason.value, "on_demoted")
-        await self._runtime.record_lost(self.name, term.number, reason.value)
+        self._runtime.record_lost(self.name, term.number, reason.value)
         return False
 
     async def _hold(self, term: _Term) -> DemotionReason:

@@ -37,6 +37,12 @@ class Office:
     acquired_at: datetime
 
 
+@dataclass(frozen=True)
+class _Prepared:
+    take_office: asyncpg.prepared_stmt.PreparedStatement
+    heartbeat: asyncpg.prepared_stmt.PreparedStatement
+
+
 class LockSession:
     """One group's advisory lock on its own connection.
 
@@ -51,8 +57,10 @@ class LockSession:
         sql: Statements,
         group: str,
         lock_key: int,
+        prepared: _Prepared,
     ) -> None:
         self._conn = conn
+        self._prepared = prepared
         self._config = config
         self._sql = sql
         self._group = group
@@ -70,7 +78,17 @@ class LockSession:
         on_closed: Callable[[LockSession], None],
     ) -> LockSession:
         conn = await connect(config)
-        session = cls(conn, config, sql, group, lock_key)
+        try:
+            # Parsed and planned now, while following, so that taking office
+            # after a crash costs execution only.
+            prepared = _Prepared(
+                take_office=await conn.prepare(sql.take_office),
+                heartbeat=await conn.prepare(sql.leader_heartbeat),
+            )
+        except BaseException:
+            conn.terminate()
+            raise
+        session = cls(conn, config, sql, group, lock_key, prepared)
         conn.add_termination_listener(lambda _conn: on_closed(session))
         return session
 
@@ -115,8 +133,7 @@ class LockSession:
         try:
             async with self._busy, self._conn.transaction():
                 await self._conn.execute(self._sql.set_lock_timeout, self._lock_timeout)
-                row = await self._conn.fetchrow(
-                    self._sql.take_office,
+                row = await self._prepared.take_office.fetchrow(
                     self._group,
                     instance_id,
                     _HOST,
@@ -132,8 +149,8 @@ class LockSession:
     async def heartbeat(self, instance_id: str, term: int) -> bool:
         """Refresh our heartbeat; False means the lock or the term is no longer ours."""
         async with asyncio.timeout(self._config.heartbeat_timeout), self._busy:
-            row = await self._conn.fetchrow(
-                self._sql.leader_heartbeat, self._group, instance_id, term, *self._lock
+            row = await self._prepared.heartbeat.fetchrow(
+                self._group, instance_id, term, *self._lock
             )
         return row is not None
 
