@@ -34,7 +34,6 @@ def configure_logging(log_format: LogFormat, *, level: int = logging.INFO) -> No
         ],
         wrapper_class=structlog.make_filtering_bound_logger(level),
         logger_factory=structlog.PrintLoggerFactory(sys.stdout),
-        cache_logger_on_first_use=True,
     )
     logging.basicConfig(
         level=logging.WARNING,

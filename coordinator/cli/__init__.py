@@ -9,10 +9,12 @@ errors exit with 2. Nothing prints a traceback for them.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from collections.abc import Sequence
 
 from coordinator._errors import CoordinatorError
+from coordinator._logging import configure_logging
 from coordinator.cli import demo, migrate, run, status
 
 __all__ = ["main"]
@@ -34,6 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # Commands that print their own results keep the library's events quiet;
+    # `run` configures its own output.
+    configure_logging("console", level=logging.WARNING)
     try:
         return int(args.handler(args))
     except CoordinatorError as error:

@@ -50,6 +50,8 @@ def register(subparsers: Subparsers) -> None:
 
 
 def handle(args: argparse.Namespace) -> int:
+    # Before any logger is bound: a bound logger keeps the configuration it was made with.
+    configure_logging(args.log_format)
     config = CoordinatorConfig(
         dsn=require_dsn(args),
         schema=args.schema,
@@ -61,7 +63,6 @@ def handle(args: argparse.Namespace) -> int:
     coordinator = Coordinator(config=config)
     for name in dict.fromkeys(args.groups):
         coordinator.group(name)
-    configure_logging(args.log_format)
     return asyncio.run(_serve(coordinator, args.groups))
 
 
