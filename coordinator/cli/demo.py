@@ -69,8 +69,8 @@ class _Demo:
         rows = asyncio.run(read_status(self.dsn))
         _say("    " + format_status(rows).replace("\n", "\n    "))
 
-    def wait_new_leader(self, term: int, fault_at: float) -> tuple[CoordinatorProcess, int]:
-        """The live instance that logs leadership of ``term`` or later, and when, from the fault."""
+    def wait_new_leader(self, term: int) -> tuple[CoordinatorProcess, int]:
+        """The live instance that logs leadership of ``term`` or later, and that term."""
         deadline = time.monotonic() + WAIT
         while time.monotonic() < deadline:
             for instance in self.live:
@@ -87,20 +87,33 @@ class _Demo:
         record = instance.wait_for("leadership_acquired", WAIT, term=term)
         return _logged_at(record) - fault_at
 
-    def history(self) -> None:
+    def query(self, sql: str, *args: object) -> list[asyncpg.Record]:
         async def fetch() -> list[asyncpg.Record]:
             conn = await asyncpg.connect(self.dsn)
             try:
-                rows: list[asyncpg.Record] = await conn.fetch(
-                    "SELECT to_char(at, 'HH24:MI:SS.MS') AS at, kind, term, instance_id, reason "
-                    "FROM coordinator.events WHERE group_name = $1 ORDER BY id",
-                    GROUP,
-                )
+                rows: list[asyncpg.Record] = await conn.fetch(sql, *args)
             finally:
                 await conn.close()
             return rows
 
-        for row in asyncio.run(fetch()):
+        return asyncio.run(fetch())
+
+    def wait_followers(self, count: int) -> None:
+        """Wait until ``count`` followers are blocked in pg_advisory_lock, ready to take over."""
+        deadline = time.monotonic() + WAIT
+        waiting = "SELECT count(*) AS n FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+        while self.query(waiting)[0]["n"] < count:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{count} followers did not line up within {WAIT:g} s")
+            time.sleep(0.02)
+
+    def history(self) -> None:
+        rows = self.query(
+            "SELECT to_char(at, 'HH24:MI:SS.MS') AS at, kind, term, instance_id, reason "
+            "FROM coordinator.events WHERE group_name = $1 ORDER BY id",
+            GROUP,
+        )
+        for row in rows:
             reason = f"  ({row['reason']})" if row["reason"] else ""
             _say(
                 f"    {row['at']}  {row['kind']:<9} term {row['term']}  "
@@ -110,7 +123,8 @@ class _Demo:
     def run(self) -> None:
         for instance in self.instances:
             instance.start()
-        leader, term = self.wait_new_leader(1, time.time())
+        leader, term = self.wait_new_leader(1)
+        self.wait_followers(len(self.live) - 1)
         _say(
             f"\n{len(self.instances)} instances of group {GROUP!r} started; "
             f"{leader.instance_id} leads term {term}:"
@@ -121,7 +135,7 @@ class _Demo:
         fault_at = time.time()
         leader.kill()
         self.live.remove(leader)
-        leader, term = self.wait_new_leader(term + 1, fault_at)
+        leader, term = self.wait_new_leader(term + 1)
         _say(
             f"    {leader.instance_id} leads term {term}, "
             f"{_ms(self.takeover_time(leader, term, fault_at))} after the kill"
@@ -136,7 +150,7 @@ class _Demo:
             fault_at = time.time()
             frozen.freeze()
             self.live.remove(frozen)
-            leader, term = self.wait_new_leader(term + 1, fault_at)
+            leader, term = self.wait_new_leader(term + 1)
             _say(
                 f"    {leader.instance_id} leads term {term}, "
                 f"{_ms(self.takeover_time(leader, term, fault_at))} after the freeze"
@@ -148,13 +162,14 @@ class _Demo:
                 f"(reason {lost.get('reason')}) and follows again"
             )
             self.live.append(frozen)
+            self.wait_followers(len(self.live) - 1)
 
         _say(f"\n[graceful] SIGTERM {leader.instance_id} (the leader) ...")
         fault_at = time.time()
         leader.terminate()
         leader.wait_exit(WAIT)
         self.live.remove(leader)
-        leader, term = self.wait_new_leader(term + 1, fault_at)
+        leader, term = self.wait_new_leader(term + 1)
         _say(
             f"    {leader.instance_id} leads term {term}, "
             f"{_ms(self.takeover_time(leader, term, fault_at))} after SIGTERM"
