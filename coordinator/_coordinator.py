@@ -294,14 +294,21 @@ class Coordinator:
     # -- the control connection ----------------------------------------------
 
     async def _on_control(self, operation: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
-        """Run ``operation`` on the control connection, reconnecting if it was lost."""
+        """Run ``operation`` on the control connection, reconnecting if it was lost.
+
+        Bounded by the heartbeat timeout. A connection whose operation failed,
+        timed out or was cancelled is dropped: on a silent network even the
+        cancel request would never finish, and the next caller would wait on it.
+        """
         async with self._control_lock:
-            if self._control is None or self._control.is_closed():
-                self._control = await connect(self.config)
+            conn = self._control
+            if conn is None or conn.is_closed():
+                conn = self._control = await connect(self.config)
             try:
-                return await operation(self._control)
-            except TRANSIENT_ERRORS:
-                self._control.terminate()
+                async with asyncio.timeout(self.config.heartbeat_timeout):
+                    return await operation(conn)
+            except (*TRANSIENT_ERRORS, asyncio.CancelledError):
+                conn.terminate()
                 raise
 
     async def _register(self, conn: asyncpg.Connection, group: Group) -> None:

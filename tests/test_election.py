@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import asyncpg
 import pytest
 from helpers import COLLIDING_NAMES, FAST, coordinator, current_leader, events, wait_until
 
 from coordinator import Coordinator, DemotionReason, KeyCollisionError, read_status
+from coordinator.testing import TcpProxy
 
 pytestmark = pytest.mark.core
 
@@ -243,3 +244,26 @@ async def _waiting_for_lock(dsn: str) -> bool:
         )
     finally:
         await conn.close()
+
+
+async def test_partitioned_leader_demotes_itself_and_is_fenced(
+    dsn: str, make_proxy: Callable[[], TcpProxy]
+) -> None:
+    """A silent network (TCP open, nothing delivered) ends leadership on both sides."""
+    proxy = make_proxy()
+    cut_off = coordinator(proxy.dsn(dsn), "cut-off", connect_timeout=1.0)
+    reasons: list[str] = []
+    cut_off.group("scheduler").on_demoted(reasons.append)
+    async with running(cut_off):
+        await cut_off.group("scheduler").wait_elected(5)
+        async with running(coordinator(dsn, "direct")) as (direct,):
+            await wait_until(lambda: _waiting_for_lock(dsn), 5, what="the follower to wait")
+            proxy.blackhole()
+            await cut_off.group("scheduler").wait_demoted(FAST["ttl"] * 4)
+            assert reasons == [DemotionReason.TRUST_EXPIRED]
+            # The server still sees the old session; the direct instance's monitor ends it.
+            assert await direct.group("scheduler").wait_elected(FAST["ttl"] * 6) == 2
+            proxy.heal()
+    history = await events(dsn)
+    assert ("fenced", 1, "cut-off") in history
+    assert history.index(("fenced", 1, "cut-off")) < history.index(("elected", 2, "direct"))
