@@ -39,6 +39,8 @@ log = structlog.get_logger("coordinator")
 HEARTBEAT_JOB_ID = "coordinator.heartbeat"
 MONITOR_JOB_ID = "coordinator.monitor"
 _PRUNE_EVERY_S = 300.0
+#: After these, the control connection may be mid-cancel or dead: drop it.
+_CONNECTION_SPOILED: tuple[type[BaseException], ...] = (*TRANSIENT_ERRORS, asyncio.CancelledError)
 _HOST = socket.gethostname()
 
 T = TypeVar("T")
@@ -307,7 +309,7 @@ class Coordinator:
             try:
                 async with asyncio.timeout(self.config.heartbeat_timeout):
                     return await operation(conn)
-            except (*TRANSIENT_ERRORS, asyncio.CancelledError):
+            except _CONNECTION_SPOILED:
                 conn.terminate()
                 raise
 
