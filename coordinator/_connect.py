@@ -16,6 +16,7 @@ import asyncpg
 
 from coordinator._config import CoordinatorConfig
 from coordinator._errors import ConnectionFailed, UnsupportedDatabase
+from coordinator._sql import Statements
 
 __all__ = ["TRANSIENT_ERRORS", "check_server", "connect"]
 
@@ -30,17 +31,13 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
-def _server_settings(config: CoordinatorConfig) -> dict[str, str]:
-    # A dead peer is noticed after idle + interval * count seconds without an
-    # answer, and unacknowledged data is given up after tcp_user_timeout.
-    user_timeout_ms = int(max(config.ttl, 5.0) * 1000)
-    return {
-        "application_name": config.application_name,
-        "tcp_keepalives_idle": "5",
-        "tcp_keepalives_interval": "2",
-        "tcp_keepalives_count": "3",
-        "tcp_user_timeout": str(user_timeout_ms),
-    }
+def _keepalive_settings(config: CoordinatorConfig) -> tuple[str, str, str, str]:
+    """Idle, interval and count of keepalives, and tcp_user_timeout in ms.
+
+    A dead peer is noticed after idle + interval * count seconds without an
+    answer, and unacknowledged data is given up after tcp_user_timeout.
+    """
+    return ("5", "2", "3", str(int(max(config.ttl, 5.0) * 1000)))
 
 
 async def connect(config: CoordinatorConfig, *, check_pooler: bool = False) -> asyncpg.Connection:
@@ -48,13 +45,15 @@ async def connect(config: CoordinatorConfig, *, check_pooler: bool = False) -> a
     where = config.redacted_dsn
     kwargs: dict[str, Any] = {
         "timeout": config.connect_timeout,
-        "server_settings": _server_settings(config),
+        # Only application_name in the startup packet: poolers such as PgBouncer
+        # refuse unknown startup parameters. The keepalives are SET below.
+        "server_settings": {"application_name": config.application_name},
         # Unnamed statements only, so that the checks below also run safely
         # behind a transaction pooler before we refuse it.
         "statement_cache_size": 0 if check_pooler else 100,
     }
     try:
-        return await asyncpg.connect(config.dsn, **kwargs)
+        conn = await asyncpg.connect(config.dsn, **kwargs)
     except asyncpg.InvalidPasswordError:
         raise ConnectionFailed(
             f"the database refused the password for {where}: check the user and password in the DSN"
@@ -81,6 +80,12 @@ async def connect(config: CoordinatorConfig, *, check_pooler: bool = False) -> a
         raise ConnectionFailed(f"the database at {where} refused the connection: {error}") from None
     except ValueError as error:  # asyncpg's DSN parser
         raise ConnectionFailed(f"the DSN {where} is malformed: {error}") from None
+    try:
+        await conn.execute(Statements.set_keepalives, *_keepalive_settings(config))
+    except BaseException:
+        conn.terminate()
+        raise
+    return conn
 
 
 async def check_server(config: CoordinatorConfig, conn: asyncpg.Connection) -> None:

@@ -30,6 +30,15 @@ class Statements:
                current_setting('server_version_num')::int AS version_num
     """
 
+    # Server-side keepalives and tcp_user_timeout: a vanished client's session
+    # (and so its lock) dies in seconds instead of after the OS defaults.
+    set_keepalives: str = """
+        SELECT set_config('tcp_keepalives_idle', $1, false),
+               set_config('tcp_keepalives_interval', $2, false),
+               set_config('tcp_keepalives_count', $3, false),
+               set_config('tcp_user_timeout', $4, false)
+    """
+
     schema_version: str = "SELECT coalesce(max(version), 0) FROM {schema}.schema_migrations"
 
     register_group: str = """
@@ -222,6 +231,24 @@ class Statements:
           FROM {schema}.leader_status
          ORDER BY group_name
     """
+
+    # The first statement of a fenced transaction (migrations/0002_fencing.sql):
+    # FOR SHARE on the leader row, term check, idle limit. $1 group, $2 term.
+    assert_term: str = "SELECT {schema}.assert_term($1, $2)"
+
+    # $1 group or NULL for all, $2 earliest time or NULL, $3 seconds back from
+    # the database's now() or NULL. Ordered as recorded.
+    history: str = """
+        SELECT id, at, group_name, kind, term, instance_id, reason
+          FROM {schema}.events
+         WHERE ($1::text IS NULL OR group_name = $1)
+           AND ($2::timestamptz IS NULL OR at >= $2)
+           AND ($3::float8 IS NULL OR at >= now() - make_interval(secs => $3))
+         ORDER BY at, id
+    """
+
+    # Keeps an idle LISTEN connection honest: a dead peer shows up as an error.
+    ping: str = "SELECT 1"
 
     @classmethod
     def for_schema(cls, schema: str) -> Statements:

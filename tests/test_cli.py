@@ -9,6 +9,7 @@ from typing import Any
 
 import asyncpg
 import pytest
+
 from helpers import COLLIDING_NAMES
 
 PASSWORD_MARK = "pw"

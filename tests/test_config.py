@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-from helpers import COLLIDING_NAMES
 
 from coordinator import (
     ConfigurationError,
@@ -13,6 +12,7 @@ from coordinator import (
     group_lock_key,
 )
 from coordinator._dsn import redact_dsn
+from helpers import COLLIDING_NAMES
 
 DSN = "postgresql://app:s3cret@db.example:5432/app"
 

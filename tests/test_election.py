@@ -8,10 +8,10 @@ from collections.abc import AsyncIterator, Callable
 
 import asyncpg
 import pytest
-from helpers import COLLIDING_NAMES, FAST, coordinator, current_leader, events, wait_until
 
 from coordinator import Coordinator, DemotionReason, KeyCollisionError, read_status
 from coordinator.testing import TcpProxy
+from helpers import COLLIDING_NAMES, FAST, coordinator, current_leader, events, wait_until
 
 pytestmark = pytest.mark.core
 

@@ -7,9 +7,9 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import pytest
-from helpers import FAST, current_leader, events, leader_row, wait_until
 
 from coordinator.testing import CoordinatorProcess
+from helpers import FAST, current_leader, events, leader_row, wait_until
 
 pytestmark = [pytest.mark.core, pytest.mark.slow]
 

@@ -9,9 +9,9 @@ from urllib.parse import quote
 
 import asyncpg
 import pytest
-from helpers import wait_until
 
 from coordinator.testing import LocalPostgres, TcpProxy
+from helpers import wait_until
 
 if TYPE_CHECKING:
     from conftest import PgServer

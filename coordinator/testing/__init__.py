@@ -4,14 +4,17 @@
   system binaries) that can be restarted, crashed and given a standby.
 * :class:`TcpProxy`: a proxy in front of PostgreSQL that can delay traffic,
   partition silently (blackhole) or reset connections.
+* :class:`PgBouncer`: a PgBouncer in front of it, in session, transaction
+  or statement pooling mode.
 * :class:`CoordinatorProcess`: a ``coordinator run`` instance as a real
   process, to kill, freeze or terminate, with its JSON log to wait on.
 
 None of them needs pytest; this project's own test suite is built on them.
 """
 
+from coordinator.testing._pgbouncer import PgBouncer
 from coordinator.testing._postgres import LocalPostgres
 from coordinator.testing._process import CoordinatorProcess
 from coordinator.testing._proxy import TcpProxy
 
-__all__ = ["CoordinatorProcess", "LocalPostgres", "TcpProxy"]
+__all__ = ["CoordinatorProcess", "LocalPostgres", "PgBouncer", "TcpProxy"]
