@@ -7,15 +7,19 @@ STAMP  := $(VENV)/.installed-dev
 PG15   := /usr/lib/postgresql/15/bin
 
 .DEFAULT_GOAL := help
-.PHONY: help venv demo test test-embedded test-pg15 lint format clean
+.PHONY: help venv demo test test-embedded test-pg15 chaos bench lint format clean
+
+CHAOS_DURATION ?= 300
+BENCH_ARGS ?=
 
 help: ## list the targets
 	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-15s %s\n", $$1, $$2}'
 
-$(STAMP): pyproject.toml
+# .venv/.installed-EXTRA: the package installed with that extra (dev, bench).
+$(VENV)/.installed-%: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[$*]'
 	touch $@
 
 venv: $(STAMP) ## create .venv with the package and its dev extras
@@ -34,6 +38,12 @@ test-pg15: $(STAMP) ## the core election tests on the system PostgreSQL 15
 	else \
 		echo "test-pg15: skipped, $(PG15) not found (apt-get install postgresql-15)"; \
 	fi
+
+chaos: $(STAMP) ## random real faults for CHAOS_DURATION seconds (300), then check the guarantees
+	$(BIN)/python -m chaos --duration $(CHAOS_DURATION)
+
+bench: $(VENV)/.installed-bench ## failover, floor, peers, overhead (10-15 min; BENCH_ARGS=--quick): bench/RESULTS.md
+	$(BIN)/python -m bench $(BENCH_ARGS)
 
 lint: $(STAMP) ## ruff and strict mypy
 	$(BIN)/ruff check .

@@ -16,11 +16,16 @@ from coordinator._errors import (
     MigrationError,
     NotLeader,
     SchemaNotMigrated,
+    StaleTerm,
     UnsupportedDatabase,
 )
+from coordinator._fencing import FencedTransaction
 from coordinator._group import DemotionReason, Group, Role
+from coordinator._health import Health, ReadyWhen, Verdict
 from coordinator._keys import DEFAULT_LOCK_NAMESPACE, group_lock_key
 from coordinator._migrations import migrate
+from coordinator._observe import LeadershipEvent, observe, read_history
+from coordinator._signals import Demoted, Elected, Fenced, HeartbeatDone, Listener, Signal
 from coordinator._status import GroupStatus, read_status
 
 __all__ = [
@@ -32,18 +37,32 @@ __all__ = [
     "Coordinator",
     "CoordinatorConfig",
     "CoordinatorError",
+    "Demoted",
     "DemotionReason",
+    "Elected",
+    "Fenced",
+    "FencedTransaction",
     "Group",
     "GroupStatus",
+    "Health",
+    "HeartbeatDone",
     "KeyCollisionError",
+    "LeadershipEvent",
+    "Listener",
     "MigrationError",
     "NotLeader",
+    "ReadyWhen",
     "Role",
     "SchemaNotMigrated",
+    "Signal",
+    "StaleTerm",
     "UnsupportedDatabase",
+    "Verdict",
     "default_instance_id",
     "group_lock_key",
     "migrate",
+    "observe",
+    "read_history",
     "read_status",
     "redact_dsn",
 ]

@@ -6,11 +6,13 @@ as a flapping leader an hour later.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import secrets
 import socket
 from dataclasses import dataclass, field
+from typing import Literal
 
 from coordinator._dsn import redact_dsn
 from coordinator._errors import ConfigurationError
@@ -58,6 +60,20 @@ class CoordinatorConfig:
     take_office_timeout: float = 5.0
     #: Events older than this are pruned.
     events_retention: float = 7 * 24 * 3600.0
+    #: Members whose heartbeat is older than this (and who lead nothing) are pruned.
+    members_retention: float = 3600.0
+    #: How followers wait. "block": each group on its own connection, blocked
+    #: in pg_advisory_lock, woken the moment a leader's session ends (crash
+    #: failover in milliseconds, one connection per group). "poll": one
+    #: connection per process holds every lock it leads; followers try the
+    #: free groups in one statement every poll_interval, sooner on NOTIFY
+    #: (crash failover bounded by poll_interval). "auto": poll above
+    #: poll_threshold groups.
+    wait: Literal["auto", "block", "poll"] = "auto"
+    poll_interval: float = 1.0
+    poll_threshold: int = 20
+    #: Poll mode: hand leaderships above the fair share (groups / live members) over.
+    fair_spread: bool = False
 
     def __post_init__(self) -> None:
         if not self.dsn or not isinstance(self.dsn, str):
@@ -84,12 +100,18 @@ class CoordinatorConfig:
             "callback_timeout",
             "take_office_timeout",
             "events_retention",
+            "members_retention",
+            "poll_interval",
         ):
             value = getattr(self, name)
-            if not isinstance(value, int | float) or value <= 0:
+            if not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
                 raise ConfigurationError(
                     f"{name} must be a positive number of seconds, got {value!r}"
                 )
+        if self.wait not in ("auto", "block", "poll"):
+            raise ConfigurationError(f"wait must be 'auto', 'block' or 'poll', got {self.wait!r}")
+        if self.poll_threshold < 1:
+            raise ConfigurationError("poll_threshold must be at least 1 group")
         if self.reconnect_min > self.reconnect_max:
             raise ConfigurationError("reconnect_min must not exceed reconnect_max")
         cycle = self.heartbeat_interval + self.heartbeat_timeout
@@ -125,6 +147,19 @@ class CoordinatorConfig:
         """How long a successful heartbeat keeps this instance trusting its leadership."""
         assert self.safety_margin is not None  # set in __post_init__
         return self.ttl - self.safety_margin
+
+    def polls(self, groups: int) -> bool:
+        """Whether ``groups`` groups share one session (poll mode) under this configuration."""
+        return self.wait == "poll" or (self.wait == "auto" and groups > self.poll_threshold)
+
+    @property
+    def office_wait(self) -> float:
+        """How long one attempt to take office may wait for fenced transactions.
+
+        At most half the trust window, so that a leader never starts a term
+        whose first heartbeat is already close to expiry.
+        """
+        return min(self.take_office_timeout, self.trust_window / 2)
 
     @property
     def redacted_dsn(self) -> str:

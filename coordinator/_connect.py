@@ -25,6 +25,8 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     OSError,
     TimeoutError,
     asyncpg.InterfaceError,  # includes ConnectionDoesNotExistError
+    # A connection the server just closed can fail a pending operation this way.
+    asyncpg.InternalClientError,
     asyncpg.PostgresConnectionError,  # SQLSTATE class 08
     asyncpg.OperatorInterventionError,  # class 57: admin shutdown, crash, cannot connect now
     asyncpg.InsufficientResourcesError,  # class 53: too many connections, out of memory
@@ -97,17 +99,17 @@ async def check_server(config: CoordinatorConfig, conn: asyncpg.Connection) -> N
     backend, while in transaction mode the backend that the first client
     just released is handed to the next one.
     """
-    facts = await conn.fetchrow("SELECT pg_is_in_recovery() AS standby, pg_backend_pid() AS pid")
-    if facts["standby"]:
+    facts = await conn.fetchrow(Statements.server_facts)
+    if facts["in_recovery"]:
         raise UnsupportedDatabase(
             f"{config.redacted_dsn} is a standby (read-only replica): point the DSN at the primary"
         )
-    if conn.get_server_pid() == facts["pid"]:
+    if conn.get_server_pid() == facts["backend_pid"]:
         return
     other = await connect(config, check_pooler=True)
     try:
-        first = await conn.fetchval("SELECT pg_backend_pid()")
-        second = await other.fetchval("SELECT pg_backend_pid()")
+        first = (await conn.fetchrow(Statements.server_facts))["backend_pid"]
+        second = (await other.fetchrow(Statements.server_facts))["backend_pid"]
     finally:
         await other.close()
     if first == second:

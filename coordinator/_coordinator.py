@@ -29,6 +29,7 @@ from coordinator._errors import ConfigurationError, KeyCollisionError
 from coordinator._group import Group, Role
 from coordinator._keys import group_lock_key, validate_group_name
 from coordinator._migrations import check_schema
+from coordinator._shared import SharedSession
 from coordinator._signals import Fenced, HeartbeatDone, Listener, Signal
 from coordinator._sql import Statements
 
@@ -86,6 +87,7 @@ class Coordinator:
         self._last_prune = 0.0
         self._warned_privilege = False
         self._listeners: list[Listener] = []
+        self._shared: SharedSession | None = None
         self._background: set[asyncio.Task[None]] = set()
         self._last_heartbeat_job: float | None = None
 
@@ -165,20 +167,26 @@ class Coordinator:
         try:
             await check_server(self.config, conn)
             await check_schema(conn, self.config.schema, self._sql.schema_version)
-            for group in self._groups.values():
-                await self._register(conn, group)
+            await self._check_capacity(conn)
+            await self._register(conn)
+            started = time.monotonic()
             await self._beat_members(conn)
+            self.emit(HeartbeatDone(None, time.monotonic() - started, ok=True))
         except BaseException:
             await conn.close()
             raise
         self._control = conn
         self._state = RunState.RUNNING
         self._start_jobs()
+        if self.config.polls(len(self._groups)):
+            self._shared = SharedSession(self.config, self._sql, self._groups, self)
+            self._shared.start()
         for group in self._groups.values():
-            group.start()
+            group.start(self._shared)
         self._log.info(
             "coordinator_started",
-            groups=list(self._groups),
+            wait="poll" if self._shared is not None else "block",
+            groups=list(self._groups) if len(self._groups) <= 10 else len(self._groups),
             dsn=self.config.redacted_dsn,
             ttl=self.config.ttl,
             heartbeat_interval=self.config.heartbeat_interval,
@@ -190,6 +198,8 @@ class Coordinator:
             return
         self._state = RunState.STOPPING
         await asyncio.gather(*(group.stop() for group in self._groups.values()))
+        if self._shared is not None:
+            await self._shared.stop()
         await asyncio.gather(*self._background, return_exceptions=True)
         self._stop_jobs()
         with contextlib.suppress(*TRANSIENT_ERRORS):  # members expire on their own anyway
@@ -242,6 +252,7 @@ class Coordinator:
             async with asyncio.timeout(self.config.heartbeat_timeout):
                 await asyncio.gather(
                     *(g.heartbeat() for g in self._groups.values() if g.role is Role.LEADER),
+                    *([self._shared.heartbeat()] if self._shared is not None else []),
                     self._timed_member_heartbeat(),
                 )
         except TRANSIENT_ERRORS as error:
@@ -265,12 +276,10 @@ class Coordinator:
                 rows = await self._on_control(
                     lambda conn: conn.fetch(self._sql.fence_stale_leaders, self.instance_id)
                 )
-                if time.monotonic() - self._last_prune > _PRUNE_EVERY_S:
-                    await self._on_control(
-                        lambda conn: conn.execute(
-                            self._sql.prune_events, self.config.events_retention
-                        )
-                    )
+                leading = any(g.role is Role.LEADER for g in self._groups.values())
+                # Housekeeping is a leader's chore: one instance per group, not every member.
+                if leading and time.monotonic() - self._last_prune > _PRUNE_EVERY_S:
+                    await self._on_control(self._prune)
                     self._last_prune = time.monotonic()
         except asyncpg.InsufficientPrivilegeError as error:
             if not self._warned_privilege:
@@ -293,6 +302,10 @@ class Coordinator:
             )
             self.emit(Fenced(row["group_name"], row["term"], row["instance_id"], row["kind"]))
 
+    async def _prune(self, conn: asyncpg.Connection) -> None:
+        await conn.execute(self._sql.prune_events, self.config.events_retention)
+        await conn.execute(self._sql.prune_members, self.config.members_retention)
+
     # -- the control connection ----------------------------------------------
 
     async def _on_control(self, operation: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
@@ -313,23 +326,43 @@ class Coordinator:
                 conn.terminate()
                 raise
 
-    async def _register(self, conn: asyncpg.Connection, group: Group) -> None:
+    async def _register(self, conn: asyncpg.Connection) -> None:
+        """Record every group and its key, in one transaction that a collision rolls back."""
         ns = self.config.lock_namespace
-        await conn.execute(
-            self._sql.register_group, group.name, ns, group.lock_key, self.config.ttl
-        )
-        for row in await conn.fetch(self._sql.group_keys, group.name, ns, group.lock_key):
-            if row["group_name"] != group.name:
-                raise KeyCollisionError(
-                    f"group {group.name!r} hashes to lock key {group.lock_key}, which group "
-                    f"{row['group_name']!r} already uses in this database: rename one of them"
-                )
-            if (row["lock_namespace"], row["lock_key"]) != (ns, group.lock_key):
-                raise ConfigurationError(
-                    f"group {group.name!r} is registered with lock namespace "
-                    f"{row['lock_namespace']}, this instance uses {ns}: give every instance "
-                    "the same lock_namespace"
-                )
+        names = list(self._groups)
+        keys = [group.lock_key for group in self._groups.values()]
+        async with conn.transaction():
+            await conn.execute(self._sql.register_groups, names, keys, ns, self.config.ttl)
+            for row in await conn.fetch(self._sql.group_keys, names, keys, ns):
+                wanted = self._groups[row["wanted"]]
+                if row["group_name"] != wanted.name:
+                    raise KeyCollisionError(
+                        f"group {wanted.name!r} hashes to lock key {wanted.lock_key}, which group "
+                        f"{row['group_name']!r} already uses in this database: rename one of them"
+                    )
+                if (row["lock_namespace"], row["lock_key"]) != (ns, wanted.lock_key):
+                    raise ConfigurationError(
+                        f"group {wanted.name!r} is registered with lock namespace "
+                        f"{row['lock_namespace']}, this instance uses {ns}: give every instance "
+                        "the same lock_namespace"
+                    )
+
+    async def _check_capacity(self, conn: asyncpg.Connection) -> None:
+        """Refuse more groups than the server's shared lock table can ever hold."""
+        capacity = await conn.fetchval(self._sql.lock_capacity)
+        if len(self._groups) > capacity:
+            raise ConfigurationError(
+                f"{len(self._groups)} groups need as many advisory locks, but this server's lock "
+                f"table holds {capacity} in all (max_locks_per_transaction x (max_connections + "
+                "max_prepared_transactions)): raise max_locks_per_transaction or use fewer groups"
+            )
+        if len(self._groups) > capacity // 2:
+            self._log.warning(
+                "lock_table_nearly_full",
+                groups=len(self._groups),
+                capacity=capacity,
+                fix="raise max_locks_per_transaction; other sessions need lock slots too",
+            )
 
     async def _beat_members(self, conn: asyncpg.Connection) -> None:
         following = [name for name, g in self._groups.items() if g.role is Role.FOLLOWER]

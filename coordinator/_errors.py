@@ -15,6 +15,7 @@ __all__ = [
     "MigrationError",
     "NotLeader",
     "SchemaNotMigrated",
+    "StaleTerm",
     "UnsupportedDatabase",
 ]
 
@@ -49,3 +50,7 @@ class MigrationError(CoordinatorError, RuntimeError):
 
 class NotLeader(CoordinatorError, RuntimeError):
     """An operation that needs leadership ran on an instance that does not lead."""
+
+
+class StaleTerm(NotLeader):
+    """A fenced write carried a term that is no longer current: a newer leader exists."""

@@ -36,16 +36,21 @@ import inspect
 import random
 import time
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import structlog
 
 from coordinator._config import CoordinatorConfig
 from coordinator._connect import TRANSIENT_ERRORS
+from coordinator._fencing import FencedTransaction, fenced_transaction
 from coordinator._session import LockSession
 from coordinator._signals import Demoted, Elected, HeartbeatDone, Signal
 from coordinator._sql import Statements
+
+if TYPE_CHECKING:
+    from coordinator._shared import SharedSession
 
 __all__ = ["DemotionReason", "Group", "Role"]
 
@@ -84,6 +89,17 @@ class _Term:
     ended: DemotionReason | None = None
 
 
+class _Seat(Protocol):
+    """Where a leadership's lock lives: the group's own session, or the shared one."""
+
+    @property
+    def backend_pid(self) -> int: ...
+
+    async def resign(self, instance_id: str, term: int, reason: str) -> None: ...
+
+    def abort(self) -> None: ...
+
+
 class _Runtime(Protocol):
     """What a group needs from its coordinator."""
 
@@ -113,7 +129,9 @@ class Group:
         self._demoted_callbacks: list[DemotedCallback] = []
         self._role = Role.FOLLOWER
         self._term: _Term | None = None
-        self._session: LockSession | None = None
+        self._session: LockSession | None = None  # blocking mode: this group's own
+        self._seat: _Seat | None = None  # where the current term's lock lives
+        self._leaving = False  # a term has ended; callbacks and hand-over still running
         self._wakeup = asyncio.Event()
         self._changed = asyncio.Condition()
         self._stopping = False
@@ -161,22 +179,40 @@ class Group:
         return term
 
     async def wait_demoted(self, timeout: float | None = None) -> None:
-        """Wait until this instance does not lead (returns at once if it does not)."""
+        """Wait until this instance does not lead and has handed over: ``on_demoted``
+        callbacks have run and the lock is released (returns at once if it does not lead)."""
         async with asyncio.timeout(timeout), self._changed:
-            await self._changed.wait_for(lambda: self._term is None)
+            await self._changed.wait_for(lambda: self._term is None and not self._leaving)
+
+    def fenced(
+        self, conn: Any, *, term: int | None = None
+    ) -> AbstractAsyncContextManager[FencedTransaction]:
+        """A transaction on ``conn`` (an asyncpg connection or pool) that commits only in ``term``.
+
+        ``term`` defaults to the current one. Raises NotLeader or StaleTerm;
+        see :mod:`coordinator._fencing` for what the database guarantees.
+        """
+        return fenced_transaction(self, conn, self._sql.assert_term, term=term)
 
     async def resign(self) -> None:
         """Hand leadership over now, then follow again. A no-op when not leading."""
         if self._term is None:
             return
-        self._resign_requested = True
-        self._wakeup.set()
+        self.request_resign()
         await self.wait_demoted()
 
     # -- driven by the coordinator ------------------------------------------
 
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name=f"coordinator-group-{self.name}")
+    def start(self, shared: SharedSession | None = None) -> None:
+        """Run the elector: on its own session, or on the process's shared one."""
+        run = self._run() if shared is None else self._run_polled(shared)
+        self._task = asyncio.create_task(run, name=f"coordinator-group-{self.name}")
+
+    def request_resign(self) -> None:
+        """Ask for a hand-over without waiting for it (fair spreading uses this)."""
+        if self._term is not None:
+            self._resign_requested = True
+            self._wakeup.set()
 
     async def stop(self) -> None:
         """Resign if leading, stop following, and wait until that is done."""
@@ -186,12 +222,7 @@ class Group:
             await self._task
 
     async def heartbeat(self) -> None:
-        """One leader heartbeat on the lock session; called by the heartbeat job.
-
-        A heartbeat extends trust only if it began while the term was trusted
-        and finished before the deadline passed: a slow success never revives
-        a term that has already expired.
-        """
+        """One leader heartbeat on this group's own lock session (blocking mode)."""
         term, session = self._term, self._session
         if term is None or session is None or term.ended is not None:
             return
@@ -203,10 +234,22 @@ class Group:
             self._log.warning("heartbeat_failed", term=term.number, error=_describe(error))
             return
         self._runtime.emit(HeartbeatDone(self.name, time.monotonic() - started, ok=still_ours))
+        self.apply_heartbeat(term.number, started, still_ours)
+
+    def apply_heartbeat(self, term: int, started: float, still_ours: bool) -> None:
+        """Act on a heartbeat of ``term`` that began at ``started`` (monotonic).
+
+        A heartbeat extends trust only if it began while the term was trusted
+        and finished before the deadline passed: a slow success never revives
+        a term that has already expired.
+        """
+        current = self._term
+        if current is None or current.number != term or current.ended is not None:
+            return
         if not still_ours:
-            self._end_term(term, DemotionReason.LOCK_LOST)
-        elif term.ended is None and time.monotonic() < term.trusted_until:
-            term.trusted_until = max(term.trusted_until, started + self._config.trust_window)
+            self._end_term(current, DemotionReason.LOCK_LOST)
+        elif time.monotonic() < current.trusted_until:
+            current.trusted_until = max(current.trusted_until, started + self._config.trust_window)
 
     # -- the state machine --------------------------------------------------
 
@@ -215,7 +258,7 @@ class Group:
         while not self._stopping:
             try:
                 session = await LockSession.open(
-                    self._config, self._sql, self.name, self.lock_key, self._session_closed
+                    self._config, self._sql, self.name, self.lock_key, self.seat_lost
                 )
             except TRANSIENT_ERRORS as error:  # ConnectionFailed is an OSError too
                 failures += 1
@@ -243,6 +286,26 @@ class Group:
                 await self._back_off(failures)
         await self._set_role(Role.STOPPED)
 
+    async def _run_polled(self, shared: SharedSession) -> None:
+        """The same machine on the shared session: the poller wins the lock and takes office."""
+        while not self._stopping:
+            await self._set_role(Role.FOLLOWER)
+            won = shared.wait_for_office(self)
+            stopping = asyncio.create_task(self._wait_for_stop())
+            either: set[asyncio.Future[Any]] = {won, stopping}
+            try:
+                await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                stopping.cancel()
+            if not won.done():
+                shared.cancel_wait(self)
+                break
+            number, started = won.result()  # won while stopping: _lead resigns at once
+            await self._lead(
+                shared.seat(self.name), _Term(number, started + self._config.trust_window)
+            )
+        await self._set_role(Role.STOPPED)
+
     async def _follow(self, session: LockSession) -> _Term | None:
         """FOLLOWER: wait for the lock, then take office. None when stopping."""
         await self._set_role(Role.FOLLOWER)
@@ -266,35 +329,46 @@ class Group:
             self._log.warning(
                 "take_office_waiting",
                 reason="fenced transactions of the previous term are still open",
-                waited_s=self._config.take_office_timeout,
+                waited_s=self._config.office_wait,
             )
             if self._stopping:
                 await session.close()
                 return None
 
-    async def _lead(self, session: LockSession, term: _Term) -> bool:
-        """LEADER: serve until the term ends. Returns whether the session can be reused."""
+    async def _lead(self, seat: _Seat, term: _Term) -> bool:
+        """LEADER: serve until the term ends. Returns whether the seat's session can be reused."""
         self._resign_requested = False
+        self._seat = seat
         self._term = term
         await self._set_role(Role.LEADER)
-        self._log.info("leadership_acquired", term=term.number, backend_pid=session.backend_pid)
+        self._log.info("leadership_acquired", term=term.number, backend_pid=seat.backend_pid)
         self._runtime.emit(Elected(self.name, term.number))
         await self._run_callbacks(self._elected_callbacks, term.number, "on_elected")
         reason = await self._hold(term)
         term.ended = reason
+        self._leaving = True
         self._term = None
+        self._seat = None
+        try:
+            return await self._leave(seat, term, reason)
+        finally:
+            self._leaving = False
+            await self._notify_changed()
+
+    async def _leave(self, seat: _Seat, term: _Term, reason: DemotionReason) -> bool:
+        """After a term: callbacks, then resign (graceful) or drop the session (lost)."""
         await self._set_role(Role.FOLLOWER)
         self._runtime.emit(Demoted(self.name, term.number, reason.value))
         if reason in _GRACEFUL:
             await self._run_callbacks(self._demoted_callbacks, reason.value, "on_demoted")
             try:
-                await session.resign(self._config.instance_id, term.number, reason.value)
+                await seat.resign(self._config.instance_id, term.number, reason.value)
             except TRANSIENT_ERRORS as error:
                 self._log.warning("resign_failed", term=term.number, error=_describe(error))
                 return False
             self._log.info("leadership_released", term=term.number, reason=reason.value)
             return reason is DemotionReason.RESIGNED
-        session.abort()
+        seat.abort()
         self._log.warning("leadership_lost", term=term.number, reason=reason.value)
         await self._run_callbacks(self._demoted_callbacks, reason.value, "on_demoted")
         self._runtime.record_lost(self.name, term.number, reason.value)
@@ -321,10 +395,10 @@ class Group:
 
     # -- helpers ------------------------------------------------------------
 
-    def _session_closed(self, session: LockSession) -> None:
+    def seat_lost(self, seat: object) -> None:
         """Termination listener: a leader whose session closed demotes at once."""
         term = self._term
-        if term is not None and self._session is session:
+        if term is not None and self._seat is seat:
             self._end_term(term, DemotionReason.CONNECTION_LOST)
 
     def _end_term(self, term: _Term, reason: DemotionReason) -> None:
@@ -339,6 +413,9 @@ class Group:
 
     async def _set_role(self, role: Role) -> None:
         self._role = role
+        await self._notify_changed()
+
+    async def _notify_changed(self) -> None:
         async with self._changed:
             self._changed.notify_all()
 

@@ -158,6 +158,11 @@ async def check_schema(conn: asyncpg.Connection, schema: str, schema_version_sql
         have = await conn.fetchval(schema_version_sql)
     except (asyncpg.UndefinedTableError, asyncpg.InvalidSchemaNameError):
         raise SchemaNotMigrated(f"the coordinator tables are missing: {hint}") from None
+    except asyncpg.InsufficientPrivilegeError:
+        raise SchemaNotMigrated(
+            f"this role may not use schema {schema!r}: run `coordinator grant --role <role>` "
+            "as the schema's owner (see docs/operations.md)"
+        ) from None
     need = latest_version()
     if have < need:
         raise SchemaNotMigrated(

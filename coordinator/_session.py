@@ -66,7 +66,7 @@ class LockSession:
         self._group = group
         self._lock = (config.lock_namespace, lock_key)
         self._busy = asyncio.Lock()
-        self._lock_timeout = f"{int(config.take_office_timeout * 1000)}ms"
+        self._lock_timeout = f"{int(config.office_wait * 1000)}ms"
 
     @classmethod
     async def open(
@@ -128,17 +128,13 @@ class LockSession:
 
         The term update waits for in-flight fenced transactions of the old
         term (they hold FOR SHARE on the leader row). The wait is bounded by
-        ``take_office_timeout``; the caller logs and tries again.
+        ``office_wait``; the caller logs and tries again.
         """
         try:
             async with self._busy, self._conn.transaction():
                 await self._conn.execute(self._sql.set_lock_timeout, self._lock_timeout)
                 row = await self._prepared.take_office.fetchrow(
-                    self._group,
-                    instance_id,
-                    _HOST,
-                    os.getpid(),
-                    self._config.ttl,
+                    [self._group], instance_id, _HOST, os.getpid(), self._config.ttl
                 )
         except asyncpg.LockNotAvailableError:
             return None
@@ -150,15 +146,13 @@ class LockSession:
         """Refresh our heartbeat; False means the lock or the term is no longer ours."""
         async with asyncio.timeout(self._config.heartbeat_timeout), self._busy:
             row = await self._prepared.heartbeat.fetchrow(
-                self._group, instance_id, term, *self._lock
+                instance_id, self._lock[0], [self._group], [term]
             )
         return row is not None
 
     async def resign(self, instance_id: str, term: int, reason: str) -> None:
         """Clear the holder, record why, notify, then unlock: the next waiter wakes at once."""
-        async with asyncio.timeout(
-            self._config.heartbeat_timeout + self._config.take_office_timeout
-        ):
+        async with asyncio.timeout(self._config.heartbeat_timeout + self._config.office_wait):
             async with self._busy:
                 try:
                     async with self._conn.transaction():

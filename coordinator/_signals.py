@@ -42,7 +42,7 @@ class Fenced:
 
 @dataclass(frozen=True)
 class HeartbeatDone:
-    """One heartbeat finished; ``group`` is None for the followers' shared statement."""
+    """One heartbeat finished; ``group`` is None for a statement that covers several groups."""
 
     group: str | None
     duration_s: float

@@ -41,15 +41,27 @@ class Statements:
 
     schema_version: str = "SELECT coalesce(max(version), 0) FROM {schema}.schema_migrations"
 
-    register_group: str = """
+    # $1 names, $2 keys, $3 namespace, $4 ttl seconds. A name whose key is
+    # taken by another group is skipped here and reported from group_keys.
+    register_groups: str = """
         INSERT INTO {schema}.leaders (group_name, lock_namespace, lock_key, ttl)
-        VALUES ($1, $2, $3, make_interval(secs => $4))
+        SELECT g.name, $3, g.key, make_interval(secs => $4)
+          FROM unnest($1::text[], $2::int[]) AS g(name, key)
         ON CONFLICT DO NOTHING
     """
 
     group_keys: str = """
-        SELECT group_name, lock_namespace, lock_key FROM {schema}.leaders
-        WHERE group_name = $1 OR (lock_namespace = $2 AND lock_key = $3)
+        SELECT g.name AS wanted, l.group_name, l.lock_namespace, l.lock_key
+          FROM unnest($1::text[], $2::int[]) AS g(name, key)
+          JOIN {schema}.leaders AS l
+            ON l.group_name = g.name OR (l.lock_namespace = $3 AND l.lock_key = g.key)
+    """
+
+    # How many locks the server's shared lock table can hold at all.
+    lock_capacity: str = """
+        SELECT current_setting('max_locks_per_transaction')::int
+               * (current_setting('max_connections')::int
+                  + current_setting('max_prepared_transactions')::int)
     """
 
     # Blocks until granted: the wake-up on the holder's death is what makes
@@ -66,50 +78,96 @@ class Statements:
         )
     """
 
+    # Shared-session mode: the keys this session holds, to reconcile after an error.
+    held_keys: str = """
+        SELECT objid::bigint::int AS lock_key FROM pg_catalog.pg_locks
+         WHERE locktype = 'advisory' AND pid = pg_backend_pid() AND granted
+           AND classid = $1::int::oid AND objsubid = 2
+    """
+
+    # Shared-session mode: try the given groups in one statement, winning at
+    # most $3 of them (the scan stops at the limit, so no further lock is
+    # taken). The CASE makes sure a key this session already holds is never
+    # tried again: advisory locks stack, and a second grant would need a
+    # second unlock.
+    try_locks: str = """
+        WITH mine AS (
+            SELECT objid::bigint AS lock_key FROM pg_catalog.pg_locks
+             WHERE locktype = 'advisory' AND pid = pg_backend_pid()
+               AND classid = $1::int::oid AND objsubid = 2
+        )
+        SELECT k AS lock_key FROM unnest($2::int[]) AS k
+         WHERE CASE WHEN k::bigint IN (SELECT lock_key FROM mine) THEN false
+                    ELSE pg_try_advisory_lock($1, k) END
+         LIMIT $3
+    """
+
+    # Live members of these groups: the fair share is groups / members.
+    live_members: str = """
+        SELECT count(DISTINCT instance_id) FROM {schema}.heartbeats
+         WHERE group_name = ANY($1::text[])
+           AND heartbeat_at > now() - make_interval(secs => $2)
+    """
+
     # Bounds the wait of taking office and resigning on fenced transactions,
     # which hold FOR SHARE on the leader row. Local to the transaction, so the
     # blocking lock wait of a follower is never cut short by it.
     set_lock_timeout: str = "SELECT set_config('lock_timeout', $1, true)"
 
     # $1 group, $2 instance, $3 host, $4 pid, $5 ttl seconds
+    # $1 group names, $2 instance, $3 host, $4 pid, $5 ttl seconds. One
+    # transaction for any number of groups whose locks this session holds.
+    # Times are clock_timestamp(): the update may have waited for fenced
+    # transactions, and the first heartbeat must not be born old.
     take_office: str = """
         WITH office AS (
             UPDATE {schema}.leaders
                SET term = term + 1, holder = $2, holder_host = $3, holder_pid = $4,
-                   backend_pid = pg_backend_pid(), acquired_at = now(),
+                   backend_pid = pg_backend_pid(), acquired_at = clock_timestamp(),
                    ttl = make_interval(secs => $5)
-             WHERE group_name = $1
-            RETURNING term, acquired_at
+             WHERE group_name = ANY($1::text[])
+            RETURNING group_name, term, acquired_at
         ), beat AS (
             INSERT INTO {schema}.heartbeats AS h
                    (group_name, instance_id, role, term, host, pid, backend_pid, heartbeat_at)
-            SELECT $1, $2, 'leader', office.term, $3, $4, pg_backend_pid(), now() FROM office
+            SELECT office.group_name, $2, 'leader', office.term, $3, $4, pg_backend_pid(),
+                   office.acquired_at
+              FROM office
             ON CONFLICT (group_name, instance_id) DO UPDATE
                SET role = 'leader', term = excluded.term, host = excluded.host,
-                   pid = excluded.pid, backend_pid = excluded.backend_pid, heartbeat_at = now()
+                   pid = excluded.pid, backend_pid = excluded.backend_pid,
+                   heartbeat_at = excluded.heartbeat_at
         ), event AS (
             INSERT INTO {schema}.events (group_name, kind, term, instance_id)
-            SELECT $1, 'elected', office.term, $2 FROM office
+            SELECT office.group_name, 'elected', office.term, $2 FROM office
         )
-        SELECT office.term, office.acquired_at,
+        SELECT office.group_name, office.term, office.acquired_at,
                pg_notify('{channel}', json_build_object(
-                   'group', $1::text, 'kind', 'elected', 'term', office.term,
+                   'group', office.group_name, 'kind', 'elected', 'term', office.term,
                    'instance_id', $2::text)::text) AS notified
-        FROM office
+          FROM office
     """
 
     # Runs on the lock session. Succeeds only while this backend still holds
     # the lock and the row still names this instance and term; fewer rows
     # means leadership is gone. It never touches the leader row.
+    # $1 instance, $2 namespace, $3 group names, $4 their terms. Runs on the
+    # session that holds the locks; returns the groups still ours: a group
+    # missing from the answer lost its lock or its term. Never touches the
+    # leader row, which fenced transactions may hold FOR SHARE.
     leader_heartbeat: str = """
-        UPDATE {schema}.heartbeats
+        WITH mine AS (
+            SELECT objid::bigint AS lock_key FROM pg_catalog.pg_locks
+             WHERE locktype = 'advisory' AND pid = pg_backend_pid() AND granted
+               AND classid = $2::int::oid AND objsubid = 2
+        )
+        UPDATE {schema}.heartbeats AS h
            SET heartbeat_at = now()
-         WHERE group_name = $1 AND instance_id = $2 AND term = $3 AND role = 'leader'
-           AND EXISTS (
-               SELECT 1 FROM pg_catalog.pg_locks
-               WHERE locktype = 'advisory' AND pid = pg_backend_pid() AND granted
-                 AND classid = $4::int::oid AND objid = $5::int::oid AND objsubid = 2)
-        RETURNING heartbeat_at
+          FROM unnest($3::text[], $4::bigint[]) AS t(group_name, term), {schema}.leaders AS l
+         WHERE h.group_name = t.group_name AND h.instance_id = $1 AND h.term = t.term
+           AND h.role = 'leader' AND l.group_name = t.group_name
+           AND l.lock_key::bigint IN (SELECT lock_key FROM mine)
+        RETURNING h.group_name
     """
 
     # One statement for every group this instance follows. A row that says
@@ -122,9 +180,14 @@ class Statements:
         ON CONFLICT (group_name, instance_id) DO UPDATE
            SET role = 'follower', term = NULL, backend_pid = NULL, host = excluded.host,
                pid = excluded.pid, heartbeat_at = now()
-         WHERE h.role = 'follower' OR NOT EXISTS (
-               SELECT 1 FROM {schema}.leaders AS l
-               WHERE l.group_name = h.group_name AND l.holder = h.instance_id AND l.term = h.term)
+         WHERE h.role = 'follower' OR NOT coalesce((
+               -- A locking read sees a take_office that committed while this
+               -- statement waited for the heartbeat row; a plain read would
+               -- see the snapshot from before it and undo the new leadership.
+               SELECT l.holder IS NOT DISTINCT FROM h.instance_id AND l.term = h.term
+                 FROM {schema}.leaders AS l
+                WHERE l.group_name = h.group_name
+                  FOR SHARE), false)
     """
 
     # $1 group, $2 instance, $3 term, $4 reason
@@ -154,10 +217,14 @@ class Statements:
         WITH event AS (
             INSERT INTO {schema}.events (group_name, kind, term, instance_id, reason)
             VALUES ($1, 'lost', $3, $2, $4)
+        ), beat AS (
+            UPDATE {schema}.heartbeats
+               SET role = 'follower', term = NULL, backend_pid = NULL
+             WHERE group_name = $1 AND instance_id = $2 AND term = $3
         )
-        UPDATE {schema}.heartbeats
-           SET role = 'follower', term = NULL, backend_pid = NULL
-         WHERE group_name = $1 AND instance_id = $2 AND term = $3
+        SELECT pg_notify('{channel}', json_build_object(
+                   'group', $1::text, 'kind', 'lost', 'term', $3::bigint,
+                   'instance_id', $2::text)::text)
     """
 
     # The monitor, in one statement. A stale holder (heartbeat older than its
@@ -221,6 +288,16 @@ class Statements:
         DELETE FROM {schema}.events WHERE at < now() - make_interval(secs => $1)
     """
 
+    # Members that stopped heartbeating long ago (crashed, never came back).
+    prune_members: str = """
+        DELETE FROM {schema}.heartbeats AS h
+         WHERE h.heartbeat_at < now() - make_interval(secs => $1)
+           AND NOT EXISTS (
+               SELECT 1 FROM {schema}.leaders AS l
+                WHERE l.group_name = h.group_name AND l.holder = h.instance_id
+                  AND l.term = h.term)
+    """
+
     leave_groups: str = """
         DELETE FROM {schema}.heartbeats WHERE instance_id = $1 AND role = 'follower'
     """
@@ -249,6 +326,13 @@ class Statements:
 
     # Keeps an idle LISTEN connection honest: a dead peer shows up as an error.
     ping: str = "SELECT 1"
+
+    # `coordinator grant`; the rest of its SQL is coordinator/sql/least_privilege.sql.
+    # {role} is a checked, quoted identifier. Utility statements take no
+    # parameters, so the password goes in as a SCRAM verifier (base64 and
+    # "$:" only), never as clear text that the server could log.
+    set_role_password: str = "ALTER ROLE {role} WITH LOGIN PASSWORD '{verifier}'"
+    grant_signal_backend: str = "GRANT pg_signal_backend TO {role}"
 
     @classmethod
     def for_schema(cls, schema: str) -> Statements:

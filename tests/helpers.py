@@ -72,3 +72,16 @@ async def current_leader(
     if row is not None and row["leader"] is not None and row["term"] > after_term:
         return row
     return None
+
+
+async def lock_waiters(dsn: str) -> int:
+    """Sessions blocked in pg_advisory_lock: followers lined up to take over."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        return int(
+            await conn.fetchval(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+            )
+        )
+    finally:
+        await conn.close()

@@ -11,7 +11,15 @@ import pytest
 
 from coordinator import Coordinator, DemotionReason, KeyCollisionError, read_status
 from coordinator.testing import TcpProxy
-from helpers import COLLIDING_NAMES, FAST, coordinator, current_leader, events, wait_until
+from helpers import (
+    COLLIDING_NAMES,
+    FAST,
+    coordinator,
+    current_leader,
+    events,
+    lock_waiters,
+    wait_until,
+)
 
 pytestmark = pytest.mark.core
 
@@ -60,7 +68,7 @@ async def test_terms_count_up_across_successive_leaders(dsn: str) -> None:
         remaining = list(coords)
         for _ in range(3):
             if len(remaining) > 1:
-                await wait_until(lambda: _waiting_for_lock(dsn), 5, what="followers to wait")
+                await wait_until(lambda: lock_waiters(dsn), 5, what="followers to wait")
             leader = await first_elected(tuple(remaining))
             seen_terms.append(leader.group("scheduler").term)
             await leader.stop()
@@ -96,13 +104,13 @@ async def test_resign_hands_over_at_once_and_follows_again(dsn: str) -> None:
         leader = await first_elected(coords)
         other = coords[1] if leader is coords[0] else coords[0]
         leader.group("scheduler").on_demoted(demoted.append)
-        await wait_until(lambda: _waiting_for_lock(dsn), 5, what="the follower to wait")
+        await wait_until(lambda: lock_waiters(dsn), 5, what="the follower to wait")
         await leader.group("scheduler").resign()
         assert await other.group("scheduler").wait_elected(5) == 2
         assert not leader.group("scheduler").is_leader
         assert demoted == ["resigned"]
         # The one who resigned waits in line again and takes over when asked.
-        await wait_until(lambda: _waiting_for_lock(dsn), 5, what="the old leader to wait")
+        await wait_until(lambda: lock_waiters(dsn), 5, what="the old leader to wait")
         await other.group("scheduler").resign()
         assert await leader.group("scheduler").wait_elected(5) == 3
 
@@ -131,7 +139,7 @@ async def test_terminated_session_demotes_at_once_and_reelects(dsn: str) -> None
     async with running(*coords):
         leader = await first_elected(coords)
         leader.group("scheduler").on_demoted(reasons.append)
-        await wait_until(lambda: _waiting_for_lock(dsn), 5, what="the follower to wait")
+        await wait_until(lambda: lock_waiters(dsn), 5, what="the follower to wait")
         row = await current_leader(dsn)
         assert row is not None
         conn = await asyncpg.connect(dsn)
@@ -228,22 +236,10 @@ async def test_stopping_follower_leaves_no_lock_behind(dsn: str) -> None:
     async with running(leader):
         await leader.group("scheduler").wait_elected(5)
         async with running(follower):
-            await wait_until(lambda: _waiting_for_lock(dsn), 5, what="the follower to wait")
+            await wait_until(lambda: lock_waiters(dsn), 5, what="the follower to wait")
         # The follower is gone; its wait did not linger as a queued lock request.
-        assert not await _waiting_for_lock(dsn)
+        assert not await lock_waiters(dsn)
         assert leader.group("scheduler").is_leader
-
-
-async def _waiting_for_lock(dsn: str) -> bool:
-    conn = await asyncpg.connect(dsn)
-    try:
-        return bool(
-            await conn.fetchval(
-                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
-            )
-        )
-    finally:
-        await conn.close()
 
 
 async def test_partitioned_leader_demotes_itself_and_is_fenced(
@@ -257,7 +253,7 @@ async def test_partitioned_leader_demotes_itself_and_is_fenced(
     async with running(cut_off):
         await cut_off.group("scheduler").wait_elected(5)
         async with running(coordinator(dsn, "direct")) as (direct,):
-            await wait_until(lambda: _waiting_for_lock(dsn), 5, what="the follower to wait")
+            await wait_until(lambda: lock_waiters(dsn), 5, what="the follower to wait")
             proxy.blackhole()
             await cut_off.group("scheduler").wait_demoted(FAST["ttl"] * 4)
             assert reasons == [DemotionReason.TRUST_EXPIRED]

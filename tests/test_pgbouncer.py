@@ -13,7 +13,7 @@ import pytest
 from coordinator import UnsupportedDatabase
 from coordinator.testing import PgBouncer
 from coordinator.testing._pgbouncer import PoolMode
-from helpers import coordinator
+from helpers import coordinator, lock_waiters, wait_until
 
 pytestmark = pytest.mark.skipif(
     shutil.which("pgbouncer") is None and shutil.which("/usr/sbin/pgbouncer") is None,
@@ -44,6 +44,7 @@ async def test_session_pooling_elects_and_hands_over(bouncer: PgBouncer, dsn: st
         await second.start()
         try:
             assert await first.group("scheduler").wait_elected(10) == 1
+            await wait_until(lambda: lock_waiters(dsn), 10, what="the second to line up")
             await first.group("scheduler").resign()
             assert await second.group("scheduler").wait_elected(10) == 2
         finally:

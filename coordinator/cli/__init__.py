@@ -15,12 +15,13 @@ from collections.abc import Sequence
 
 from coordinator._errors import CoordinatorError
 from coordinator._logging import configure_logging
-from coordinator.cli import demo, migrate, run, status
+from coordinator.cli import demo, grant, history, migrate, probe, run, status, watch
+from coordinator.cli._settings import resolve_settings
 
 __all__ = ["main"]
 
 #: The subcommands, in the order ``--help`` lists them.
-COMMANDS = (migrate, run, status, demo)
+COMMANDS = (migrate, grant, run, probe, status, history, watch, demo)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,6 +41,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # `run` configures its own output.
     configure_logging("console", level=logging.WARNING)
     try:
+        resolve_settings(args)
         return int(args.handler(args))
     except CoordinatorError as error:
         print(f"coordinator: error: {error}", file=sys.stderr)

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import os
 from typing import TYPE_CHECKING, TypeAlias
 
 from coordinator._errors import CoordinatorError
+from coordinator.cli._settings import add_settings
 
 __all__ = ["Subparsers", "add_database_options", "require_dsn"]
 
@@ -18,22 +18,14 @@ else:
 
 
 def add_database_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--dsn",
-        default=os.environ.get("COORDINATOR_DSN"),
-        help="PostgreSQL DSN (default: $COORDINATOR_DSN)",
-    )
-    parser.add_argument(
-        "--schema",
-        default=os.environ.get("COORDINATOR_SCHEMA", "coordinator"),
-        help="schema of the coordinator's tables (default: coordinator)",
-    )
+    """``--dsn`` and ``--schema``, also from COORDINATOR_DSN, COORDINATOR_SCHEMA or --config."""
+    add_settings(parser, "dsn", "schema")
 
 
 def require_dsn(args: argparse.Namespace) -> str:
     if not args.dsn:
         raise CoordinatorError(
-            "no database given: pass --dsn or set COORDINATOR_DSN, "
-            "e.g. postgresql://user:password@host:5432/dbname"
+            "no database given: pass --dsn, set COORDINATOR_DSN or put dsn in the config file, "
+            "e.g. postgresql://user@host:5432/dbname with the password in PGPASSWORD"
         )
     return str(args.dsn)

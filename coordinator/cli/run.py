@@ -1,18 +1,30 @@
-"""``coordinator run``: take part in elections until SIGTERM or SIGINT, then resign."""
+"""``coordinator run``: take part in elections until SIGTERM or SIGINT, then resign.
+
+With ``--http HOST:PORT`` it also serves the probe and metrics endpoints
+(:mod:`coordinator.integrations.http`), which makes it a sidecar: the
+application beside it asks ``/leader/{group}`` instead of electing itself.
+The HTTP server starts first, so that a taken port fails before anything
+connects, and stops last, so that probes answer while leadership is resigned.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import signal
-from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import structlog
 
 from coordinator._config import CoordinatorConfig
 from coordinator._coordinator import Coordinator
+from coordinator._errors import ConfigurationError
 from coordinator._logging import configure_logging
-from coordinator.cli._common import Subparsers, add_database_options, require_dsn
+from coordinator.cli._common import Subparsers, require_dsn
+from coordinator.cli._settings import SETTINGS, Address, add_settings, config_settings
+
+if TYPE_CHECKING:
+    from coordinator.integrations.http import HttpServer
 
 __all__ = ["register"]
 
@@ -23,58 +35,58 @@ def register(subparsers: Subparsers) -> None:
     parser = subparsers.add_parser(
         "run", help="take part in elections until SIGTERM or SIGINT, then resign"
     )
-    add_database_options(parser)
-    parser.add_argument(
-        "--group",
-        action="append",
-        required=True,
-        dest="groups",
-        metavar="NAME",
-        help="a group to take part in; repeat for several",
-    )
-    parser.add_argument("--instance-id", help="this instance's name (default: host-pid-random)")
-    parser.add_argument(
-        "--ttl",
-        type=float,
-        default=15.0,
-        help="seconds without a heartbeat before a leader may be fenced (15)",
-    )
-    parser.add_argument(
-        "--heartbeat-interval", type=float, default=5.0, help="seconds between heartbeats (5)"
-    )
-    parser.add_argument(
-        "--heartbeat-timeout", type=float, default=5.0, help="seconds one heartbeat may take (5)"
-    )
-    parser.add_argument("--log-format", choices=("json", "console"), default="console")
+    add_settings(parser, *SETTINGS)
     parser.set_defaults(handler=handle)
 
 
 def handle(args: argparse.Namespace) -> int:
     # Before any logger is bound: a bound logger keeps the configuration it was made with.
     configure_logging(args.log_format)
-    config = CoordinatorConfig(
-        dsn=require_dsn(args),
-        schema=args.schema,
-        ttl=args.ttl,
-        heartbeat_interval=args.heartbeat_interval,
-        heartbeat_timeout=args.heartbeat_timeout,
-        **({"instance_id": args.instance_id} if args.instance_id else {}),
-    )
+    if not args.groups:
+        raise ConfigurationError(
+            "no groups to take part in: pass --group NAME (repeat for several), "
+            'set COORDINATOR_GROUPS=a,b or put groups = ["a"] in the config file'
+        )
+    config = CoordinatorConfig(**{**config_settings(vars(args)), "dsn": require_dsn(args)})
     coordinator = Coordinator(config=config)
     for name in dict.fromkeys(args.groups):
         coordinator.group(name)
-    return asyncio.run(_serve(coordinator, args.groups))
+    server = _http_server(coordinator, args.http, args.ready_when) if args.http else None
+    return asyncio.run(_serve(coordinator, server))
 
 
-async def _serve(coordinator: Coordinator, groups: Sequence[str]) -> int:
+def _http_server(coordinator: Coordinator, address: Address, ready_when: str) -> HttpServer:
+    try:
+        import prometheus_client
+
+        from coordinator.integrations.http import HttpServer, http_app
+    except ImportError as error:
+        raise ConfigurationError(
+            f"--http needs the http extra ({error.name} is missing): "
+            "pip install 'pg-coordinator[http]'"
+        ) from None
+    # This process is ours: its counters need no *_created series beside them.
+    prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]  # unannotated
+    server = HttpServer(http_app(coordinator, ready_when=ready_when), address.host, address.port)
+    server.bind()
+    return server
+
+
+async def _serve(coordinator: Coordinator, server: HttpServer | None) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    await coordinator.start()
+    if server is not None:
+        await server.start()
     try:
-        await stop.wait()
-        log.info("shutdown_requested", instance_id=coordinator.instance_id)
+        await coordinator.start()
+        try:
+            await stop.wait()
+            log.info("shutdown_requested", instance_id=coordinator.instance_id)
+        finally:
+            await coordinator.stop()
     finally:
-        await coordinator.stop()
+        if server is not None:
+            await server.stop()
     return 0

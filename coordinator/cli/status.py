@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+from collections import Counter
 from collections.abc import Sequence
 
 from coordinator._status import GroupStatus, read_status
@@ -26,7 +27,22 @@ def handle(args: argparse.Namespace) -> int:
         print(json.dumps([row.as_json() for row in rows], indent=2))
     else:
         print(format_status(rows))
+        spread = format_spread(rows)
+        if spread:
+            print(spread)
     return 0
+
+
+def format_spread(rows: Sequence[GroupStatus]) -> str:
+    """How many groups each leader holds, busiest first: how evenly the work is spread."""
+    counts = Counter(row.leader for row in rows if row.leader is not None)
+    if not counts:
+        return ""
+    spread = ", ".join(f"{leader} {count}" for leader, count in counts.most_common())
+    vacant = sum(1 for row in rows if row.leader is None)
+    return f"\nleaderships per instance: {spread}" + (
+        f"; without a leader: {vacant}" if vacant else ""
+    )
 
 
 def format_status(rows: Sequence[GroupStatus]) -> str:

@@ -1,0 +1,261 @@
+"""Watching leadership from any process, leader or not: the history and the live changes.
+
+The history is the ``events`` table (pruned by age by every instance's
+monitor). Live changes are the notifications that every change of leadership
+sends on the channel ``<schema>_leadership`` with a JSON payload
+``{group, kind, term, instance_id}``. A notification sent while nobody
+listens is gone, so :func:`observe` starts, and starts again after every
+reconnect, with the state read from ``leader_status`` after ``LISTEN``:
+between the two nothing can be missed, only seen twice, and what was seen
+twice is dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import asyncpg
+import structlog
+
+from coordinator._config import CoordinatorConfig
+from coordinator._connect import TRANSIENT_ERRORS, check_server, connect
+from coordinator._errors import UnsupportedDatabase
+from coordinator._migrations import check_schema
+from coordinator._sql import Statements, notify_channel
+from coordinator._status import read_status
+
+__all__ = ["LeadershipEvent", "observe", "read_history"]
+
+log = structlog.get_logger(__name__)
+
+#: Reconnect after these once observation has begun: a failover may briefly show a standby.
+_RETRIED: tuple[type[BaseException], ...] = (*TRANSIENT_ERRORS, UnsupportedDatabase)
+
+#: The kind of the event that reports the state when observation (re)starts.
+CURRENT = "current"
+
+
+@dataclass(frozen=True)
+class LeadershipEvent:
+    """One change of leadership of one group.
+
+    ``kind`` is one of ``elected``, ``resigned``, ``lost``, ``fenced`` and
+    ``expired`` (as in the ``events`` table), or ``current``: the state when
+    :func:`observe` connected or reconnected, whose ``instance_id`` is the
+    live leader or None. ``at`` and ``reason`` come from the history only;
+    live notifications carry neither.
+    """
+
+    group: str
+    kind: str
+    term: int
+    instance_id: str | None
+    at: datetime | None = None
+    reason: str | None = None
+
+    @property
+    def leader(self) -> str | None:
+        """Who leads the group right after this event (None: nobody)."""
+        return self.instance_id if self.kind in ("elected", CURRENT) else None
+
+    def as_json(self) -> dict[str, Any]:
+        """The keys of ``coordinator history --json`` and ``watch --json``; times as ISO 8601."""
+        return {
+            "group": self.group,
+            "kind": self.kind,
+            "term": self.term,
+            "instance_id": self.instance_id,
+            "at": self.at.isoformat() if self.at is not None else None,
+            "reason": self.reason,
+        }
+
+
+async def read_history(
+    dsn_or_conn: str | asyncpg.Connection,
+    *,
+    group: str | None = None,
+    since: datetime | timedelta | None = None,
+    schema: str = "coordinator",
+) -> list[LeadershipEvent]:
+    """The recorded events, oldest first; ``since`` is a time, or an age on the database clock."""
+    sql = Statements.for_schema(schema)
+    since_at = since if isinstance(since, datetime) else None
+    since_s = since.total_seconds() if isinstance(since, timedelta) else None
+    if isinstance(dsn_or_conn, str):
+        config = CoordinatorConfig(dsn=dsn_or_conn, schema=schema, instance_id="history")
+        conn = await connect(config, check_pooler=True)
+        try:
+            await check_schema(conn, schema, sql.schema_version)
+            rows = await conn.fetch(sql.history, group, since_at, since_s)
+        finally:
+            await conn.close()
+    else:
+        rows = await dsn_or_conn.fetch(sql.history, group, since_at, since_s)
+    return [
+        LeadershipEvent(
+            group=row["group_name"],
+            kind=row["kind"],
+            term=row["term"],
+            instance_id=row["instance_id"],
+            at=row["at"],
+            reason=row["reason"],
+        )
+        for row in rows
+    ]
+
+
+async def observe(
+    dsn: str,
+    *groups: str,
+    schema: str = "coordinator",
+    ping_interval: float = 5.0,
+    connect_timeout: float = 5.0,
+) -> AsyncGenerator[LeadershipEvent, None]:
+    """Yield the leadership changes of ``groups`` (default: all) as they happen, for ever.
+
+    First, and again after every reconnect, one ``current`` event per group
+    says who leads; then each change follows in commit order. A failure of
+    the first connection raises (a wrong DSN should not be retried for ever);
+    later losses reconnect with jittered back-off. Close the iterator when
+    done (``contextlib.aclosing``) to release its connection at once.
+    """
+    config = CoordinatorConfig(
+        dsn=dsn, schema=schema, instance_id="observe", connect_timeout=connect_timeout
+    )
+    sql = Statements.for_schema(schema)
+    wanted = frozenset(groups)
+    state: dict[str, tuple[str | None, int]] = {}
+    failures = 0
+    connected_once = False
+    while True:
+        inbox: asyncio.Queue[str | None] = asyncio.Queue()
+        try:
+            conn = await _listen(config, sql, inbox)
+            connected_once = True
+        except _RETRIED as error:
+            if not connected_once:
+                raise  # report a wrong DSN or schema at once, rather than retry for ever
+            failures += 1
+            log.warning(
+                "observe_reconnect_failed",
+                error=f"{type(error).__name__}: {error}",
+                attempt=failures,
+            )
+            await asyncio.sleep(_back_off(config, failures))
+            continue
+        try:
+            snapshot = await read_status(conn, schema=schema)
+            # Payloads received by now may be in the snapshot already; later ones are news.
+            maybe_seen = inbox.qsize()
+            if failures:
+                log.info("observe_reconnected", attempt=failures)
+            failures = 0
+            for status in snapshot:
+                if _wanted(wanted, status.group):
+                    current = LeadershipEvent(status.group, CURRENT, status.term, status.leader)
+                    state[current.group] = (current.leader, current.term)
+                    yield current
+            while True:
+                change = _parse(await _next(conn, sql, inbox, ping_interval))
+                maybe_seen -= 1
+                if change is None or not _wanted(wanted, change.group):
+                    continue
+                if maybe_seen < 0 or _is_news(state, change):
+                    state[change.group] = (change.leader, change.term)
+                    yield change
+        except TRANSIENT_ERRORS as error:
+            failures += 1
+            log.warning(
+                "observe_connection_lost",
+                error=f"{type(error).__name__}: {error}",
+                attempt=failures,
+            )
+        finally:
+            await _close(conn)
+        await asyncio.sleep(_back_off(config, failures))
+
+
+async def _listen(
+    config: CoordinatorConfig, sql: Statements, inbox: asyncio.Queue[str | None]
+) -> asyncpg.Connection:
+    """A dedicated connection that puts every payload, then None when it closes, in ``inbox``."""
+    conn = await connect(config, check_pooler=True)
+    try:
+        # LISTEN through a transaction pooler, or on a standby, would never hear anything.
+        await check_server(config, conn)
+        await check_schema(conn, config.schema, sql.schema_version)
+
+        def received(_conn: object, _pid: int, _channel: str, payload: str) -> None:
+            inbox.put_nowait(payload)
+
+        await conn.add_listener(notify_channel(config.schema), received)
+        conn.add_termination_listener(lambda _conn: inbox.put_nowait(None))
+    except BaseException:
+        conn.terminate()
+        raise
+    return conn
+
+
+async def _next(
+    conn: asyncpg.Connection,
+    sql: Statements,
+    inbox: asyncio.Queue[str | None],
+    ping_interval: float,
+) -> str:
+    """The next payload; a quiet connection is pinged so that a dead one is noticed."""
+    while True:
+        try:
+            async with asyncio.timeout(ping_interval):
+                payload = await inbox.get()
+        except TimeoutError:
+            async with asyncio.timeout(ping_interval):
+                await conn.fetchval(sql.ping)
+            continue
+        if payload is None:
+            raise ConnectionResetError("the LISTEN connection closed")
+        return payload
+
+
+def _parse(payload: str) -> LeadershipEvent | None:
+    try:
+        data = json.loads(payload)
+        return LeadershipEvent(
+            group=str(data["group"]),
+            kind=str(data["kind"]),
+            term=int(data["term"]),
+            instance_id=data["instance_id"],
+        )
+    except (ValueError, TypeError, KeyError):
+        log.warning("observe_payload_ignored", payload=payload[:200])
+        return None
+
+
+def _wanted(wanted: frozenset[str], group: str) -> bool:
+    return not wanted or group in wanted
+
+
+def _is_news(state: dict[str, tuple[str | None, int]], event: LeadershipEvent) -> bool:
+    """Whether an event that may predate the snapshot shows something the snapshot did not."""
+    before = state.get(event.group)
+    if before is None:
+        return True
+    return event.term > before[1] or (event.term == before[1] and event.leader != before[0])
+
+
+def _back_off(config: CoordinatorConfig, failures: int) -> float:
+    ceiling = min(config.reconnect_max, config.reconnect_min * 2 ** min(failures, 16))
+    return random.uniform(config.reconnect_min, ceiling)
+
+
+async def _close(conn: asyncpg.Connection) -> None:
+    try:
+        async with asyncio.timeout(1.0):
+            await conn.close()
+    except Exception:  # noqa: BLE001 - a connection that cannot close politely is dropped
+        conn.terminate()

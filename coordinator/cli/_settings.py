@@ -1,0 +1,342 @@
+"""Settings of the commands: a flag beats ``COORDINATOR_*``, which beats the file, then defaults.
+
+Each setting has one name: ``heartbeat_interval`` is the flag
+``--heartbeat-interval``, the variable ``COORDINATOR_HEARTBEAT_INTERVAL`` and
+the key ``heartbeat_interval`` of the TOML file named by ``--config`` or
+``COORDINATOR_CONFIG``. An empty variable counts as unset. One file serves
+every command (``run``, ``migrate``, ``probe`` ...); each takes the keys it
+needs. Every value is checked by :func:`resolve_settings` before the command
+does anything; a bad one is one line naming the setting, where it came from
+and what it takes. A DSN is never echoed: it may hold a password.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import math
+import os
+import tomllib
+from collections.abc import Callable, Iterator
+from dataclasses import MISSING, dataclass, fields
+from pathlib import Path
+from typing import Any, Literal, NamedTuple, get_args, get_origin, get_type_hints
+
+from coordinator._config import CoordinatorConfig
+from coordinator._errors import ConfigurationError
+from coordinator._health import ReadyWhen
+
+__all__ = [
+    "CONFIG_ENV",
+    "SETTINGS",
+    "Address",
+    "Setting",
+    "add_settings",
+    "config_settings",
+    "resolve_settings",
+]
+
+CONFIG_ENV = "COORDINATOR_CONFIG"
+
+
+class Address(NamedTuple):
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+def _seconds(value: object) -> float:
+    seconds = None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        seconds = float(value)
+    elif isinstance(value, str):
+        with contextlib.suppress(ValueError):
+            seconds = float(value)
+    if seconds is None or not math.isfinite(seconds):
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {value!r}")
+    return seconds
+
+
+def _integer(value: object) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        try:
+            return int(value, 0)
+        except ValueError:
+            pass
+    raise argparse.ArgumentTypeError(f"expected an integer (decimal or 0x hex), got {value!r}")
+
+
+#: What a TOML value that is not a string is, for messages that must not show it.
+_TOML_KINDS = {bool: "true or false", int: "a number", float: "a number", list: "a list"}
+
+
+def _text(value: object) -> str:
+    if isinstance(value, str):
+        return value
+    # The value itself is not shown: this is how a DSN is read too.
+    kind = _TOML_KINDS.get(type(value), "a table" if isinstance(value, dict) else "a date")
+    raise argparse.ArgumentTypeError(f"expected a string, not {kind}")
+
+
+def _groups(value: object) -> list[str]:
+    """A list of names; a variable gives them comma-separated."""
+    if isinstance(value, str):
+        return [name.strip() for name in value.split(",")]
+    if isinstance(value, list) and all(isinstance(name, str) for name in value):
+        return list(value)
+    raise argparse.ArgumentTypeError('expected a list of group names, e.g. ["scheduler"]')
+
+
+def _address(value: object) -> Address:
+    """``HOST:PORT``; an IPv6 host in brackets, ``[::1]:8080``."""
+    text = _text(value).strip()
+    host, _, port = text.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if host and port.isdigit() and int(port) <= 65535:
+        return Address(host, int(port))
+    raise argparse.ArgumentTypeError(
+        f"expected HOST:PORT, e.g. 127.0.0.1:8080 or 0.0.0.0:8080, got {text!r}"
+    )
+
+
+def _boolean(value: object) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in _BOOLEANS:
+        return _BOOLEANS[value.strip().lower()]
+    raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
+
+
+_BOOLEANS = {"true": True, "yes": True, "on": True, "1": True}
+_BOOLEANS |= {"false": False, "no": False, "off": False, "0": False}
+
+
+def _choice(*options: str) -> Callable[[object], str]:
+    def parse(value: object) -> str:
+        if value in options:
+            return str(value)
+        raise argparse.ArgumentTypeError(f"expected {' or '.join(options)}, got {value!r}")
+
+    return parse
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One setting: ``parse`` takes a flag's or variable's text, or a value from the file.
+
+    ``default`` is what the command gets when nothing gives the setting;
+    ``shown_default`` is how ``--help`` describes it when that differs.
+    """
+
+    name: str
+    parse: Callable[[Any], Any]
+    help: str
+    default: Any = None
+    shown_default: str | None = None
+    metavar: str | None = None
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    @property
+    def env(self) -> str:
+        return "COORDINATOR_" + self.name.upper()
+
+
+#: What --help says of CoordinatorConfig's fields; docs/configuration.md says more.
+_CONFIG_HELP = {
+    "ttl": "seconds without a heartbeat before a leader is fenced",
+    "heartbeat_interval": "seconds between heartbeats",
+    "heartbeat_timeout": "seconds one heartbeat may take",
+    "safety_margin": "seconds a leader demotes itself before its ttl",
+    "monitor_interval": "seconds between stale-leader checks",
+    "lock_namespace": "first int4 of every advisory lock",
+    "connect_timeout": "seconds one connection attempt may take",
+    "reconnect_min": "shortest wait before reconnecting",
+    "reconnect_max": "longest wait before reconnecting",
+    "callback_timeout": "seconds callbacks may run",
+    "take_office_timeout": "seconds taking office waits for fenced work of the old term",
+    "events_retention": "seconds of history to keep",
+    "wait": "how followers wait: block (a connection per group, failover in milliseconds), "
+    "poll (one connection, failover within poll_interval), or auto",
+    "poll_interval": "poll mode: seconds between attempts on free groups",
+    "poll_threshold": "auto mode: poll above this many groups",
+    "fair_spread": "poll mode: hand leaderships above the fair share over",
+}
+#: Fields with settings of their own above, or none (the DSN is read separately).
+_OWN_SETTINGS = ("dsn", "schema", "instance_id")
+
+
+def _config_settings() -> Iterator[Setting]:
+    """One setting per CoordinatorConfig field, parsed by its type; given only when set.
+
+    Derived rather than listed, so that a new field is a setting at once. The
+    class's own default applies to whatever is not given.
+    """
+    hints = get_type_hints(CoordinatorConfig)
+    for field in fields(CoordinatorConfig):
+        if field.name in _OWN_SETTINGS:
+            continue
+        parse, metavar = _parser_for(hints[field.name])
+        default = None if field.default is MISSING else field.default
+        yield Setting(
+            field.name,
+            parse,
+            _CONFIG_HELP.get(field.name, "see docs/configuration.md"),
+            shown_default=_describe(default),
+            metavar=metavar,
+        )
+
+
+def _parser_for(hint: Any) -> tuple[Callable[[Any], Any], str | None]:
+    if get_origin(hint) is Literal:
+        options = [str(option) for option in get_args(hint)]
+        return _choice(*options), "{" + ",".join(options) + "}"
+    kinds = set(get_args(hint)) - {type(None)} or {hint}
+    if kinds == {bool}:
+        return _boolean, "{true,false}"
+    if kinds == {int}:
+        return _integer, "N"
+    if kinds <= {int, float}:
+        return _seconds, "SECONDS"
+    return _text, None
+
+
+def _describe(default: object) -> str:
+    if default is None:
+        return "computed"
+    if isinstance(default, bool):
+        return str(default).lower()
+    if isinstance(default, int):
+        return f"{default:#x}" if default > 0xFFFF else str(default)
+    if isinstance(default, float):
+        return f"{default:g}"
+    return str(default)
+
+
+#: Every setting any command takes, by name. CoordinatorConfig checks the values of its fields.
+SETTINGS: dict[str, Setting] = {
+    s.name: s
+    for s in (
+        Setting(
+            "dsn",
+            _text,
+            "PostgreSQL DSN; keep the password out of it (PGPASSWORD) or at least off the "
+            "command line, where ps shows it",
+        ),
+        Setting("schema", _text, "schema of the coordinator's tables", default="coordinator"),
+        Setting(
+            "groups",
+            _groups,
+            "groups to take part in (flag: repeat --group; variable: comma-separated)",
+        ),
+        Setting("instance_id", _text, "this instance's name", shown_default="host-pid-random"),
+        *_config_settings(),
+        Setting(
+            "http",
+            _address,
+            "serve /livez, /readyz, /leader and /metrics at HOST:PORT",
+            shown_default="no HTTP",
+            metavar="HOST:PORT",
+        ),
+        Setting(
+            "ready_when",
+            _choice(*ReadyWhen),
+            "who /readyz calls ready: every connected member, or the leader only",
+            default=ReadyWhen.MEMBER.value,
+            metavar="{member,leader}",
+        ),
+        Setting(
+            "log_format",
+            _choice("json", "console"),
+            "log output",
+            default="console",
+            metavar="{json,console}",
+        ),
+    )
+}
+
+
+def config_settings(values: dict[str, Any]) -> dict[str, Any]:
+    """The resolved values that are CoordinatorConfig fields and were given somewhere."""
+    names = {f.name for f in fields(CoordinatorConfig)}
+    return {name: value for name, value in values.items() if name in names and value is not None}
+
+
+def add_settings(parser: argparse.ArgumentParser, *names: str) -> None:
+    """Add the flags of ``names``; :func:`resolve_settings` fills in what no flag gave."""
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        help=f"TOML file of settings, keys as the flags' names with underscores (${CONFIG_ENV})",
+    )
+    for name in names:
+        setting = SETTINGS[name]
+        shown = setting.shown_default or setting.default
+        help_text = f"{setting.help} (${setting.env}" + (f"; default: {shown})" if shown else ")")
+        if name == "groups":
+            parser.add_argument(
+                "--group", action="append", dest="groups", metavar="NAME", help=help_text
+            )
+        else:
+            parser.add_argument(
+                setting.flag,
+                dest=name,
+                type=setting.parse,
+                metavar=setting.metavar,
+                help=help_text,
+            )
+    parser.set_defaults(settings=names)
+
+
+def resolve_settings(args: argparse.Namespace) -> None:
+    """Fill every setting no flag gave from the environment, then the file, then the default."""
+    names: tuple[str, ...] = getattr(args, "settings", ())
+    if not names:
+        return
+    path = args.config or os.environ.get(CONFIG_ENV) or None
+    from_file = _read_file(Path(path)) if path else {}
+    for name in names:
+        if getattr(args, name) is not None:
+            continue
+        setting = SETTINGS[name]
+        if os.environ.get(setting.env):
+            value = _parse(setting, os.environ[setting.env], f"${setting.env}")
+        elif name in from_file:
+            value = _parse(setting, from_file[name], f"{name} in {path}")
+        else:
+            value = setting.default
+        setattr(args, name, value)
+
+
+def _parse(setting: Setting, value: object, source: str) -> Any:
+    try:
+        return setting.parse(value)
+    except argparse.ArgumentTypeError as error:
+        raise ConfigurationError(f"{source}: {error}") from None
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as file:
+            values = tomllib.load(file)
+    except FileNotFoundError:
+        raise ConfigurationError(
+            f"config file {path} does not exist: fix --config or ${CONFIG_ENV}"
+        ) from None
+    except OSError as error:
+        raise ConfigurationError(f"cannot read config file {path}: {error.strerror}") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigurationError(f"config file {path} is not valid TOML: {error}") from None
+    unknown = sorted(set(values) - set(SETTINGS))
+    if unknown:
+        raise ConfigurationError(
+            f"config file {path}: unknown setting {unknown[0]!r}; "
+            f"the settings are {', '.join(SETTINGS)}"
+        )
+    return values

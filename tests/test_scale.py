@@ -1,0 +1,187 @@
+"""Shared-session mode: thousands of groups on a couple of connections, and fair spreading."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import asyncpg
+import pytest
+
+from coordinator import ConfigurationError, Coordinator, HeartbeatDone, Signal, group_lock_key
+from coordinator.testing import CoordinatorProcess
+from helpers import coordinator, wait_until
+
+pytestmark = pytest.mark.slow
+
+POLL = {"wait": "poll", "poll_interval": 0.2}
+#: Thousands of groups on two shared cores: room for a busy event loop.
+ROOMY = {"ttl": 10.0, "heartbeat_interval": 1.0, "heartbeat_timeout": 2.0}
+
+
+def names(count: int) -> list[str]:
+    """``count`` group names whose lock keys differ (31-bit keys collide by chance)."""
+    chosen: dict[int, str] = {}
+    serial = 0
+    while len(chosen) < count:
+        name = f"tenant-{serial:05d}"
+        chosen.setdefault(group_lock_key(name), name)
+        serial += 1
+    return list(chosen.values())
+
+
+async def led_by(dsn: str) -> dict[str, int]:
+    """How many groups each live leader leads, from the readers' view."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        rows = await conn.fetch(
+            "SELECT leader, count(*) AS n FROM coordinator.leader_status "
+            "WHERE leader IS NOT NULL GROUP BY leader"
+        )
+    finally:
+        await conn.close()
+    return {row["leader"]: row["n"] for row in rows}
+
+
+async def connections_of(dsn: str, instance_id: str) -> int:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return int(
+            await conn.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1",
+                f"coordinator:{instance_id}",
+            )
+        )
+    finally:
+        await conn.close()
+
+
+async def test_one_process_leads_thousands_of_groups_on_two_connections(dsn: str) -> None:
+    groups = names(2000)
+    coord = coordinator(dsn, "big", *groups, **POLL, **ROOMY)
+    async with coord:
+        await wait_until(lambda: _leads_all(dsn, "big", len(groups)), 60, what="all groups won")
+        assert await connections_of(dsn, "big") == 2  # the shared lock session and control
+        assert all(coord.group(name).term == 1 for name in groups[:: len(groups) // 20])
+
+
+async def _leads_all(dsn: str, instance_id: str, count: int) -> bool:
+    return (await led_by(dsn)).get(instance_id) == count
+
+
+async def test_killed_process_hands_every_group_to_the_survivor(
+    dsn: str, spawn: Callable[..., CoordinatorProcess]
+) -> None:
+    groups = names(1000)
+    first = spawn(
+        dsn,
+        groups,
+        instance_id="first",
+        extra_args=["--wait", "poll", "--poll-interval", "0.2"],
+        **ROOMY,
+    )
+    await wait_until(lambda: _leads_all(dsn, "first", len(groups)), 60, what="first wins all")
+    async with coordinator(dsn, "survivor", *groups, **POLL, **ROOMY) as survivor:
+        await wait_until(
+            lambda: _follows_all(dsn, "survivor", len(groups)),
+            30,
+            what="the survivor to join every group",
+        )
+        first.kill()
+        await wait_until(
+            lambda: _leads_all(dsn, "survivor", len(groups)),
+            30,
+            what="the survivor to take every group",
+        )
+        assert {survivor.group(name).term for name in groups} == {2}
+
+
+async def _follows_all(dsn: str, instance_id: str, count: int) -> bool:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return bool(
+            await conn.fetchval(
+                "SELECT count(*) = $2 FROM coordinator.heartbeats WHERE instance_id = $1",
+                instance_id,
+                count,
+            )
+        )
+    finally:
+        await conn.close()
+
+
+async def test_fair_spreading_converges_and_does_not_flap(dsn: str) -> None:
+    groups = names(30)
+    settings = {**POLL, "poll_interval": 0.1, "fair_spread": True}
+    first = coordinator(dsn, "a", *groups, **settings)
+    async with first:
+        await wait_until(lambda: _leads_all(dsn, "a", 30), 30, what="a to win all 30")
+        others = [coordinator(dsn, instance, *groups, **settings) for instance in ("b", "c")]
+        for other in others:
+            await other.start()
+        try:
+            spread = await wait_until(
+                lambda: _spread_evenly(dsn, 3),
+                30,
+                what="leaderships to spread over three instances",
+            )
+            assert sorted(spread) == ["a", "b", "c"]
+            elections = await _elections(dsn)
+            # Stability: many more polls and heartbeats pass without a single hand-over.
+            await _heartbeats(first, 15)
+            assert await _elections(dsn) == elections
+            assert await led_by(dsn) == spread
+        finally:
+            for other in others:
+                await other.stop()
+
+
+async def _spread_evenly(dsn: str, members: int) -> dict[str, int] | None:
+    spread = await led_by(dsn)
+    total = sum(spread.values())
+    if len(spread) == members and total == 30 and max(spread.values()) <= 30 // members + 1:
+        return spread
+    return None
+
+
+async def _elections(dsn: str) -> int:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return int(
+            await conn.fetchval("SELECT count(*) FROM coordinator.events WHERE kind = 'elected'")
+        )
+    finally:
+        await conn.close()
+
+
+async def _heartbeats(coord: Coordinator, count: int) -> None:
+    """Wait for ``count`` heartbeat statements of ``coord``: a signal, not a sleep."""
+    seen = asyncio.Event()
+    done = 0
+
+    def listen(signal: Signal) -> None:
+        nonlocal done
+        if isinstance(signal, HeartbeatDone) and signal.group is None:
+            done += 1
+            if done >= count:
+                seen.set()
+
+    coord.add_listener(listen)
+    await asyncio.wait_for(seen.wait(), count * 2)
+
+
+async def test_more_groups_than_the_lock_table_holds_are_refused(dsn: str) -> None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        capacity = await conn.fetchval(
+            "SELECT current_setting('max_locks_per_transaction')::int"
+            " * (current_setting('max_connections')::int"
+            " + current_setting('max_prepared_transactions')::int)"
+        )
+        coord = coordinator(dsn, "greedy", *names(capacity + 1), **POLL)
+        with pytest.raises(ConfigurationError, match="raise max_locks_per_transaction"):
+            await coord.start()
+        # Refused before anything was written.
+        assert await conn.fetchval("SELECT count(*) FROM coordinator.leaders") == 0
+    finally:
+        await conn.close()

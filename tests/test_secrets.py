@@ -1,0 +1,179 @@
+"""No password in any log line, error message, status output, metric or HTTP body.
+
+One test drives every kind of output through its scenarios (an election and
+a failover over HTTP, lost connections, refused logins, bad settings, the
+commands that print) with passwords in the DSNs, captures all of it, and
+searches it for the passwords in every spelling a DSN can carry them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import secrets
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlsplit, urlunsplit
+
+import asyncpg
+import pytest
+import structlog
+
+from coordinator import Coordinator, CoordinatorConfig, CoordinatorError
+from coordinator.integrations.http import HttpServer, http_app
+from coordinator.testing import CoordinatorProcess
+from endpoints import HTTP_ANY_PORT, get, http_port, wait_status
+from helpers import FAST
+
+Spawn = Callable[..., CoordinatorProcess]
+GROUP = "scheduler"
+WAIT = 15.0
+PATHS = ("/livez", "/readyz", "/leader", f"/leader/{GROUP}", "/metrics")
+
+
+class Transcript:
+    """Everything the scenarios showed anyone, with where it came from."""
+
+    def __init__(self) -> None:
+        self.entries: list[tuple[str, str]] = []
+
+    def add(self, source: str, text: str) -> None:
+        self.entries.append((source, text))
+
+    def cli(
+        self, *args: str, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            [sys.executable, "-m", "coordinator", *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, **(env or {})},
+        )
+        self.add(f"coordinator {args[0]} (stdout)", result.stdout)
+        self.add(f"coordinator {args[0]} (stderr)", result.stderr)
+        return result
+
+    def http(self, port: int, source: str) -> None:
+        for path in PATHS:
+            status, body = get(port, path)
+            self.add(f"{source} GET {path} -> {status}", body.decode())
+
+    def process(self, process: CoordinatorProcess) -> None:
+        for record in process.records():
+            self.add(f"log of {process.instance_id}", json.dumps(record))
+
+    def leaks(self, *passwords: str) -> Iterator[str]:
+        spellings = {form for p in passwords for form in (p, quote(p, safe=""), quote(p))}
+        for source, text in self.entries:
+            for spelling in spellings:
+                if spelling in text:
+                    yield f"{source}: {text[:300]!r}"
+
+
+def with_password(dsn: str, user: str, password: str, *, database: str | None = None) -> str:
+    parts = urlsplit(dsn)
+    netloc = f"{user}:{quote(password, safe='')}@{parts.hostname}:{parts.port}"
+    path = f"/{database}" if database is not None else parts.path
+    return urlunsplit(parts._replace(netloc=netloc, path=path))
+
+
+@pytest.fixture
+async def role(dsn: str) -> Any:
+    """A role whose password has the characters a DSN must escape."""
+    name = f"secret_{secrets.token_hex(4)}"
+    password = f"Pw{secrets.token_hex(6)}@:/?#%&="
+    yield name, password
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(f'DROP OWNED BY "{name}"; DROP ROLE IF EXISTS "{name}"')
+    finally:
+        await conn.close()
+
+
+async def test_no_password_appears_in_any_output(
+    pg_server: Any, dsn: str, role: tuple[str, str], spawn: Spawn, tmp_path: Path
+) -> None:
+    name, password = role
+    wrong = f"Wrong{secrets.token_hex(6)}:@/"
+    seen = Transcript()
+
+    granted = seen.cli(
+        "grant", "--dsn", dsn, "--role", name, "--password-env", "PW", env={"PW": password}
+    )
+    assert granted.returncode == 0, granted.stderr
+    role_dsn = with_password(dsn, name, password)
+
+    # An election, a failover and lost connections, as seen in logs and over HTTP.
+    first = spawn(role_dsn, [GROUP], instance_id="a", **FAST, extra_args=HTTP_ANY_PORT)
+    first.wait_for("leadership_acquired", WAIT, term=1)
+    second = spawn(role_dsn, [GROUP], instance_id="b", **FAST, extra_args=HTTP_ANY_PORT)
+    second.wait_for("coordinator_started", WAIT)
+    a, b = http_port(first), http_port(second)
+    seen.http(a, "leader")
+    seen.http(b, "follower")
+    admin = await asyncpg.connect(dsn)
+    try:
+        await admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = $1", name
+        )
+    finally:
+        await admin.close()
+    first.wait_for("leadership_lost", WAIT)
+    seen.http(a, "after the connections were cut")  # /leader reports its lost connection
+    first.terminate()
+    first.wait_exit(WAIT)
+    wait_status(b, f"/leader/{GROUP}", 200, WAIT)
+    seen.http(b, "new leader")
+    seen.process(first)
+
+    # Commands that print, and commands that fail, with passwords in their DSNs.
+    seen.cli("status", "--dsn", role_dsn)
+    seen.cli("status", "--dsn", role_dsn, "--json")
+    seen.cli("probe", "--http", f"127.0.0.1:{b}", "--leader", GROUP)
+    refused = with_password(dsn, name, wrong)
+    for command in ("status", "migrate", "grant --role other_app", "run --group x"):
+        result = seen.cli(*command.split(), "--dsn", refused)
+        assert result.returncode == 1
+    assert "refused the password" in seen.entries[-1][1]
+    seen.cli("status", "--dsn", with_password("postgresql://h:1/d", name, password))
+    seen.cli("status", "--dsn", with_password(dsn, name, password, database="no_such_db"))
+    seen.cli("status", "--dsn", role_dsn.replace(str(urlsplit(dsn).port), "notaport"))
+    seen.cli("run", "--group", GROUP, "--ttl", "nan-seconds", env={"COORDINATOR_DSN": role_dsn})
+    config = tmp_path / "coordinator.toml"
+    config.write_text(f'dsn = "{role_dsn}"\nttl = 1\ngroups = ["{GROUP}"]\n')
+    seen.cli("run", "--config", str(config))
+    config.write_text(f'dsn = ["{role_dsn}"]\n')
+    seen.cli("run", "--config", str(config), "--group", GROUP)
+    config.write_text(f'dsn = "{role_dsn}\n')
+    seen.cli("run", "--config", str(config), "--group", GROUP)
+
+    # The library: its log events, its exceptions, its configuration, its endpoints.
+    with structlog.testing.capture_logs() as logs:
+        failing = Coordinator(refused, instance_id="lib", **FAST)
+        failing.group(GROUP)
+        with pytest.raises(CoordinatorError) as raised:
+            await failing.start()
+        seen.add("exception", f"{raised.value!s} {raised.value!r}")
+        seen.add("config repr", repr(CoordinatorConfig(dsn=role_dsn)))
+        server = HttpServer(http_app(failing), "127.0.0.1", 0)
+        port = server.bind()
+        await server.start()
+        try:
+            seen.add("endpoints", repr([await asyncio.to_thread(get, port, p) for p in PATHS]))
+        finally:
+            await server.stop()
+    seen.add("library log", repr(logs))
+
+    seen.process(second)
+    leaks = list(seen.leaks(password, wrong, pg_server.password or "coordinator-test-pw"))
+    assert not leaks, "\n".join(leaks)
+    everything = "\n".join(text for _, text in seen.entries)
+    assert everything.count(":***@") >= 10, "the DSNs are shown, redacted"
+    assert '"database_error":"' in everything, "a failed read of the database is reported"
+    if os.environ.get("SHOW_TRANSCRIPT"):
+        print(everything)
