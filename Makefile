@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-dev
 PG15   := /usr/lib/postgresql/15/bin
 
 .DEFAULT_GOAL := help
-.PHONY: help venv demo test test-embedded test-pg15 chaos bench lint format clean
+.PHONY: help venv demo example test test-embedded test-pg15 chaos bench lint format clean
 
 CHAOS_DURATION ?= 300
 BENCH_ARGS ?=
@@ -26,6 +26,9 @@ venv: $(STAMP) ## create .venv with the package and its dev extras
 
 demo: $(STAMP) ## three instances on an embedded PostgreSQL 18: crash, hang and graceful failover
 	$(BIN)/coordinator demo
+
+example: $(STAMP) ## two replicas of examples/fastapi_app (a leader-only job, fenced writes) on :8001 and :8002
+	$(BIN)/python -m examples.fastapi_app
 
 test: test-embedded test-pg15 ## the whole suite on embedded PostgreSQL 18, the core tests on system PostgreSQL 15
 
