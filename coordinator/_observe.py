@@ -27,6 +27,7 @@ from coordinator._config import CoordinatorConfig
 from coordinator._connect import TRANSIENT_ERRORS, check_server, connect
 from coordinator._errors import UnsupportedDatabase
 from coordinator._migrations import check_schema
+from coordinator._reading import fetch_rows
 from coordinator._sql import Statements, notify_channel
 from coordinator._status import read_status
 
@@ -84,19 +85,9 @@ async def read_history(
     schema: str = "coordinator",
 ) -> list[LeadershipEvent]:
     """The recorded events, oldest first; ``since`` is a time, or an age on the database clock."""
-    sql = Statements.for_schema(schema)
     since_at = since if isinstance(since, datetime) else None
     since_s = since.total_seconds() if isinstance(since, timedelta) else None
-    if isinstance(dsn_or_conn, str):
-        config = CoordinatorConfig(dsn=dsn_or_conn, schema=schema, instance_id="history")
-        conn = await connect(config, check_pooler=True)
-        try:
-            await check_schema(conn, schema, sql.schema_version)
-            rows = await conn.fetch(sql.history, group, since_at, since_s)
-        finally:
-            await conn.close()
-    else:
-        rows = await dsn_or_conn.fetch(sql.history, group, since_at, since_s)
+    rows = await fetch_rows(dsn_or_conn, schema, lambda sql: sql.history, group, since_at, since_s)
     return [
         LeadershipEvent(
             group=row["group_name"],

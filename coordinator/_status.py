@@ -8,10 +8,7 @@ from typing import Any
 
 import asyncpg
 
-from coordinator._config import CoordinatorConfig
-from coordinator._connect import connect
-from coordinator._migrations import check_schema
-from coordinator._sql import Statements
+from coordinator._reading import fetch_rows
 
 __all__ = ["GroupStatus", "read_status"]
 
@@ -48,17 +45,7 @@ async def read_status(
     dsn_or_conn: str | asyncpg.Connection, *, schema: str = "coordinator"
 ) -> list[GroupStatus]:
     """Every group's leader, term and liveness, ordered by group name."""
-    sql = Statements.for_schema(schema)
-    if isinstance(dsn_or_conn, str):
-        config = CoordinatorConfig(dsn=dsn_or_conn, schema=schema, instance_id="status")
-        conn = await connect(config, check_pooler=True)
-        try:
-            await check_schema(conn, schema, sql.schema_version)
-            rows = await conn.fetch(sql.leader_status)
-        finally:
-            await conn.close()
-    else:
-        rows = await dsn_or_conn.fetch(sql.leader_status)
+    rows = await fetch_rows(dsn_or_conn, schema, lambda sql: sql.leader_status)
     return [
         GroupStatus(
             group=row["group_name"],

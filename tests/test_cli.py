@@ -74,7 +74,7 @@ def test_standby_is_refused(pg_server: Any) -> None:
         result = cli("run", "--dsn", standby.dsn, "--group", "scheduler")
         assert_one_line_error(result, "standby", "primary")
     finally:
-        standby.cleanup()
+        standby.close()
 
 
 @pytest.mark.parametrize(

@@ -89,10 +89,10 @@ async def test_standby_is_a_hot_standby_in_recovery(pg_server: PgServer) -> None
         assert standby.port != _local(pg_server).port
         assert await _fetch(standby.dsn, "SELECT pg_is_in_recovery()") is True
     finally:
-        await asyncio.to_thread(standby.cleanup)
+        await asyncio.to_thread(standby.close)
 
 
-async def test_killed_server_drops_clients_starts_again_and_cleanup_removes_it(
+async def test_killed_server_drops_clients_starts_again_and_close_removes_it(
     pg_server: PgServer,
 ) -> None:
     """A server of its own: killing the session's would disturb the other tests' databases."""

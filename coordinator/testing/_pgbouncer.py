@@ -12,9 +12,9 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from types import TracebackType
 from typing import Literal
 
+from coordinator.testing._managed import Managed
 from coordinator.testing._postgres import _free_port, _server_user
 
 __all__ = ["PgBouncer"]
@@ -24,7 +24,7 @@ PoolMode = Literal["session", "transaction", "statement"]
 _READY_TIMEOUT = 30.0
 
 
-class PgBouncer:
+class PgBouncer(Managed):
     """PgBouncer listening on 127.0.0.1, forwarding every database to one server.
 
     Clients are trusted; PgBouncer logs in to the server with ``user`` and
@@ -110,15 +110,3 @@ class PgBouncer:
         if self._dir is not None:
             shutil.rmtree(self._dir, ignore_errors=True)
             self._dir = None
-
-    def __enter__(self) -> PgBouncer:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()

@@ -24,9 +24,10 @@ import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 from urllib.parse import quote
+
+from coordinator.testing._managed import Managed
 
 __all__ = ["SERVER_USER", "LocalPostgres"]
 
@@ -55,7 +56,7 @@ _TEST_SETTINGS = {
 }
 
 
-class LocalPostgres:
+class LocalPostgres(Managed):
     """A PostgreSQL server in a temporary data directory, on 127.0.0.1 and a unix socket.
 
     Nothing happens until :meth:`start`: the first start creates the data
@@ -196,10 +197,10 @@ class LocalPostgres:
         self.stop()
         self.start()
 
-    def cleanup(self) -> None:
+    def close(self) -> None:
         """Stop this server and its standbys; delete the data directories created here."""
         for standby in self._standbys:
-            standby.cleanup()
+            standby.close()
         self._standbys.clear()
         self.stop()
         if self._owns_data_dir and self._data_dir is not None:
@@ -241,26 +242,10 @@ class LocalPostgres:
         try:
             standby.start()
         except BaseException:
-            standby.cleanup()
+            standby.close()
             raise
         self._standbys.append(standby)
         return standby
-
-    def __enter__(self) -> LocalPostgres:
-        try:
-            self.start()
-        except BaseException:
-            self.cleanup()
-            raise
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.cleanup()
 
     def __repr__(self) -> str:
         where = f"port {self._port}" if self._port is not None else "not started"

@@ -15,8 +15,9 @@ import sys
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from types import TracebackType
 from typing import Any
+
+from coordinator.testing._managed import Managed
 
 __all__ = ["CoordinatorProcess"]
 
@@ -24,7 +25,7 @@ _TAIL_LINES = 20
 _READER_JOIN_TIMEOUT = 10.0
 
 
-class CoordinatorProcess:
+class CoordinatorProcess(Managed):
     """Runs ``python -m coordinator run ... --log-format json`` and collects its log records.
 
     Each stdout line becomes a record: the parsed JSON object, or
@@ -153,18 +154,6 @@ class CoordinatorProcess:
         for stream in (process.stdout, process.stderr):
             if stream is not None:
                 stream.close()
-
-    def __enter__(self) -> CoordinatorProcess:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         pid = self._process.pid if self._process is not None else "not started"

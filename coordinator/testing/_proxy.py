@@ -31,9 +31,10 @@ import socket
 import struct
 import threading
 from collections.abc import Coroutine
-from types import TracebackType
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
+
+from coordinator.testing._managed import Managed
 
 __all__ = ["TcpProxy"]
 
@@ -71,7 +72,7 @@ class _Link:
             end.transport.abort()
 
 
-class TcpProxy:
+class TcpProxy(Managed):
     """Forwards ``listen_host:listen_port`` to the target, with faults on demand."""
 
     def __init__(
@@ -153,18 +154,6 @@ class TcpProxy:
     def connections(self) -> int:
         """Client connections currently open (including cut ones)."""
         return self._run(self._count())
-
-    def __enter__(self) -> TcpProxy:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def _run(self, coro: Coroutine[Any, Any, _T]) -> _T:
         """Run ``coro`` on the proxy's loop and wait for its result."""
