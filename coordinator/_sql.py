@@ -250,6 +250,11 @@ class Statements:
                     AND h.term = l.term
              WHERE l.holder IS NOT NULL
                AND (h.heartbeat_at IS NULL OR h.heartbeat_at < now() - l.ttl)
+               -- A row locked below is re-read in its newest version; if a next
+               -- leader took office meanwhile, it joins no heartbeat row of its
+               -- own here and would look stale. No leader is stale before a
+               -- ttl has passed since it took office, so this spares it.
+               AND l.acquired_at < now() - l.ttl
                FOR SHARE OF l SKIP LOCKED
         ), fenced AS (
             SELECT stale.*, pg_terminate_backend(stale.backend_pid) AS terminated

@@ -148,6 +148,13 @@ class LocalPostgres(Managed):
         return f"postgresql://postgres:{password}@127.0.0.1:{self.port}/{quote(database, safe='')}"
 
     @property
+    def pid(self) -> int:
+        """The postmaster's process id; its children are the backends."""
+        if self._process is None:
+            raise RuntimeError("the server is not running")
+        return self._process.pid
+
+    @property
     def running(self) -> bool:
         return self._process is not None and self._process.poll() is None
 

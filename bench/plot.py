@@ -1,0 +1,86 @@
+"""The failover distributions as one picture (``bench/failover.png``).
+
+One row per series on a logarithmic time axis, every trial a dot and the
+median a bar, so milliseconds and tens of seconds fit together. Published
+peers that were not measured are drawn as hatched ranges and say so.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; no display here
+
+import matplotlib.pyplot as plt
+
+from bench.stats import Distribution
+
+__all__ = ["Range", "Series", "plot_failovers"]
+
+_COLORS = {"floor": "#7f7f7f", "ours": "#1f77b4", "peer": "#ff7f0e", "published": "#bbbbbb"}
+
+
+@dataclass(frozen=True)
+class Series:
+    label: str
+    kind: str  # "floor", "ours" or "peer"
+    distribution: Distribution
+
+
+@dataclass(frozen=True)
+class Range:
+    """A published peer's analytic window, in seconds: drawn, never passed off as measured."""
+
+    label: str
+    low: float
+    high: float
+
+
+def plot_failovers(
+    series: Sequence[Series], ranges: Sequence[Range], ttl: float, title: str, path: Path
+) -> None:
+    rows = len(series) + len(ranges)
+    figure, axes = plt.subplots(figsize=(11, 0.42 * rows + 1.8), dpi=110)
+    jitter = random.Random(0)
+    labels = []
+    for row, item in enumerate(series):
+        y = rows - 1 - row
+        samples = item.distribution.samples
+        axes.scatter(
+            samples,
+            [y + jitter.uniform(-0.18, 0.18) for _ in samples],
+            s=9,
+            alpha=0.55,
+            color=_COLORS[item.kind],
+            linewidths=0,
+        )
+        axes.plot([item.distribution.median] * 2, [y - 0.32, y + 0.32], color="black", lw=1.6)
+        labels.append((y, item.label))
+    for row, peer in enumerate(ranges, start=len(series)):
+        y = rows - 1 - row
+        axes.barh(
+            y,
+            peer.high - max(peer.low, 1e-4),
+            left=max(peer.low, 1e-4),
+            height=0.5,
+            color=_COLORS["published"],
+            hatch="//",
+            edgecolor="#666666",
+        )
+        labels.append((y, f"{peer.label} (published defaults, not measured)"))
+    axes.axvline(ttl, color="#2ca02c", ls="--", lw=1)
+    axes.text(ttl, rows - 0.4, f" ttl {ttl:g} s (hang, partition)", color="#2ca02c", fontsize=8)
+    axes.set_xscale("log")
+    axes.set_xlabel("seconds from the fault until the new leader's code runs (log scale)")
+    axes.set_yticks([y for y, _ in labels], [label for _, label in labels], fontsize=8)
+    axes.set_ylim(-0.7, rows - 0.2)
+    axes.grid(axis="x", which="both", alpha=0.25)
+    axes.set_title(title, fontsize=10)
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)

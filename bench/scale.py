@@ -1,0 +1,344 @@
+"""``python -m bench.scale``: many groups, in shared-session and blocking mode.
+
+Measures, on one embedded PostgreSQL 18, with real ``coordinator run``
+processes:
+
+- one process with N groups: connections used, transactions per second at
+  rest, time from start to leading every group, and the time for a second,
+  following process to lead them all after the first is SIGKILLed;
+- many processes sharing G groups: time until every group has a leader, the
+  spread of leaderships (most and fewest per process) with and without fair
+  spreading, and the database's CPU and transactions per second at rest.
+
+Times come from the processes' own log timestamps. The results go to the
+terminal and replace the "Scale" section of ``bench/RESULTS.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import math
+import os
+import signal
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import psutil
+
+from coordinator import migrate
+from coordinator.testing import CoordinatorProcess, LocalPostgres
+
+__all__ = ["main"]
+
+RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+BEGIN, END = "<!-- scale:begin -->", "<!-- scale:end -->"
+#: Production-like timings: the defaults but for a 1 s poll.
+TIMINGS = {"ttl": 15.0, "heartbeat_interval": 5.0, "heartbeat_timeout": 5.0}
+POLL_INTERVAL = 1.0
+REST_WINDOW = 15.0
+WAIT = 300.0
+
+
+def group_names(count: int) -> list[str]:
+    return [f"tenant-{n:05d}" for n in range(count)]
+
+
+def logged_at(record: dict[str, object]) -> float:
+    return datetime.fromisoformat(str(record["timestamp"])).timestamp()
+
+
+@dataclass
+class Rig:
+    server: LocalPostgres
+    dsn: str
+
+    async def fetchval(self, sql: str, *args: object) -> object:
+        conn = await asyncpg.connect(self.dsn)
+        try:
+            return await conn.fetchval(sql, *args)
+        finally:
+            await conn.close()
+
+    async def leaders(self) -> dict[str, int]:
+        conn = await asyncpg.connect(self.dsn)
+        try:
+            rows = await conn.fetch(
+                "SELECT leader, count(*) AS n FROM coordinator.leader_status "
+                "WHERE leader IS NOT NULL GROUP BY leader"
+            )
+        finally:
+            await conn.close()
+        return {row["leader"]: row["n"] for row in rows}
+
+    async def wait_for(self, condition: str, *args: object) -> float:
+        """Poll a boolean SQL condition until true; return the wall time it became true."""
+        deadline = time.monotonic() + WAIT
+        while not await self.fetchval(condition, *args):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"not within {WAIT:g} s: {condition}")
+            await asyncio.sleep(0.05)
+        return time.time()
+
+    async def connections(self, instance_id: str) -> int:
+        return int(
+            str(
+                await self.fetchval(
+                    "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1",
+                    f"coordinator:{instance_id}",
+                )
+            )
+        )
+
+    async def at_rest(self) -> tuple[float, float]:
+        """Transactions per second and database CPU (share of one core) over a quiet window."""
+        server = psutil.Process(self.server.pid)
+        processes = [server, *server.children(recursive=True)]
+        cpu_before = sum(_cpu(p) for p in processes)
+        xacts_before = await self._xacts()
+        started = time.monotonic()
+        await asyncio.sleep(REST_WINDOW)  # a measurement window, not a wait for a condition
+        elapsed = time.monotonic() - started
+        xacts = (await self._xacts() - xacts_before) / elapsed
+        cpu = (sum(_cpu(p) for p in processes) - cpu_before) / elapsed
+        return xacts, cpu
+
+    async def _xacts(self) -> int:
+        # The statistics are flushed at most once a second; force it for this session.
+        conn = await asyncpg.connect(self.dsn)
+        try:
+            return int(
+                await conn.fetchval(
+                    "SELECT xact_commit + xact_rollback FROM pg_stat_database "
+                    "WHERE datname = current_database()"
+                )
+            )
+        finally:
+            await conn.close()
+
+
+def _cpu(process: psutil.Process) -> float:
+    try:
+        times = process.cpu_times()
+    except psutil.NoSuchProcess:
+        return 0.0
+    return float(times.user + times.system)
+
+
+def spawn(rig: Rig, instance_id: str, groups: Sequence[str], *extra: str) -> CoordinatorProcess:
+    process = CoordinatorProcess(
+        rig.dsn,
+        groups,
+        instance_id=instance_id,
+        extra_args=extra,
+        ttl=TIMINGS["ttl"],
+        heartbeat_interval=TIMINGS["heartbeat_interval"],
+        heartbeat_timeout=TIMINGS["heartbeat_timeout"],
+    )
+    process.start()
+    return process
+
+
+def last_election(process: CoordinatorProcess, count: int) -> float:
+    acquired = [r for r in process.records() if r.get("event") == "leadership_acquired"]
+    if len(acquired) < count:
+        raise RuntimeError(f"{process.instance_id} logged {len(acquired)} elections, not {count}")
+    return max(logged_at(r) for r in acquired)
+
+
+async def one_process(rig: Rig, count: int, wait: str) -> dict[str, float]:
+    """One process with ``count`` groups, then a follower that takes them all over."""
+    groups = group_names(count)
+    mode = ["--wait", wait, "--poll-interval", str(POLL_INTERVAL)]
+    started = time.time()
+    first = spawn(rig, f"{wait}-first", groups, *mode)
+    second = None
+    try:
+        await rig.wait_for(
+            "SELECT count(*) = $1 FROM coordinator.leader_status WHERE leader = $2",
+            count,
+            first.instance_id,
+        )
+        cold = last_election(first, count) - started
+        connections = await rig.connections(first.instance_id)
+        xacts, _ = await rig.at_rest()
+        second = spawn(rig, f"{wait}-second", groups, *mode)
+        await rig.wait_for(
+            "SELECT count(*) = $1 FROM coordinator.heartbeats WHERE instance_id = $2",
+            count,
+            second.instance_id,
+        )
+        killed = time.time()
+        os.kill(first.pid, signal.SIGKILL)
+        await rig.wait_for(
+            "SELECT count(*) = $1 FROM coordinator.leader_status WHERE leader = $2",
+            count,
+            second.instance_id,
+        )
+        acquired = [
+            logged_at(r) for r in second.records() if r.get("event") == "leadership_acquired"
+        ]
+        return {
+            "groups": count,
+            "connections": connections,
+            "xacts_per_s": xacts,
+            "cold_start_s": cold,
+            "takeover_first_s": min(acquired) - killed,
+            "takeover_all_s": max(acquired) - killed,
+        }
+    finally:
+        first.close()
+        if second is not None:
+            second.close()
+
+
+async def many_processes(rig: Rig, processes: int, count: int, fair: bool) -> dict[str, float]:
+    """``processes`` instances of ``count`` groups started together."""
+    groups = group_names(count)
+    extra = [
+        "--wait",
+        "poll",
+        "--poll-interval",
+        str(POLL_INTERVAL),
+        "--fair-spread",
+        "true" if fair else "false",
+    ]
+    started = time.time()
+    members = [
+        spawn(rig, f"{'fair' if fair else 'plain'}-{n:02d}", groups, *extra)
+        for n in range(processes)
+    ]
+    try:
+        everyone = await rig.wait_for(
+            "SELECT count(*) = $1 FROM coordinator.leader_status WHERE leader IS NOT NULL", count
+        )
+        if fair:
+            # Spreading is done when nobody leads more than its share plus the hysteresis.
+            limit = math.ceil(count / processes) + 1
+            await rig.wait_for(
+                "SELECT coalesce(max(n), 0) <= $1 FROM (SELECT count(*) AS n "
+                "FROM coordinator.leader_status WHERE leader IS NOT NULL GROUP BY leader) AS s",
+                limit,
+            )
+        xacts, cpu = await rig.at_rest()
+        spread = await rig.leaders()
+        per_process = [spread.get(m.instance_id, 0) for m in members]
+        return {
+            "processes": processes,
+            "groups": count,
+            "all_led_s": everyone - started,
+            "most": max(per_process),
+            "fewest": min(per_process),
+            "xacts_per_s": xacts,
+            "db_cpu": cpu,
+        }
+    finally:
+        for member in members:
+            member.close()
+
+
+async def fresh_database(server: LocalPostgres, name: str) -> str:
+    conn = await asyncpg.connect(server.dsn)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    dsn = server.dsn_for(name)
+    await migrate(dsn)
+    return dsn
+
+
+def report(single: list[dict[str, Any]], spread: list[dict[str, Any]], command: str) -> str:
+    lines = [
+        BEGIN,
+        "## Scale",
+        "",
+        f"Command: `{command}`. Settings: ttl {TIMINGS['ttl']:g} s, heartbeat every "
+        f"{TIMINGS['heartbeat_interval']:g} s, poll interval {POLL_INTERVAL:g} s; "
+        f"rest windows of {REST_WINDOW:g} s. Times are from the processes' own logs.",
+        "",
+        "### One process, then a second one that takes over after SIGKILL",
+        "",
+        "| mode | groups | connections | transactions/s at rest | cold start: all led | "
+        "takeover: first group | takeover: all groups |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for row in single:
+        lines.append(
+            f"| {row['mode']} | {row['groups']:.0f} | {row['connections']:.0f} | "
+            f"{row['xacts_per_s']:.1f} | {row['cold_start_s']:.2f} s | "
+            f"{row['takeover_first_s'] * 1000:.0f} ms | {row['takeover_all_s']:.2f} s |"
+        )
+    lines += [
+        "",
+        "Blocking mode needs a connection per group and process, so it runs here with "
+        "fewer groups; 1,000 groups would take 1,001 connections per process.",
+        "",
+        "### Many processes sharing the groups (shared-session mode)",
+        "",
+        "| fair spreading | processes x groups | all groups led | leaderships per process "
+        "(most / fewest) | database CPU at rest | transactions/s at rest |",
+        "| --- | --- | ---: | --- | ---: | ---: |",
+    ]
+    for row in spread:
+        lines.append(
+            f"| {'on' if row['fair'] else 'off'} | {row['processes']:.0f} x {row['groups']:.0f} "
+            f"| {row['all_led_s']:.2f} s | {row['most']:.0f} / {row['fewest']:.0f} | "
+            f"{row['db_cpu'] * 100:.1f} % of a core | {row['xacts_per_s']:.1f} |"
+        )
+    lines += [
+        "",
+        "In blocking mode the same 20 x 200 would need 4,020 connections; it is not run.",
+        END,
+    ]
+    return "\n".join(lines)
+
+
+def write_section(section: str) -> None:
+    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
+    if BEGIN in text and END in text:
+        head, _, rest = text.partition(BEGIN)
+        _, _, tail = rest.partition(END)
+        text = head + section + tail
+    else:
+        text = text.rstrip("\n") + "\n\n" + section + "\n"
+    RESULTS.write_text(text)
+
+
+async def run(args: argparse.Namespace) -> None:
+    settings = {"max_connections": "600", "max_locks_per_transaction": "256"}
+    with LocalPostgres.embedded(settings=settings) as server:
+        single: list[dict[str, Any]] = []
+        for mode, count in (("poll", args.groups), ("block", args.block_groups)):
+            rig = Rig(server, await fresh_database(server, f"scale_{mode}"))
+            row = await one_process(rig, count, mode)
+            single.append({"mode": mode, **row})
+            print(f"one process, {mode}: {row}", flush=True)
+        spread: list[dict[str, Any]] = []
+        for fair in (False, True):
+            rig = Rig(server, await fresh_database(server, f"spread_{fair}"))
+            row = await many_processes(rig, args.processes, args.shared_groups, fair)
+            spread.append({"fair": fair, **row})
+            print(f"{args.processes} processes, fair={fair}: {row}", flush=True)
+    section = report(single, spread, "make bench (python -m bench.scale)")
+    print(section)
+    write_section(section)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.scale", description=__doc__)
+    parser.add_argument("--groups", type=int, default=1000, help="one process, poll mode")
+    parser.add_argument("--block-groups", type=int, default=200, help="one process, block mode")
+    parser.add_argument("--processes", type=int, default=20)
+    parser.add_argument("--shared-groups", type=int, default=200)
+    asyncio.run(run(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    main()
