@@ -144,11 +144,18 @@ def spawn(rig: Rig, instance_id: str, groups: Sequence[str], *extra: str) -> Coo
     return process
 
 
-def last_election(process: CoordinatorProcess, count: int) -> float:
-    acquired = [r for r in process.records() if r.get("event") == "leadership_acquired"]
-    if len(acquired) < count:
-        raise RuntimeError(f"{process.instance_id} logged {len(acquired)} elections, not {count}")
-    return max(logged_at(r) for r in acquired)
+async def last_election(process: CoordinatorProcess, count: int) -> float:
+    """When ``process`` logged the last of ``count`` elections (its log may lag the database)."""
+    deadline = time.monotonic() + WAIT
+    while True:
+        acquired = [r for r in process.records() if r.get("event") == "leadership_acquired"]
+        if len(acquired) >= count:
+            return max(logged_at(r) for r in acquired)
+        if time.monotonic() > deadline:
+            raise RuntimeError(
+                f"{process.instance_id} logged {len(acquired)} elections, not {count}"
+            )
+        await asyncio.sleep(0.05)
 
 
 async def one_process(rig: Rig, count: int, wait: str) -> dict[str, float]:
@@ -164,7 +171,7 @@ async def one_process(rig: Rig, count: int, wait: str) -> dict[str, float]:
             count,
             first.instance_id,
         )
-        cold = last_election(first, count) - started
+        cold = await last_election(first, count) - started
         connections = await rig.connections(first.instance_id)
         xacts, _ = await rig.at_rest()
         second = spawn(rig, f"{wait}-second", groups, *mode)
@@ -173,6 +180,12 @@ async def one_process(rig: Rig, count: int, wait: str) -> dict[str, float]:
             count,
             second.instance_id,
         )
+        if wait == "block":
+            # Lined up: every follower session blocked in pg_advisory_lock.
+            await rig.wait_for(
+                "SELECT count(*) = $1 FROM pg_locks WHERE locktype = 'advisory' AND NOT granted",
+                count,
+            )
         killed = time.time()
         os.kill(first.pid, signal.SIGKILL)
         await rig.wait_for(
@@ -180,6 +193,7 @@ async def one_process(rig: Rig, count: int, wait: str) -> dict[str, float]:
             count,
             second.instance_id,
         )
+        await last_election(second, count)
         acquired = [
             logged_at(r) for r in second.records() if r.get("event") == "leadership_acquired"
         ]

@@ -109,7 +109,7 @@ class LockSession:
         stopping follower never leaves a held lock behind.
         """
         try:
-            await self._conn.execute(self._sql.wait_for_lock, *self._lock)
+            await self._conn.execute(self._sql.wait_for_lock, *self._lock, self._lock_timeout)
         except asyncio.CancelledError:
             await asyncio.shield(self._release_if_granted())
             raise
@@ -131,8 +131,7 @@ class LockSession:
         ``office_wait``; the caller logs and tries again.
         """
         try:
-            async with self._busy, self._conn.transaction():
-                await self._conn.execute(self._sql.set_lock_timeout, self._lock_timeout)
+            async with self._busy:  # lock_timeout was set when the lock was granted
                 row = await self._prepared.take_office.fetchrow(
                     [self._group], instance_id, _HOST, os.getpid(), self._config.ttl
                 )
@@ -154,12 +153,10 @@ class LockSession:
         """Clear the holder, record why, notify, then unlock: the next waiter wakes at once."""
         async with asyncio.timeout(self._config.heartbeat_timeout + self._config.office_wait):
             async with self._busy:
-                try:
-                    async with self._conn.transaction():
-                        await self._conn.execute(self._sql.set_lock_timeout, self._lock_timeout)
-                        await self._conn.execute(
-                            self._sql.resign, self._group, instance_id, term, reason
-                        )
+                try:  # one statement, bounded by the lock_timeout set at the grant
+                    await self._conn.execute(
+                        self._sql.resign, self._group, instance_id, term, reason
+                    )
                 except asyncpg.LockNotAvailableError:
                     # Fenced transactions of our term are still open; the next
                     # leader's term update will wait for them instead.

@@ -41,7 +41,8 @@ __all__ = ["SharedSession"]
 log = structlog.get_logger("coordinator")
 
 _HOST = socket.gethostname()
-#: Fair spreading sheds leaderships only above fair share + this, so they do not flap.
+#: Fair spreading takes up to the fair share, but sheds leaderships only above
+#: fair share + this, so that they do not flap.
 HYSTERESIS = 1
 #: Kinds of NOTIFY after which a group may be free: worth polling at once.
 _VACATING = frozenset({"resigned", "fenced", "expired", "lost"})
@@ -298,7 +299,7 @@ class SharedSession:
         if self._config.fair_spread:
             share = await self._fair_share(conn)
             self._shed_surplus(share)
-            budget = min(budget, share + HYSTERESIS - len(self._held))
+            budget = min(budget, share - len(self._held))
         if budget <= 0:
             return
         keys = [self._groups[name].lock_key for name in candidates]

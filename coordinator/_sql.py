@@ -65,8 +65,19 @@ class Statements:
     """
 
     # Blocks until granted: the wake-up on the holder's death is what makes
-    # crash failover take milliseconds.
-    wait_for_lock: str = "SELECT pg_advisory_lock($1, $2)"
+    # crash failover take milliseconds. Nested so that they run in order: no
+    # server-wide statement or lock timeout may cut the wait short; once the
+    # lock is granted, the session's lock_timeout becomes $3, which bounds
+    # how long taking office and resigning wait for fenced transactions, in
+    # single-statement transactions: the fewest round trips after a grant.
+    wait_for_lock: str = """
+        SELECT set_config('lock_timeout', $3, false)
+          FROM (SELECT pg_advisory_lock($1, $2)
+                  FROM (SELECT set_config('statement_timeout', '0', false),
+                               set_config('lock_timeout', '0', false)
+                        OFFSET 0) AS unbounded
+                OFFSET 0) AS granted
+    """
 
     unlock: str = "SELECT pg_advisory_unlock($1, $2)"
 
