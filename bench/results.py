@@ -277,15 +277,16 @@ def _findings(r: Results) -> list[str]:
         "",
         f"- **Crash.** pg-coordinator's median is {format_seconds(overhead)} above the floor "
         f"({format_seconds(r.floor_kill.median)}). Once the lock is granted, the new leader "
-        "takes office in one transaction on its session (BEGIN; a transaction-local "
-        "`lock_timeout`; the prepared take-office statement: term, heartbeat, event, NOTIFY; "
-        f"COMMIT, durable: {format_seconds(r.commit.median)} alone here) and logs "
+        "takes office in one statement on its session (the prepared take-office statement: "
+        "term, heartbeat, event, NOTIFY, committed as one durable transaction: "
+        f"{format_seconds(r.commit.median)} alone here) and logs "
         "`leadership_acquired` before `on_elected` runs; each round trip needs the client and "
         "its backend scheduled again. A pals follower only returns from `pg_advisory_lock`: "
         f"{format_seconds(r.pals.kill.median)}.",
         f"- **Graceful stop.** {format_seconds(r.ours[Fault.TERM].failover.median)} against "
         f"{format_seconds(r.floor_unlock.median)} for a bare unlock: on SIGTERM the leader "
-        "runs `on_demoted`, commits its resignation and only then unlocks, and the next "
+        "runs `on_demoted`, commits its resignation in one statement and only then unlocks, "
+        "and the next "
         "leader takes office as above.",
     ]
     for fault in (Fault.STOP, Fault.BLACKHOLE):
