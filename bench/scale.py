@@ -31,6 +31,7 @@ from typing import Any
 import asyncpg
 import psutil
 
+from bench.database import Database
 from coordinator import migrate
 from coordinator.testing import CoordinatorProcess, LocalPostgres
 
@@ -257,15 +258,9 @@ async def many_processes(rig: Rig, processes: int, count: int, fair: bool) -> di
 
 
 async def fresh_database(server: LocalPostgres, name: str) -> str:
-    conn = await asyncpg.connect(server.dsn)
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    dsn = server.dsn_for(name)
-    await migrate(dsn)
-    return dsn
+    database = await Database.create(server, name)
+    await migrate(database.dsn)
+    return database.dsn
 
 
 def report(single: list[dict[str, Any]], spread: list[dict[str, Any]], command: str) -> str:
