@@ -209,6 +209,10 @@ class TcpProxy(Managed):
                 self._pump(client_reader, link.upstream, link, from_client=True),
                 self._pump(upstream_reader, client, link, from_client=False),
             )
+        except asyncio.CancelledError:
+            # Only close() cancels a link. This task is the top of its stack, and
+            # asyncio's stream server would log a cancelled handler as an error.
+            pass
         finally:
             self._links.discard(link)
             link.close()
