@@ -79,6 +79,7 @@ class LockSession:
     ) -> LockSession:
         conn = await connect(config)
         try:
+            await conn.execute(sql.no_statement_timeout)
             # Parsed and planned now, while following, so that taking office
             # after a crash costs execution only.
             prepared = _Prepared(

@@ -64,18 +64,22 @@ class Statements:
                   + current_setting('max_prepared_transactions')::int)
     """
 
+    # A lock session's waits are bounded by the coordinator, never by a
+    # server-wide default: a statement timeout would cut a follower's wait.
+    # (It has to be set before the waiting statement starts: its timer is
+    # armed when a statement begins.)
+    no_statement_timeout: str = "SELECT set_config('statement_timeout', '0', false)"
+
     # Blocks until granted: the wake-up on the holder's death is what makes
-    # crash failover take milliseconds. Nested so that they run in order: no
-    # server-wide statement or lock timeout may cut the wait short; once the
-    # lock is granted, the session's lock_timeout becomes $3, which bounds
-    # how long taking office and resigning wait for fenced transactions, in
-    # single-statement transactions: the fewest round trips after a grant.
+    # crash failover take milliseconds. Nested so that they run in order:
+    # no lock_timeout may cut the wait short; once the lock is granted, the
+    # session's lock_timeout becomes $3, which bounds how long taking office
+    # and resigning wait for fenced transactions, in single-statement
+    # transactions: the fewest round trips after a grant.
     wait_for_lock: str = """
         SELECT set_config('lock_timeout', $3, false)
           FROM (SELECT pg_advisory_lock($1, $2)
-                  FROM (SELECT set_config('statement_timeout', '0', false),
-                               set_config('lock_timeout', '0', false)
-                        OFFSET 0) AS unbounded
+                  FROM (SELECT set_config('lock_timeout', '0', false) OFFSET 0) AS unbounded
                 OFFSET 0) AS granted
     """
 

@@ -9,7 +9,14 @@ from collections.abc import AsyncIterator, Callable
 import asyncpg
 import pytest
 
-from coordinator import Coordinator, DemotionReason, KeyCollisionError, read_status
+from coordinator import (
+    Coordinator,
+    DemotionReason,
+    HeartbeatDone,
+    KeyCollisionError,
+    Signal,
+    read_status,
+)
 from coordinator.testing import TcpProxy
 from helpers import (
     COLLIDING_NAMES,
@@ -263,3 +270,41 @@ async def test_partitioned_leader_demotes_itself_and_is_fenced(
     history = await events(dsn)
     assert ("fenced", 1, "cut-off") in history
     assert history.index(("fenced", 1, "cut-off")) < history.index(("elected", 2, "direct"))
+
+
+async def test_server_wide_timeouts_do_not_cut_a_followers_wait(dsn: str) -> None:
+    """A database default statement_timeout or lock_timeout must not end the blocking wait."""
+    admin = await asyncpg.connect(dsn)
+    try:
+        database = await admin.fetchval("SELECT current_database()")
+        await admin.execute(
+            f"ALTER DATABASE \"{database}\" SET statement_timeout = '150ms'; "
+            f"ALTER DATABASE \"{database}\" SET lock_timeout = '150ms'"
+        )
+    finally:
+        await admin.close()
+    leader, follower = coordinator(dsn, "leader"), coordinator(dsn, "follower")
+    async with running(leader):
+        await leader.group("scheduler").wait_elected(5)
+        async with running(follower):
+            await wait_until(lambda: lock_waiters(dsn), 5, what="the follower to wait")
+            await _heartbeat_jobs(follower, 5)  # a second, several times the timeouts
+            assert await lock_waiters(dsn) == 1
+            await leader.group("scheduler").resign()
+            assert await follower.group("scheduler").wait_elected(5) == 2
+
+
+async def _heartbeat_jobs(coord: Coordinator, count: int) -> None:
+    """Wait for ``count`` of ``coord``'s heartbeat statements: a signal, not a sleep."""
+    done = asyncio.Event()
+    seen = 0
+
+    def listen(signal: Signal) -> None:
+        nonlocal seen
+        if isinstance(signal, HeartbeatDone):
+            seen += 1
+            if seen >= count:
+                done.set()
+
+    coord.add_listener(listen)
+    await asyncio.wait_for(done.wait(), count * 2)
