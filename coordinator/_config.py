@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import random
 import re
 import secrets
 import socket
@@ -151,6 +152,11 @@ class CoordinatorConfig:
     def polls(self, groups: int) -> bool:
         """Whether ``groups`` groups share one session (poll mode) under this configuration."""
         return self.wait == "poll" or (self.wait == "auto" and groups > self.poll_threshold)
+
+    def reconnect_delay(self, failures: int) -> float:
+        """Full jitter, growing with consecutive failures, between the reconnect bounds."""
+        ceiling = min(self.reconnect_max, self.reconnect_min * 2 ** min(failures, 16))
+        return random.uniform(self.reconnect_min, ceiling)
 
     @property
     def office_wait(self) -> float:

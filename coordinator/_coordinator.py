@@ -169,9 +169,7 @@ class Coordinator:
             await check_schema(conn, self.config.schema, self._sql.schema_version)
             await self._check_capacity(conn)
             await self._register(conn)
-            started = time.monotonic()
-            await self._beat_members(conn)
-            self.emit(HeartbeatDone(None, time.monotonic() - started, ok=True))
+            await self._timed_member_heartbeat(conn)
         except BaseException:
             await conn.close()
             raise
@@ -260,11 +258,15 @@ class Coordinator:
         finally:
             self._last_heartbeat_job = time.monotonic()
 
-    async def _timed_member_heartbeat(self) -> None:
+    async def _timed_member_heartbeat(self, conn: asyncpg.Connection | None = None) -> None:
+        """The followers' heartbeat, on ``conn`` or the control connection, as a signal."""
         started = time.monotonic()
         ok = False
         try:
-            await self._on_control(self._beat_members)
+            if conn is None:
+                await self._on_control(self._beat_members)
+            else:
+                await self._beat_members(conn)
             ok = True
         finally:
             self.emit(HeartbeatDone(None, time.monotonic() - started, ok=ok))

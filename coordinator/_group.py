@@ -33,7 +33,6 @@ from __future__ import annotations
 import asyncio
 import enum
 import inspect
-import random
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
@@ -332,8 +331,7 @@ class Group:
                 waited_s=self._config.office_wait,
             )
             if self._stopping:
-                await session.close()
-                return None
+                return None  # _run closes the session, which frees the lock
 
     async def _lead(self, seat: _Seat, term: _Term) -> bool:
         """LEADER: serve until the term ends. Returns whether the seat's session can be reused."""
@@ -420,13 +418,9 @@ class Group:
             self._changed.notify_all()
 
     async def _back_off(self, failures: int) -> None:
-        """Full jitter, growing with consecutive failures, cut short by stop()."""
-        ceiling = min(
-            self._config.reconnect_max, self._config.reconnect_min * 2 ** min(failures, 16)
-        )
-        delay = random.uniform(self._config.reconnect_min, ceiling)
+        """Wait the jittered reconnect delay, cut short by stop()."""
         try:
-            async with asyncio.timeout(delay):
+            async with asyncio.timeout(self._config.reconnect_delay(failures)):
                 await self._wait_for_stop()
         except TimeoutError:
             pass

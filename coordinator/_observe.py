@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import random
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -138,7 +137,7 @@ async def observe(
                 error=f"{type(error).__name__}: {error}",
                 attempt=failures,
             )
-            await asyncio.sleep(_back_off(config, failures))
+            await asyncio.sleep(config.reconnect_delay(failures))
             continue
         try:
             snapshot = await read_status(conn, schema=schema)
@@ -169,7 +168,7 @@ async def observe(
             )
         finally:
             await _close(conn)
-        await asyncio.sleep(_back_off(config, failures))
+        await asyncio.sleep(config.reconnect_delay(failures))
 
 
 async def _listen(
@@ -237,11 +236,6 @@ def _is_news(state: dict[str, tuple[str | None, int]], event: LeadershipEvent) -
     if before is None:
         return True
     return event.term > before[1] or (event.term == before[1] and event.leader != before[0])
-
-
-def _back_off(config: CoordinatorConfig, failures: int) -> float:
-    ceiling = min(config.reconnect_max, config.reconnect_min * 2 ** min(failures, 16))
-    return random.uniform(config.reconnect_min, ceiling)
 
 
 async def _close(conn: asyncpg.Connection) -> None:

@@ -22,7 +22,7 @@ from coordinator._config import CoordinatorConfig
 from coordinator._connect import connect
 from coordinator._sql import Statements
 
-__all__ = ["LockSession", "Office"]
+__all__ = ["LockSession", "Office", "resign_and_unlock"]
 
 log = structlog.get_logger(__name__)
 
@@ -41,6 +41,30 @@ class Office:
 class _Prepared:
     take_office: asyncpg.prepared_stmt.PreparedStatement
     heartbeat: asyncpg.prepared_stmt.PreparedStatement
+
+
+async def resign_and_unlock(
+    conn: asyncpg.Connection,
+    sql: Statements,
+    group: str,
+    instance_id: str,
+    term: int,
+    reason: str,
+    lock: tuple[int, int],
+) -> None:
+    """Clear the holder, record why, notify; then unlock: the next waiter wakes at once.
+
+    The session's lock_timeout bounds the wait on open fenced transactions of
+    this term; if they outlast it, the record is skipped and the next leader's
+    term update waits for them instead.
+    """
+    try:
+        await conn.execute(sql.resign, group, instance_id, term, reason)
+    except asyncpg.LockNotAvailableError:
+        log.warning(
+            "resign_record_skipped", group=group, term=term, reason="fenced transactions still open"
+        )
+    await conn.execute(sql.unlock, *lock)
 
 
 class LockSession:
@@ -154,20 +178,10 @@ class LockSession:
         """Clear the holder, record why, notify, then unlock: the next waiter wakes at once."""
         async with asyncio.timeout(self._config.heartbeat_timeout + self._config.office_wait):
             async with self._busy:
-                try:  # one statement, bounded by the lock_timeout set at the grant
-                    await self._conn.execute(
-                        self._sql.resign, self._group, instance_id, term, reason
-                    )
-                except asyncpg.LockNotAvailableError:
-                    # Fenced transactions of our term are still open; the next
-                    # leader's term update will wait for them instead.
-                    log.warning(
-                        "resign_record_skipped",
-                        group=self._group,
-                        term=term,
-                        reason="fenced transactions still open",
-                    )
-                await self._conn.execute(self._sql.unlock, *self._lock)
+                # The lock_timeout set when the lock was granted bounds the statement.
+                await resign_and_unlock(
+                    self._conn, self._sql, self._group, instance_id, term, reason, self._lock
+                )
 
     def abort(self) -> None:
         """Drop the connection now; the server frees the lock when it notices."""

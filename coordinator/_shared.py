@@ -33,6 +33,7 @@ import structlog
 
 from coordinator._config import CoordinatorConfig
 from coordinator._connect import TRANSIENT_ERRORS, connect
+from coordinator._session import resign_and_unlock
 from coordinator._signals import HeartbeatDone, Signal
 from coordinator._sql import Statements, notify_channel
 
@@ -116,10 +117,6 @@ class SharedSession:
     def backend_pid(self) -> int:
         return int(self._conn.get_server_pid()) if self._conn is not None else 0
 
-    @property
-    def held(self) -> dict[str, int]:
-        return dict(self._held)
-
     # -- driven by the groups -------------------------------------------------
 
     def wait_for_office(self, group: _Member) -> asyncio.Future[tuple[int, float]]:
@@ -152,20 +149,15 @@ class SharedSession:
         limit = self._config.heartbeat_timeout + self._config.office_wait
         try:
             async with asyncio.timeout(limit), self._busy:
-                try:
-                    async with conn.transaction():
-                        await conn.execute(self._sql.set_lock_timeout, self._lock_timeout)
-                        await conn.execute(
-                            self._sql.resign, group, self._config.instance_id, term, reason
-                        )
-                except asyncpg.LockNotAvailableError:
-                    self._log.warning(
-                        "resign_record_skipped",
-                        group=group,
-                        term=term,
-                        reason="fenced transactions still open",
-                    )
-                await conn.execute(self._sql.unlock, self._config.lock_namespace, key)
+                await resign_and_unlock(
+                    conn,
+                    self._sql,
+                    group,
+                    self._config.instance_id,
+                    term,
+                    reason,
+                    (self._config.lock_namespace, key),
+                )
         except TRANSIENT_ERRORS:
             # The lock may still be held on a session that no longer knows it: replace it.
             self.abort()
@@ -239,10 +231,7 @@ class SharedSession:
     def _pause(self, failures: int) -> float:
         if not failures:
             return self._config.poll_interval
-        ceiling = min(
-            self._config.reconnect_max, self._config.reconnect_min * 2 ** min(failures, 16)
-        )
-        return random.uniform(self._config.reconnect_min, ceiling)
+        return self._config.reconnect_delay(failures)
 
     async def _sleep(self, seconds: float) -> None:
         try:
@@ -255,6 +244,7 @@ class SharedSession:
     async def _connect(self) -> None:
         conn = await connect(self._config)
         try:
+            await conn.execute(self._sql.set_session_lock_timeout, self._lock_timeout)
             await conn.add_listener(notify_channel(self._config.schema), self._notified)
         except BaseException:
             conn.terminate()
@@ -345,8 +335,7 @@ class SharedSession:
     async def _office_transaction(
         self, conn: asyncpg.Connection, groups: list[str]
     ) -> list[tuple[str, int]]:
-        async with self._busy, conn.transaction():
-            await conn.execute(self._sql.set_lock_timeout, self._lock_timeout)
+        async with self._busy:  # one statement, bounded by the session's lock_timeout
             rows = await conn.fetch(
                 self._sql.take_office,
                 groups,

@@ -124,10 +124,10 @@ class Statements:
            AND heartbeat_at > now() - make_interval(secs => $2)
     """
 
-    # Bounds the wait of taking office and resigning on fenced transactions,
-    # which hold FOR SHARE on the leader row. Local to the transaction, so the
-    # blocking lock wait of a follower is never cut short by it.
-    set_lock_timeout: str = "SELECT set_config('lock_timeout', $1, true)"
+    # Shared-session mode: its waits on fenced transactions (taking office,
+    # resigning) are bounded by the session's lock_timeout; it never blocks
+    # on an advisory lock, so the bound can stay for the session's life.
+    set_session_lock_timeout: str = "SELECT set_config('lock_timeout', $1, false)"
 
     # $1 group, $2 instance, $3 host, $4 pid, $5 ttl seconds
     # $1 group names, $2 instance, $3 host, $4 pid, $5 ttl seconds. One
