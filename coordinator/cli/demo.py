@@ -83,9 +83,15 @@ class _Demo:
             time.sleep(0.02)
         raise TimeoutError(f"no instance took office for term {term} within {WAIT:g} s")
 
-    def takeover_time(self, instance: CoordinatorProcess, term: int, fault_at: float) -> float:
-        record = instance.wait_for("leadership_acquired", WAIT, term=term)
-        return _logged_at(record) - fault_at
+    def next_leader(self, term: int, fault_at: float, after: str) -> tuple[CoordinatorProcess, int]:
+        """Wait for the next term's leader; say how long after the fault it took office."""
+        leader, term = self.wait_new_leader(term + 1)
+        record = leader.wait_for("leadership_acquired", WAIT, term=term)
+        _say(
+            f"    {leader.instance_id} leads term {term}, "
+            f"{_ms(_logged_at(record) - fault_at)} after {after}"
+        )
+        return leader, term
 
     def query(self, sql: str, *args: object) -> list[asyncpg.Record]:
         async def fetch() -> list[asyncpg.Record]:
@@ -135,11 +141,7 @@ class _Demo:
         fault_at = time.time()
         leader.kill()
         self.live.remove(leader)
-        leader, term = self.wait_new_leader(term + 1)
-        _say(
-            f"    {leader.instance_id} leads term {term}, "
-            f"{_ms(self.takeover_time(leader, term, fault_at))} after the kill"
-        )
+        leader, term = self.next_leader(term, fault_at, "the kill")
 
         if len(self.live) > 1:
             _say(
@@ -150,11 +152,7 @@ class _Demo:
             fault_at = time.time()
             frozen.freeze()
             self.live.remove(frozen)
-            leader, term = self.wait_new_leader(term + 1)
-            _say(
-                f"    {leader.instance_id} leads term {term}, "
-                f"{_ms(self.takeover_time(leader, term, fault_at))} after the freeze"
-            )
+            leader, term = self.next_leader(term, fault_at, "the freeze")
             frozen.thaw()
             lost = frozen.wait_for("leadership_lost", WAIT)
             _say(
@@ -169,11 +167,7 @@ class _Demo:
         leader.terminate()
         leader.wait_exit(WAIT)
         self.live.remove(leader)
-        leader, term = self.wait_new_leader(term + 1)
-        _say(
-            f"    {leader.instance_id} leads term {term}, "
-            f"{_ms(self.takeover_time(leader, term, fault_at))} after SIGTERM"
-        )
+        leader, term = self.next_leader(term, fault_at, "SIGTERM")
 
         _say("\nWho leads now (SELECT * FROM coordinator.leader_status):")
         self.show_status()
