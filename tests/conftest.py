@@ -14,6 +14,7 @@ server are then skipped, since the suite does not own it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import uuid
@@ -218,32 +219,23 @@ async def _admin(pg_server: PgServer, statement: str) -> None:
 
 
 @pytest.fixture
-def make_proxy(pg_server: PgServer) -> Iterator[Callable[[], TcpProxy]]:
-    """``make_proxy()``: a started TcpProxy in front of the server, closed after the test."""
-    proxies: list[TcpProxy] = []
-
-    def make() -> TcpProxy:
-        proxy = TcpProxy(pg_server.host, pg_server.port)
-        proxies.append(proxy)
-        proxy.start()
-        return proxy
-
-    yield make
-    for proxy in proxies:
-        proxy.close()
+def closing() -> Iterator[contextlib.ExitStack]:
+    """Tools a test starts through the factories below, closed after it, newest first."""
+    with contextlib.ExitStack() as stack:
+        yield stack
 
 
 @pytest.fixture
-def spawn() -> Iterator[Callable[..., CoordinatorProcess]]:
+def make_proxy(pg_server: PgServer, closing: contextlib.ExitStack) -> Callable[[], TcpProxy]:
+    """``make_proxy()``: a started TcpProxy in front of the server, closed after the test."""
+    return lambda: closing.enter_context(TcpProxy(pg_server.host, pg_server.port))
+
+
+@pytest.fixture
+def spawn(closing: contextlib.ExitStack) -> Callable[..., CoordinatorProcess]:
     """``spawn(dsn, groups, instance_id=..., **kw)``: a started CoordinatorProcess, killed after."""
-    processes: list[CoordinatorProcess] = []
 
     def start(dsn: str, groups: Sequence[str], **kwargs: Any) -> CoordinatorProcess:
-        process = CoordinatorProcess(dsn, groups, **kwargs)
-        processes.append(process)
-        process.start()
-        return process
+        return closing.enter_context(CoordinatorProcess(dsn, groups, **kwargs))
 
-    yield start
-    for process in processes:
-        process.close()
+    return start
