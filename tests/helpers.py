@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import asyncpg
@@ -17,6 +18,16 @@ FAST: dict[str, float] = {"ttl": 1.5, "heartbeat_interval": 0.2, "heartbeat_time
 
 #: Two group names whose lock keys collide (found by search; asserted in test_keys).
 COLLIDING_NAMES = ("tenant-5256", "tenant-5447")
+
+
+@contextlib.asynccontextmanager
+async def connected(dsn: str) -> AsyncIterator[asyncpg.Connection]:
+    """A plain connection for the test's own queries, closed afterwards."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        yield conn
+    finally:
+        await conn.close()
 
 
 def coordinator(dsn: str, instance_id: str, *groups: str, **settings: Any) -> Coordinator:
@@ -42,25 +53,19 @@ async def wait_until(
 
 
 async def leader_row(dsn: str, group: str = "scheduler") -> asyncpg.Record | None:
-    conn = await asyncpg.connect(dsn)
-    try:
+    async with connected(dsn) as conn:
         return await conn.fetchrow(
             "SELECT * FROM coordinator.leader_status WHERE group_name = $1", group
         )
-    finally:
-        await conn.close()
 
 
 async def events(dsn: str, group: str = "scheduler") -> list[tuple[str, int, str]]:
-    conn = await asyncpg.connect(dsn)
-    try:
+    async with connected(dsn) as conn:
         rows = await conn.fetch(
             "SELECT kind, term, instance_id FROM coordinator.events WHERE group_name = $1 "
             "ORDER BY id",
             group,
         )
-    finally:
-        await conn.close()
     return [(r["kind"], r["term"], r["instance_id"]) for r in rows]
 
 
@@ -76,12 +81,9 @@ async def current_leader(
 
 async def lock_waiters(dsn: str) -> int:
     """Sessions blocked in pg_advisory_lock: followers lined up to take over."""
-    conn = await asyncpg.connect(dsn)
-    try:
+    async with connected(dsn) as conn:
         return int(
             await conn.fetchval(
                 "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
             )
         )
-    finally:
-        await conn.close()

@@ -7,10 +7,9 @@ import subprocess
 import sys
 from typing import Any
 
-import asyncpg
 import pytest
 
-from helpers import COLLIDING_NAMES
+from helpers import COLLIDING_NAMES, connected
 
 PASSWORD_MARK = "pw"
 
@@ -96,14 +95,11 @@ def test_bad_run_settings_are_refused_before_connecting(args: list[str], fragmen
 
 
 async def test_status_json_has_exactly_the_documented_keys(dsn: str) -> None:
-    conn = await asyncpg.connect(dsn)
-    try:
+    async with connected(dsn) as conn:
         await conn.execute(
             "INSERT INTO coordinator.leaders (group_name, lock_namespace, lock_key) "
             "VALUES ('scheduler', 1, 1)"
         )
-    finally:
-        await conn.close()
     result = cli("status", "--dsn", dsn, "--json")
     assert result.returncode == 0, result.stderr
     (row,) = json.loads(result.stdout)

@@ -21,6 +21,7 @@ from coordinator.testing import TcpProxy
 from helpers import (
     COLLIDING_NAMES,
     FAST,
+    connected,
     coordinator,
     current_leader,
     events,
@@ -149,11 +150,8 @@ async def test_terminated_session_demotes_at_once_and_reelects(dsn: str) -> None
         await wait_until(lambda: lock_waiters(dsn), 5, what="the follower to wait")
         row = await current_leader(dsn)
         assert row is not None
-        conn = await asyncpg.connect(dsn)
-        try:
+        async with connected(dsn) as conn:
             assert await conn.fetchval("SELECT pg_terminate_backend($1)", row["lock_pid"])
-        finally:
-            await conn.close()
         await leader.group("scheduler").wait_demoted(5)
         assert reasons == [DemotionReason.CONNECTION_LOST]
         new = await wait_until(lambda: current_leader(dsn, after_term=1), 10, what="re-election")

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from coordinator.testing import CoordinatorProcess
-from helpers import FAST, current_leader, events, leader_row, wait_until
+from helpers import FAST, connected, current_leader, events, leader_row, wait_until
 
 pytestmark = [pytest.mark.core, pytest.mark.slow]
 
@@ -88,10 +88,8 @@ async def test_frozen_leader_is_fenced_and_stays_demoted_after_thaw(spawn: Spawn
 
 
 async def _is_follower(dsn: str, instance_id: str) -> bool:
-    import asyncpg
 
-    conn = await asyncpg.connect(dsn)
-    try:
+    async with connected(dsn) as conn:
         return bool(
             await conn.fetchval(
                 "SELECT role = 'follower' AND now() - heartbeat_at < interval '1 second' "
@@ -99,8 +97,6 @@ async def _is_follower(dsn: str, instance_id: str) -> bool:
                 instance_id,
             )
         )
-    finally:
-        await conn.close()
 
 
 async def test_database_restart_under_running_instances_elects_again(

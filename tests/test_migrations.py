@@ -8,23 +8,20 @@ import sys
 import zipfile
 from pathlib import Path
 
-import asyncpg
 import pytest
 
 from coordinator import MigrationError, migrate
 from coordinator._migrations import available_migrations
+from helpers import connected
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 async def _tables(dsn: str, schema: str = "coordinator") -> set[str]:
-    conn = await asyncpg.connect(dsn)
-    try:
+    async with connected(dsn) as conn:
         rows = await conn.fetch(
             "SELECT table_name FROM information_schema.tables WHERE table_schema = $1", schema
         )
-    finally:
-        await conn.close()
     return {r["table_name"] for r in rows}
 
 
@@ -68,36 +65,27 @@ async def test_concurrent_runs_from_several_processes_apply_once(bare_dsn: str) 
     assert [p.returncode for p in procs] == [0, 0, 0, 0], outputs
     said = sorted(out.decode().strip() for out, _ in outputs)
     assert said.count("schema coordinator is up to date") == 3
-    conn = await asyncpg.connect(bare_dsn)
-    try:
+    async with connected(bare_dsn) as conn:
         assert await conn.fetchval("SELECT count(*) FROM coordinator.schema_migrations") == len(
             available_migrations()
         )
-    finally:
-        await conn.close()
 
 
 async def test_changed_migration_is_reported_by_checksum(dsn: str) -> None:
-    conn = await asyncpg.connect(dsn)
-    try:
+    async with connected(dsn) as conn:
         await conn.execute(
             "UPDATE coordinator.schema_migrations SET checksum = 'edited' WHERE version = 1"
         )
-    finally:
-        await conn.close()
     with pytest.raises(MigrationError, match=r"0001_init\.sql was changed after it was applied"):
         await migrate(dsn)
 
 
 async def test_unknown_newer_migration_in_the_database_is_reported(dsn: str) -> None:
-    conn = await asyncpg.connect(dsn)
-    try:
+    async with connected(dsn) as conn:
         await conn.execute(
             "INSERT INTO coordinator.schema_migrations (version, name, checksum) "
             "VALUES (999, '0999_future.sql', 'x')"
         )
-    finally:
-        await conn.close()
     with pytest.raises(MigrationError, match="upgrade pg-coordinator"):
         await migrate(dsn)
 

@@ -5,12 +5,11 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-import asyncpg
 import pytest
 
 from coordinator import ConfigurationError, Coordinator, HeartbeatDone, Signal, group_lock_key
 from coordinator.testing import CoordinatorProcess
-from helpers import coordinator, wait_until
+from helpers import connected, coordinator, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -32,28 +31,22 @@ def names(count: int) -> list[str]:
 
 async def led_by(dsn: str) -> dict[str, int]:
     """How many groups each live leader leads, from the readers' view."""
-    conn = await asyncpg.connect(dsn)
-    try:
+    async with connected(dsn) as conn:
         rows = await conn.fetch(
             "SELECT leader, count(*) AS n FROM coordinator.leader_status "
             "WHERE leader IS NOT NULL GROUP BY leader"
         )
-    finally:
-        await conn.close()
     return {row["leader"]: row["n"] for row in rows}
 
 
 async def connections_of(dsn: str, instance_id: str) -> int:
-    conn = await asyncpg.connect(dsn)
-    try:
+    async with connected(dsn) as conn:
         return int(
             await conn.fetchval(
                 "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1",
                 f"coordinator:{instance_id}",
             )
         )
-    finally:
-        await conn.close()
 
 
 async def test_one_process_leads_thousands_of_groups_on_two_connections(dsn: str) -> None:
@@ -97,8 +90,7 @@ async def test_killed_process_hands_every_group_to_the_survivor(
 
 
 async def _follows_all(dsn: str, instance_id: str, count: int) -> bool:
-    conn = await asyncpg.connect(dsn)
-    try:
+    async with connected(dsn) as conn:
         return bool(
             await conn.fetchval(
                 "SELECT count(*) = $2 FROM coordinator.heartbeats WHERE instance_id = $1",
@@ -106,8 +98,6 @@ async def _follows_all(dsn: str, instance_id: str, count: int) -> bool:
                 count,
             )
         )
-    finally:
-        await conn.close()
 
 
 async def test_fair_spreading_converges_and_does_not_flap(dsn: str) -> None:
@@ -145,13 +135,10 @@ async def _spread_evenly(dsn: str, members: int) -> dict[str, int] | None:
 
 
 async def _elections(dsn: str) -> int:
-    conn = await asyncpg.connect(dsn)
-    try:
+    async with connected(dsn) as conn:
         return int(
             await conn.fetchval("SELECT count(*) FROM coordinator.events WHERE kind = 'elected'")
         )
-    finally:
-        await conn.close()
 
 
 async def _heartbeats(coord: Coordinator, count: int) -> None:
@@ -171,8 +158,7 @@ async def _heartbeats(coord: Coordinator, count: int) -> None:
 
 
 async def test_more_groups_than_the_lock_table_holds_are_refused(dsn: str) -> None:
-    conn = await asyncpg.connect(dsn)
-    try:
+    async with connected(dsn) as conn:
         capacity = await conn.fetchval(
             "SELECT current_setting('max_locks_per_transaction')::int"
             " * (current_setting('max_connections')::int"
@@ -183,5 +169,3 @@ async def test_more_groups_than_the_lock_table_holds_are_refused(dsn: str) -> No
             await coord.start()
         # Refused before anything was written.
         assert await conn.fetchval("SELECT count(*) FROM coordinator.leaders") == 0
-    finally:
-        await conn.close()
