@@ -15,7 +15,7 @@ import pytest
 
 from coordinator.cli.grant import grant_sql
 from coordinator.testing import CoordinatorProcess
-from helpers import FAST
+from helpers import FAST, connected
 
 Spawn = Callable[..., CoordinatorProcess]
 GROUP = "scheduler"
@@ -75,12 +75,9 @@ async def make_role(dsn: str) -> AsyncIterator[Callable[..., Awaitable[Role]]]:
         return Role(name, password, role_dsn(dsn, name, password))
 
     yield make
-    conn = await asyncpg.connect(dsn)
-    try:
+    async with connected(dsn) as conn:
         for name in made:
             await conn.execute(f'DROP OWNED BY "{name}"; DROP ROLE "{name}"')
-    finally:
-        await conn.close()
 
 
 async def test_election_and_fencing_run_as_the_least_privileged_role(
@@ -121,8 +118,7 @@ async def test_the_role_can_do_nothing_beyond_its_work(
     dsn: str, make_role: Callable[..., Awaitable[Role]]
 ) -> None:
     role = await make_role()
-    conn = await asyncpg.connect(role.dsn)
-    try:
+    async with connected(role.dsn) as conn:
         flags = await conn.fetchrow(
             "SELECT rolsuper, rolcreaterole, rolcreatedb, rolreplication, rolbypassrls "
             "FROM pg_roles WHERE rolname = current_user"
@@ -140,8 +136,6 @@ async def test_the_role_can_do_nothing_beyond_its_work(
         ):
             with pytest.raises(asyncpg.InsufficientPrivilegeError):
                 await conn.execute(statement)
-    finally:
-        await conn.close()
 
 
 async def test_fencing_across_roles_needs_pg_signal_backend(
@@ -155,15 +149,12 @@ async def test_fencing_across_roles_needs_pg_signal_backend(
     follower = spawn(fencer.dsn, [GROUP], instance_id="fencer", **FAST)
     follower.wait_for("coordinator_started", WAIT)
 
-    conn = await asyncpg.connect(plain.dsn)
-    try:
+    async with connected(plain.dsn) as conn:
         fencer_pid = await conn.fetchval(
             "SELECT pid FROM pg_stat_activity WHERE usename = $1 LIMIT 1", fencer.name
         )
         with pytest.raises(asyncpg.InsufficientPrivilegeError):
             await conn.fetchval("SELECT pg_terminate_backend($1)", fencer_pid)
-    finally:
-        await conn.close()
 
     leader.freeze()
     follower.wait_for("leader_fenced", WAIT, term=1)

@@ -12,11 +12,10 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import pytest
 
 from coordinator import ConnectionFailed, LeadershipEvent, observe
-from helpers import coordinator, lock_waiters, wait_until
+from helpers import connected, coordinator, lock_waiters, wait_until
 
 GROUP = "jobs"
 SLACK = 10.0
@@ -156,14 +155,11 @@ async def test_observe_and_watch_reconnect_and_say_who_leads_again(
         async with watching(dsn, tmp_path / "watch.log") as (observer, watch):
             assert await observer.next() == ("current", 1, "a")
             assert await watch.next() == ("current", 1, "a")
-            conn = await asyncpg.connect(dsn)
-            try:
+            async with connected(dsn) as conn:
                 ended = await conn.fetchval(
                     "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
                     "WHERE application_name = 'coordinator:observe'"
                 )
-            finally:
-                await conn.close()
             assert ended == 2
             assert await observer.next() == ("current", 1, "a")
             assert await watch.next() == ("current", 1, "a")

@@ -27,7 +27,7 @@ from coordinator import Coordinator, CoordinatorConfig, CoordinatorError
 from coordinator.integrations.http import HttpServer, http_app
 from coordinator.testing import CoordinatorProcess
 from endpoints import HTTP_ANY_PORT, get, http_port, wait_status
-from helpers import FAST
+from helpers import FAST, connected
 
 Spawn = Callable[..., CoordinatorProcess]
 GROUP = "scheduler"
@@ -88,11 +88,8 @@ async def role(dsn: str) -> Any:
     name = f"secret_{secrets.token_hex(4)}"
     password = f"Pw{secrets.token_hex(6)}@:/?#%&="
     yield name, password
-    conn = await asyncpg.connect(dsn)
-    try:
+    async with connected(dsn) as conn:
         await conn.execute(f'DROP OWNED BY "{name}"; DROP ROLE IF EXISTS "{name}"')
-    finally:
-        await conn.close()
 
 
 async def test_no_password_appears_in_any_output(

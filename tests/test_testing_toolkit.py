@@ -11,7 +11,7 @@ import asyncpg
 import pytest
 
 from coordinator.testing import LocalPostgres, TcpProxy
-from helpers import wait_until
+from helpers import connected, wait_until
 
 if TYPE_CHECKING:
     from conftest import PgServer
@@ -22,22 +22,16 @@ HANG = 0.3
 
 
 async def _fetch(dsn: str, query: str) -> object:
-    conn = await asyncpg.connect(dsn)
-    try:
+    async with connected(dsn) as conn:
         return await conn.fetchval(query)
-    finally:
-        await conn.close()
 
 
 async def _backend_exists(pg_server: PgServer, pid: int) -> bool:
     """Asked directly, not through any proxy: does the server still run this backend?"""
-    conn = await asyncpg.connect(pg_server.dsn)
-    try:
+    async with connected(pg_server.dsn) as conn:
         return bool(
             await conn.fetchval("SELECT count(*) FROM pg_stat_activity WHERE pid = $1", pid)
         )
-    finally:
-        await conn.close()
 
 
 def _local(pg_server: PgServer) -> LocalPostgres:
@@ -61,12 +55,9 @@ async def through_proxy(
 
 
 async def test_server_answers_on_tcp_with_the_version_it_reports(pg_server: PgServer) -> None:
-    conn = await asyncpg.connect(pg_server.dsn)
-    try:
+    async with connected(pg_server.dsn) as conn:
         assert await conn.fetchval("SELECT host(inet_server_addr())") == "127.0.0.1"
         assert int(await conn.fetchval("SHOW server_version_num")) // 10000 == pg_server.version
-    finally:
-        await conn.close()
 
 
 async def test_wrong_password_is_rejected_over_tcp(pg_server: PgServer) -> None:
