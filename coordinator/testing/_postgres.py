@@ -452,9 +452,12 @@ def _reachable_install(prefix: Path) -> Path:
     prefix = prefix.resolve()
     if not all(parent.stat().st_mode & stat.S_IXOTH for parent in prefix.parents):
         prefix = _shared_copy(prefix)
+        tree = prefix.parents[1]  # the copy's root: the package and its libraries
+    else:
+        tree = prefix
     readable = stat.S_IRGRP | stat.S_IROTH
     runnable = readable | stat.S_IXGRP | stat.S_IXOTH
-    for path in [prefix, *prefix.rglob("*")]:
+    for path in [tree, *tree.rglob("*")]:
         if path.is_symlink():
             continue
         mode = path.stat().st_mode
@@ -465,13 +468,22 @@ def _reachable_install(prefix: Path) -> Path:
 
 
 def _shared_copy(prefix: Path) -> Path:
-    """``prefix`` copied once under the temporary directory; renamed into place whole."""
+    """``prefix`` copied once under the temporary directory; renamed into place whole.
+
+    A wheel repaired by auditwheel finds its libraries through an RPATH
+    relative to the package (``<package>.libs`` beside it), so the package's
+    position is kept and that directory copied along.
+    """
+    package = prefix.parent
     digest = hashlib.sha256(str(prefix).encode()).hexdigest()[:16]
     target = Path(tempfile.gettempdir()) / f"pg-coordinator-install-{digest}"
     if not target.exists():
         staging = Path(tempfile.mkdtemp(prefix=f"{target.name}-", dir=target.parent))
-        shutil.copytree(prefix, staging / "install", symlinks=True)
+        copy = staging / "install"
+        shutil.copytree(prefix, copy / package.name / prefix.name, symlinks=True)
+        for libraries in package.parent.glob(f"{package.name}.libs"):
+            shutil.copytree(libraries, copy / libraries.name, symlinks=True)
         with contextlib.suppress(OSError):  # another process put its copy there first
-            (staging / "install").rename(target)
+            copy.rename(target)
         shutil.rmtree(staging, ignore_errors=True)
-    return target
+    return target / package.name / prefix.name
