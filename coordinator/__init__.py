@@ -6,8 +6,10 @@ stale leaders; anyone can ``SELECT`` who leads from ``coordinator.leader_status`
 """
 
 from coordinator._config import CoordinatorConfig, default_instance_id
-from coordinator._coordinator import HEARTBEAT_JOB_ID, MONITOR_JOB_ID, Coordinator
+from coordinator._connect import ConnectionOptions
+from coordinator._coordinator import Coordinator
 from coordinator._dsn import redact_dsn
+from coordinator._elector import Role
 from coordinator._errors import (
     ConfigurationError,
     ConnectionFailed,
@@ -20,13 +22,15 @@ from coordinator._errors import (
     UnsupportedDatabase,
 )
 from coordinator._fencing import FencedTransaction
-from coordinator._group import DemotionReason, Group, Role
+from coordinator._group import Group, Leadership
 from coordinator._health import Health, ReadyWhen, Verdict
+from coordinator._jobs import HEARTBEAT_JOB_ID, MONITOR_JOB_ID
 from coordinator._keys import DEFAULT_LOCK_NAMESPACE, group_lock_key
 from coordinator._migrations import migrate
 from coordinator._observe import LeadershipEvent, observe, read_history
 from coordinator._signals import Demoted, Elected, Fenced, HeartbeatDone, Listener, Signal
 from coordinator._status import GroupStatus, read_status
+from coordinator._term import DemotionReason
 
 __all__ = [
     "DEFAULT_LOCK_NAMESPACE",
@@ -34,6 +38,7 @@ __all__ = [
     "MONITOR_JOB_ID",
     "ConfigurationError",
     "ConnectionFailed",
+    "ConnectionOptions",
     "Coordinator",
     "CoordinatorConfig",
     "CoordinatorError",
@@ -47,6 +52,7 @@ __all__ = [
     "Health",
     "HeartbeatDone",
     "KeyCollisionError",
+    "Leadership",
     "LeadershipEvent",
     "Listener",
     "MigrationError",

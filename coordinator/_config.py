@@ -15,18 +15,28 @@ import socket
 from dataclasses import dataclass, field
 from typing import Literal
 
+from coordinator._connect import ConnectionOptions
 from coordinator._dsn import redact_dsn
 from coordinator._errors import ConfigurationError
 from coordinator._keys import DEFAULT_LOCK_NAMESPACE
 
-__all__ = ["CoordinatorConfig", "default_instance_id"]
+__all__ = ["HOST", "CoordinatorConfig", "backoff_delay", "default_instance_id"]
 
 _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+
+#: This machine's name, recorded with every leadership and membership.
+HOST = socket.gethostname()
 
 
 def default_instance_id() -> str:
     """``host-pid-random``: unique per run, readable in ``pg_stat_activity``."""
-    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+    return f"{HOST}-{os.getpid()}-{secrets.token_hex(3)}"
+
+
+def backoff_delay(failures: int, low: float, high: float) -> float:
+    """Full jitter, growing with consecutive failures, between ``low`` and ``high`` seconds."""
+    ceiling = min(high, low * 2 ** min(failures, 16))
+    return random.uniform(low, ceiling)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -155,8 +165,7 @@ class CoordinatorConfig:
 
     def reconnect_delay(self, failures: int) -> float:
         """Full jitter, growing with consecutive failures, between the reconnect bounds."""
-        ceiling = min(self.reconnect_max, self.reconnect_min * 2 ** min(failures, 16))
-        return random.uniform(self.reconnect_min, ceiling)
+        return backoff_delay(failures, self.reconnect_min, self.reconnect_max)
 
     @property
     def office_wait(self) -> float:
@@ -166,6 +175,21 @@ class CoordinatorConfig:
         whose first heartbeat is already close to expiry.
         """
         return min(self.take_office_timeout, self.trust_window / 2)
+
+    @property
+    def resign_timeout(self) -> float:
+        """How long a resignation may take: one statement, plus its wait for fenced transactions."""
+        return self.heartbeat_timeout + self.office_wait
+
+    @property
+    def connection(self) -> ConnectionOptions:
+        """How this coordinator opens its connections."""
+        return ConnectionOptions(
+            dsn=self.dsn,
+            connect_timeout=self.connect_timeout,
+            application_name=self.application_name,
+            user_timeout=self.ttl,
+        )
 
     @property
     def redacted_dsn(self) -> str:

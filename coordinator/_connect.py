@@ -5,20 +5,25 @@ reset runs ``pg_advisory_unlock_all()``. Each connection sets server-side
 keepalives and ``tcp_user_timeout`` so that the session of a client that
 vanished from the network dies in seconds, not after the OS defaults (hours),
 and names itself in ``pg_stat_activity``.
+
+Every new connection is checked, not only the first one: a multi-host DSN
+can reconnect to a standby after the primary restarts (advisory locks work
+there, writes do not), so a reconnect runs the same refusals as start-up.
 """
 
 from __future__ import annotations
 
 import socket
+from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
 
-from coordinator._config import CoordinatorConfig
+from coordinator._dsn import redact_dsn
 from coordinator._errors import ConnectionFailed, UnsupportedDatabase
 from coordinator._sql import Statements
 
-__all__ = ["TRANSIENT_ERRORS", "check_server", "connect"]
+__all__ = ["TRANSIENT_ERRORS", "ConnectionOptions", "connect"]
 
 #: Errors after which a retry on a new connection may succeed.
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
@@ -33,29 +38,59 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
-def _keepalive_settings(config: CoordinatorConfig) -> tuple[str, str, str, str]:
-    """Idle, interval and count of keepalives, and tcp_user_timeout in ms.
+@dataclass(frozen=True, kw_only=True)
+class ConnectionOptions:
+    """How to open one connection: all a reader, a migration or a coordinator needs."""
 
-    A dead peer is noticed after idle + interval * count seconds without an
-    answer, and unacknowledged data is given up after tcp_user_timeout.
+    dsn: str = field(repr=False)
+    connect_timeout: float = 5.0
+    #: Shown in ``pg_stat_activity``; at most 63 bytes are kept by the server.
+    application_name: str = "coordinator"
+    #: Unacknowledged data is given up after this long (``tcp_user_timeout``).
+    user_timeout: float = 15.0
+
+    @property
+    def redacted_dsn(self) -> str:
+        return redact_dsn(self.dsn)
+
+    def keepalive_settings(self) -> tuple[str, str, str, str]:
+        """Idle, interval and count of keepalives, and tcp_user_timeout in ms.
+
+        A dead peer is noticed after idle + interval * count seconds without an
+        answer, and unacknowledged data is given up after tcp_user_timeout.
+        """
+        return ("5", "2", "3", str(int(max(self.user_timeout, 5.0) * 1000)))
+
+
+async def connect(options: ConnectionOptions) -> asyncpg.Connection:
+    """Open one dedicated, checked connection; raise ConnectionFailed with the cause and the fix.
+
+    Raises UnsupportedDatabase for a standby or a transaction pooler.
     """
-    return ("5", "2", "3", str(int(max(config.ttl, 5.0) * 1000)))
+    conn = await _open(options)
+    try:
+        await conn.execute(Statements.set_keepalives, *options.keepalive_settings())
+        await _check_server(options, conn)
+    except BaseException:
+        conn.terminate()
+        raise
+    return conn
 
 
-async def connect(config: CoordinatorConfig, *, check_pooler: bool = False) -> asyncpg.Connection:
-    """Open one dedicated connection; raise ConnectionFailed with the cause and the fix."""
-    where = config.redacted_dsn
+async def _open(options: ConnectionOptions) -> asyncpg.Connection:
+    where = options.redacted_dsn
     kwargs: dict[str, Any] = {
-        "timeout": config.connect_timeout,
+        "timeout": options.connect_timeout,
         # Only application_name in the startup packet: poolers such as PgBouncer
-        # refuse unknown startup parameters. The keepalives are SET below.
-        "server_settings": {"application_name": config.application_name},
-        # Unnamed statements only, so that the checks below also run safely
-        # behind a transaction pooler before we refuse it.
-        "statement_cache_size": 0 if check_pooler else 100,
+        # refuse unknown startup parameters. The keepalives are SET afterwards.
+        "server_settings": {"application_name": options.application_name[:63]},
+        # Unnamed statements only, so that the checks also run safely behind a
+        # transaction pooler before we refuse it. Hot statements are prepared
+        # explicitly by the lock session.
+        "statement_cache_size": 0,
     }
     try:
-        conn = await asyncpg.connect(config.dsn, **kwargs)
+        return await asyncpg.connect(options.dsn, **kwargs)
     except asyncpg.InvalidPasswordError:
         raise ConnectionFailed(
             f"the database refused the password for {where}: check the user and password in the DSN"
@@ -68,7 +103,7 @@ async def connect(config: CoordinatorConfig, *, check_pooler: bool = False) -> a
         ) from None
     except TimeoutError:
         raise ConnectionFailed(
-            f"no answer from {where} within {config.connect_timeout:g} s: "
+            f"no answer from {where} within {options.connect_timeout:g} s: "
             "check the host, port and firewall"
         ) from None
     except socket.gaierror:
@@ -82,15 +117,9 @@ async def connect(config: CoordinatorConfig, *, check_pooler: bool = False) -> a
         raise ConnectionFailed(f"the database at {where} refused the connection: {error}") from None
     except ValueError as error:  # asyncpg's DSN parser
         raise ConnectionFailed(f"the DSN {where} is malformed: {error}") from None
-    try:
-        await conn.execute(Statements.set_keepalives, *_keepalive_settings(config))
-    except BaseException:
-        conn.terminate()
-        raise
-    return conn
 
 
-async def check_server(config: CoordinatorConfig, conn: asyncpg.Connection) -> None:
+async def _check_server(options: ConnectionOptions, conn: asyncpg.Connection) -> None:
     """Refuse a standby and a transaction- or statement-pooling proxy.
 
     Behind any pooler the handshake's backend pid differs from
@@ -102,11 +131,12 @@ async def check_server(config: CoordinatorConfig, conn: asyncpg.Connection) -> N
     facts = await conn.fetchrow(Statements.server_facts)
     if facts["in_recovery"]:
         raise UnsupportedDatabase(
-            f"{config.redacted_dsn} is a standby (read-only replica): point the DSN at the primary"
+            f"{options.redacted_dsn} is a standby (read-only replica): point the DSN at the "
+            "primary, or add target_session_attrs=read-write to a multi-host DSN"
         )
     if conn.get_server_pid() == facts["backend_pid"]:
         return
-    other = await connect(config, check_pooler=True)
+    other = await _open(options)
     try:
         first = (await conn.fetchrow(Statements.server_facts))["backend_pid"]
         second = (await other.fetchrow(Statements.server_facts))["backend_pid"]
@@ -114,7 +144,7 @@ async def check_server(config: CoordinatorConfig, conn: asyncpg.Connection) -> N
         await other.close()
     if first == second:
         raise UnsupportedDatabase(
-            f"{config.redacted_dsn} goes through a connection pooler in transaction or statement "
+            f"{options.redacted_dsn} goes through a connection pooler in transaction or statement "
             "mode, which cannot keep session advisory locks: connect directly to PostgreSQL or "
             "use a pool in session mode (PgBouncer pool_mode = session)"
         )

@@ -16,26 +16,17 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import asyncpg
 
 from coordinator._errors import NotLeader, StaleTerm
+from coordinator._term import Term
 
 __all__ = ["STALE_TERM_SQLSTATE", "FencedTransaction", "fenced_transaction"]
 
 #: The SQLSTATE ``assert_term`` raises when the term is not current.
 STALE_TERM_SQLSTATE = "LT001"
-
-
-class _Leadership(Protocol):
-    """What fencing needs from a group: its name and its term while it leads."""
-
-    @property
-    def name(self) -> str: ...
-
-    @property
-    def term(self) -> int | None: ...
 
 
 @dataclass(frozen=True)
@@ -50,16 +41,22 @@ class FencedTransaction:
 
 @contextlib.asynccontextmanager
 async def fenced_transaction(
-    leadership: _Leadership, target: Any, assert_term_sql: str, *, term: int | None = None
+    group: str,
+    current: Term | None,
+    target: Any,
+    assert_term_sql: str,
+    *,
+    term: int | None = None,
 ) -> AsyncIterator[FencedTransaction]:
-    """Run the body in a transaction on ``target`` (a connection or a pool) under the term.
+    """Run the body in a transaction on ``target`` (a connection or a pool) under a term.
 
-    Raises :class:`NotLeader` when this instance does not lead, and
-    :class:`StaleTerm` when ``term`` (default: the current one) is not the
-    database's current term or ends before the commit; the transaction is
-    then rolled back.
+    ``current`` is this instance's trusted term of ``group`` when the block
+    opens (None when it does not lead). Raises :class:`NotLeader` when this
+    instance does not lead, and :class:`StaleTerm` when ``term`` (default:
+    the current one) is not the database's current term or ``current`` ends
+    before the commit; the transaction is then rolled back.
     """
-    expected = _expected_term(leadership, term)
+    expected = _expected_term(group, current, term)
     async with _connection(target) as conn:
         if conn.is_in_transaction():
             raise RuntimeError(
@@ -70,15 +67,16 @@ async def fenced_transaction(
         await transaction.start()
         try:
             try:
-                await conn.execute(assert_term_sql, leadership.name, expected)
+                await conn.execute(assert_term_sql, group, expected)
             except asyncpg.PostgresError as error:
                 if error.sqlstate == STALE_TERM_SQLSTATE:
                     raise StaleTerm(f"{error.message}: {error.hint}") from None
                 raise
-            yield FencedTransaction(leadership.name, expected, conn)
-            if leadership.term != expected:
+            yield FencedTransaction(group, expected, conn)
+            assert current is not None  # _expected_term refused otherwise
+            if not current.trusted:
                 raise StaleTerm(
-                    f"the leadership of group {leadership.name!r} in term {expected} ended "
+                    f"the leadership of group {group!r} in term {expected} ended "
                     "before the fenced transaction committed, so it was rolled back: "
                     "stop the work of this term"
                 )
@@ -93,21 +91,21 @@ async def fenced_transaction(
         await transaction.commit()
 
 
-def _expected_term(leadership: _Leadership, term: int | None) -> int:
-    current = leadership.term
+def _expected_term(group: str, current_term: Term | None, term: int | None) -> int:
+    current = current_term.number if current_term is not None and current_term.trusted else None
     if current is None and term is None:
         raise NotLeader(
-            f"this instance does not lead group {leadership.name!r}: write as leader only "
+            f"this instance does not lead group {group!r}: write as leader only "
             "while group.is_leader, for example from a leader-only job"
         )
     if current is None:
         raise StaleTerm(
-            f"the leadership of group {leadership.name!r} in term {term} has ended: "
+            f"the leadership of group {group!r} in term {term} has ended: "
             "stop the work of this term"
         )
     if term is not None and term != current:
         raise StaleTerm(
-            f"term {term} of group {leadership.name!r} is not the term this instance leads now "
+            f"term {term} of group {group!r} is not the term this instance leads now "
             f"({current}): stop the work of term {term}"
         )
     return current

@@ -20,9 +20,9 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from coordinator._coordinator import Coordinator
-from coordinator._group import DemotionReason
 from coordinator._health import Health
 from coordinator._signals import Demoted, Elected, Fenced, HeartbeatDone, Signal
+from coordinator._term import DemotionReason
 
 __all__ = ["HEARTBEAT_BUCKETS", "CoordinatorMetrics"]
 

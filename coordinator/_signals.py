@@ -10,7 +10,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-__all__ = ["Demoted", "Elected", "Fenced", "HeartbeatDone", "Listener", "Signal"]
+import structlog
+
+from coordinator._describe import describe_error, name_of
+
+__all__ = ["Demoted", "Elected", "Fenced", "HeartbeatDone", "Listener", "Listeners", "Signal"]
+
+log = structlog.get_logger("coordinator")
 
 
 @dataclass(frozen=True)
@@ -42,12 +48,42 @@ class Fenced:
 
 @dataclass(frozen=True)
 class HeartbeatDone:
-    """One heartbeat finished; ``group`` is None for a statement that covers several groups."""
+    """One heartbeat statement finished, covering exactly ``groups``.
 
-    group: str | None
+    ``batch`` is true for one statement on behalf of several groups (the
+    followers' member heartbeat; in poll mode also the leaders' heartbeat on
+    the shared session), false for one leader's heartbeat on its own session.
+    """
+
+    groups: tuple[str, ...]
     duration_s: float
     ok: bool
+    batch: bool = False
+
+    @property
+    def group(self) -> str | None:
+        """The one group of a leader's own heartbeat; None for a batch."""
+        return None if self.batch else self.groups[0]
 
 
 Signal = Elected | Demoted | Fenced | HeartbeatDone
 Listener = Callable[[Signal], None]
+
+
+class Listeners:
+    """The subscribers of one coordinator; :meth:`emit` hands each signal to all of them."""
+
+    def __init__(self) -> None:
+        self._listeners: list[Listener] = []
+
+    def add(self, listener: Listener) -> None:
+        self._listeners.append(listener)
+
+    def emit(self, signal: Signal) -> None:
+        for listener in self._listeners:
+            try:
+                listener(signal)
+            except Exception as error:  # noqa: BLE001 - a listener must not break the elector
+                log.error(
+                    "listener_failed", listener=name_of(listener), error=describe_error(error)
+                )

@@ -10,14 +10,28 @@ Advisory locks use the two-int4 keyspace: in ``pg_locks`` such a lock shows
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, fields
 
-__all__ = ["Statements", "notify_channel"]
+__all__ = ["Statements", "in_schema", "notify_channel"]
+
+# Where a shipped SQL file (migrations/, sql/least_privilege.sql) names the
+# default schema: a qualified name, or the schema in CREATE/GRANT ... SCHEMA.
+_SCHEMA_REFERENCE = re.compile(
+    r"\bcoordinator(?=\.)|(?<=SCHEMA )coordinator\b|(?<=SCHEMA IF NOT EXISTS )coordinator\b"
+)
 
 
 def notify_channel(schema: str) -> str:
     """The LISTEN/NOTIFY channel on which leadership changes are announced."""
     return f"{schema}_leadership"
+
+
+def in_schema(script: str, schema: str) -> str:
+    """A shipped SQL file with its references to the default schema moved to ``schema``."""
+    if schema == "coordinator":
+        return script
+    return _SCHEMA_REFERENCE.sub(f'"{schema}"', script)
 
 
 @dataclass(frozen=True)
@@ -91,13 +105,6 @@ class Statements:
             WHERE locktype = 'advisory' AND pid = pg_backend_pid() AND granted
               AND classid = $1::int::oid AND objid = $2::int::oid AND objsubid = 2
         )
-    """
-
-    # Shared-session mode: the keys this session holds, to reconcile after an error.
-    held_keys: str = """
-        SELECT objid::bigint::int AS lock_key FROM pg_catalog.pg_locks
-         WHERE locktype = 'advisory' AND pid = pg_backend_pid() AND granted
-           AND classid = $1::int::oid AND objsubid = 2
     """
 
     # Shared-session mode: try the given groups in one statement, winning at
@@ -226,20 +233,27 @@ class Statements:
         FROM cleared
     """
 
-    # Written from the control connection after a leader lost its session, so
-    # the history says what happened. Best effort: the database may be gone.
+    # Written from the control connection after leaderships lost their
+    # session, so the history says what happened: one statement for any
+    # number of them (a shared session takes thousands down at once).
+    # $1 group names, $2 their terms, $3 reasons, $4 instance.
     record_lost: str = """
-        WITH event AS (
+        WITH lost AS (
+            SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[])
+                       AS t(group_name, term, reason)
+        ), event AS (
             INSERT INTO {schema}.events (group_name, kind, term, instance_id, reason)
-            VALUES ($1, 'lost', $3, $2, $4)
+            SELECT lost.group_name, 'lost', lost.term, $4, lost.reason FROM lost
         ), beat AS (
-            UPDATE {schema}.heartbeats
+            UPDATE {schema}.heartbeats AS h
                SET role = 'follower', term = NULL, backend_pid = NULL
-             WHERE group_name = $1 AND instance_id = $2 AND term = $3
+              FROM lost
+             WHERE h.group_name = lost.group_name AND h.instance_id = $4 AND h.term = lost.term
         )
-        SELECT pg_notify('{channel}', json_build_object(
-                   'group', $1::text, 'kind', 'lost', 'term', $3::bigint,
-                   'instance_id', $2::text)::text)
+        SELECT count(pg_notify('{channel}', json_build_object(
+                   'group', lost.group_name, 'kind', 'lost', 'term', lost.term,
+                   'instance_id', $4::text)::text))
+          FROM lost
     """
 
     # The monitor, in one statement. A stale holder (heartbeat older than its
@@ -248,6 +262,8 @@ class Statements:
     # on the leader row pins the recorded term and backend pid: the next
     # leader's term update waits for this statement, so it can never be hit.
     # SKIP LOCKED passes over a row whose next leader is taking office now.
+    # A shared session holds the locks of many groups: its backend is
+    # terminated once, and every group it held gets its own "fenced" event.
     fence_stale_leaders: str = """
         WITH stale AS (
             SELECT l.group_name, l.term, l.holder, l.backend_pid, l.lock_namespace, l.lock_key,
@@ -271,10 +287,12 @@ class Statements:
                -- ttl has passed since it took office, so this spares it.
                AND l.acquired_at < now() - l.ttl
                FOR SHARE OF l SKIP LOCKED
+        ), terminated AS MATERIALIZED (
+            SELECT doomed.backend_pid, pg_terminate_backend(doomed.backend_pid) AS ok
+              FROM (SELECT DISTINCT backend_pid FROM stale
+                     WHERE stale.lock_pid = stale.backend_pid) AS doomed
         ), fenced AS (
-            SELECT stale.*, pg_terminate_backend(stale.backend_pid) AS terminated
-              FROM stale
-             WHERE stale.lock_pid = stale.backend_pid
+            SELECT stale.* FROM stale JOIN terminated USING (backend_pid) WHERE terminated.ok
         ), vacated AS (
             UPDATE {schema}.leaders AS l
                SET holder = NULL, holder_host = NULL, holder_pid = NULL, backend_pid = NULL
@@ -287,7 +305,7 @@ class Statements:
             SELECT group_name, 'fenced', term, holder,
                    format('heartbeat %s s old, backend %s terminated by %s',
                           round(heartbeat_age_s::numeric, 3), backend_pid, $1::text)
-              FROM fenced WHERE terminated
+              FROM fenced
             UNION ALL
             SELECT group_name, 'expired', term, holder,
                    format('heartbeat %s s old and no lock held', round(heartbeat_age_s::numeric, 3))
@@ -346,6 +364,33 @@ class Statements:
 
     # Keeps an idle LISTEN connection honest: a dead peer shows up as an error.
     ping: str = "SELECT 1"
+
+    # Sessions blocked in pg_advisory_lock: followers lined up to take over
+    # (`coordinator demo` waits for them before each fault).
+    lock_waiters: str = """
+        SELECT count(*) FROM pg_catalog.pg_locks WHERE locktype = 'advisory' AND NOT granted
+    """
+
+    # The migration runner (coordinator/_migrations.py); the migrations
+    # themselves are the files in migrations/. A session lock serialises
+    # concurrent runners; $1 namespace, $2 key.
+    migration_lock: str = "SELECT pg_advisory_lock($1, $2)"
+
+    migrations_table: str = """
+        CREATE SCHEMA IF NOT EXISTS {schema};
+        CREATE TABLE IF NOT EXISTS {schema}.schema_migrations (
+            version    integer     PRIMARY KEY,
+            name       text        NOT NULL,
+            checksum   text        NOT NULL,
+            applied_at timestamptz NOT NULL DEFAULT now()
+        )
+    """
+
+    applied_migrations: str = "SELECT version, name, checksum FROM {schema}.schema_migrations"
+
+    record_migration: str = """
+        INSERT INTO {schema}.schema_migrations (version, name, checksum) VALUES ($1, $2, $3)
+    """
 
     # `coordinator grant`; the rest of its SQL is coordinator/sql/least_privilege.sql.
     # {role} is a checked, quoted identifier. Utility statements take no

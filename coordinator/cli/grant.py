@@ -23,11 +23,10 @@ from importlib import resources
 
 import asyncpg
 
-from coordinator._config import CoordinatorConfig
-from coordinator._connect import connect
+from coordinator._connect import ConnectionOptions, connect
 from coordinator._errors import ConfigurationError, CoordinatorError
 from coordinator._migrations import check_schema
-from coordinator._sql import Statements
+from coordinator._sql import Statements, in_schema
 from coordinator.cli._common import Subparsers, add_database_options, require_dsn
 
 __all__ = ["grant_sql", "register", "scram_verifier"]
@@ -36,7 +35,6 @@ _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 # How the script names the role and the schema.
 _ROLE_LITERAL = re.compile(r"'coordinator_app'")
 _ROLE_IDENTIFIER = re.compile(r"\bcoordinator_app\b")
-_SCHEMA_REFERENCE = re.compile(r"\bcoordinator(?=\.)|(?<=SCHEMA )coordinator\b")
 _SCRAM_ITERATIONS = 4096  # PostgreSQL's default, scram_iterations
 
 
@@ -92,7 +90,7 @@ def grant_sql(role: str, schema: str, *, fence_any_role: bool = False) -> str:
     script = resources.files("coordinator").joinpath("sql/least_privilege.sql").read_text()
     script = _ROLE_LITERAL.sub(f"'{role}'", script)
     script = _ROLE_IDENTIFIER.sub(identifier, script)
-    script = _SCHEMA_REFERENCE.sub(f'"{schema}"', script)
+    script = in_schema(script, schema)
     if fence_any_role:
         script += Statements.grant_signal_backend.replace("{role}", identifier) + ";\n"
     return script
@@ -128,9 +126,8 @@ def _password(variable: str) -> str:
 
 
 async def _grant(dsn: str, schema: str, role: str, sql: str, password: str | None) -> None:
-    config = CoordinatorConfig(dsn=dsn, schema=schema, instance_id="grant")
     statements = Statements.for_schema(schema)
-    conn = await connect(config)
+    conn = await connect(ConnectionOptions(dsn=dsn, application_name="coordinator:grant"))
     try:
         await check_schema(conn, schema, statements.schema_version)
         async with conn.transaction():

@@ -38,6 +38,7 @@ from apscheduler.job import Job
 from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.base import BaseScheduler
 
+from coordinator._describe import name_of
 from coordinator._errors import ConfigurationError
 from coordinator._group import Group
 
@@ -98,7 +99,7 @@ class LeaderOnlyJobs:
 
     def _guarded(self, func: JobFunction) -> JobFunction:
         group, running = self._group, self._running
-        job_log = self._log.bind(job=_name_of(func))
+        job_log = self._log.bind(job=name_of(func))
 
         async def run_as_leader(*args: Any, **kwargs: Any) -> Any:
             term = group.term
@@ -145,7 +146,7 @@ class LeaderOnlyJobs:
 
 
 def _check_job(func: JobFunction, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-    name = _name_of(func)
+    name = name_of(func)
     if not inspect.iscoroutinefunction(func):
         raise ConfigurationError(
             f"leader-only job {name} is not a coroutine function: define it with `async def` "
@@ -163,7 +164,3 @@ def _check_job(func: JobFunction, args: tuple[Any, ...], kwargs: dict[str, Any])
             f"leader-only job {name} cannot be called with its args, kwargs and term=... "
             f"({error}): give it a keyword parameter `term` (async def {name}(*, term: int))"
         ) from None
-
-
-def _name_of(func: Callable[..., Any]) -> str:
-    return getattr(func, "__qualname__", repr(func))

@@ -201,7 +201,7 @@ class _StatusReader:
 
     async def _read(self) -> list[GroupStatus]:
         if self._conn is None or self._conn.is_closed():
-            self._conn = await connect(self._config)
+            self._conn = await connect(self._config.connection)
         try:
             return await read_status(self._conn, schema=self._config.schema)
         except BaseException:
