@@ -29,7 +29,7 @@ from coordinator._signals import HeartbeatDone
 from coordinator._sql import Statements
 from coordinator._term import DemotionReason, Term
 
-__all__ = ["BlockingCampaign", "Campaign", "Heartbeating", "Seat"]
+__all__ = ["BlockingCampaign", "Campaign", "Heartbeating", "Seat", "Trouble"]
 
 log = structlog.get_logger("coordinator")
 
@@ -68,6 +68,37 @@ class Campaign(Protocol):
         """Give up the campaign's session, if it has one of its own."""
 
 
+class Trouble:
+    """A campaign's failures, told once they last: "keeps failing", not "failed once".
+
+    The latest error counts as the campaign's problem after it has failed,
+    without a success in between, for longer than one heartbeat cycle: one
+    refused reconnect during a failover is normal, a standby behind a
+    multi-host DSN for a whole cycle is not.
+    """
+
+    def __init__(self, config: CoordinatorConfig) -> None:
+        self._grace = config.heartbeat_interval + config.heartbeat_timeout
+        self._since: float | None = None
+        self._latest: str | None = None
+
+    def failed(self, error: BaseException) -> str:
+        """Count ``error``; return its description for the log line."""
+        if self._since is None:
+            self._since = time.monotonic()
+        self._latest = describe_error(error)
+        return self._latest
+
+    def cleared(self) -> None:
+        self._since = self._latest = None
+
+    @property
+    def problem(self) -> str | None:
+        if self._since is None or time.monotonic() - self._since < self._grace:
+            return None
+        return self._latest
+
+
 class BlockingCampaign:
     """One group on its own session, blocked in ``pg_advisory_lock`` while following."""
 
@@ -80,12 +111,12 @@ class BlockingCampaign:
         self._lock_key = lock_key
         self._session: LockSession | None = None
         self._term: Term | None = None
-        self._problem: str | None = None
+        self._trouble = Trouble(config)
         self._log = log.bind(group=group, instance_id=config.instance_id)
 
     @property
     def problem(self) -> str | None:
-        return self._problem
+        return self._trouble.problem
 
     async def win(self) -> tuple[Seat, Term]:
         try:
@@ -94,12 +125,12 @@ class BlockingCampaign:
                 session = self._session = await LockSession.open(
                     self._config, self._sql, self._group, self._lock_key, self._closed
                 )
-            self._problem = None
+            self._trouble.cleared()
             await session.wait_for_lock()
             term = await self._take_office(session)
         except BaseException as error:
             if not isinstance(error, asyncio.CancelledError):
-                self._problem = describe_error(error)
+                self._trouble.failed(error)
             await self.close()  # a lost session, or one whose lock is in doubt: start afresh
             raise
         self._term = term

@@ -19,7 +19,7 @@ import asyncpg
 import structlog
 
 from coordinator._config import CoordinatorConfig
-from coordinator._connect import TRANSIENT_ERRORS, connect
+from coordinator._connect import connect
 from coordinator._describe import describe_error
 from coordinator._sql import Statements
 
@@ -28,6 +28,12 @@ __all__ = ["ControlConnection", "LostEvents"]
 log = structlog.get_logger("coordinator")
 
 T = TypeVar("T")
+
+#: Errors that refuse one statement and say nothing about the session it ran on.
+_STATEMENT_REFUSED = (
+    asyncpg.InsufficientPrivilegeError,
+    asyncpg.IntegrityConstraintViolationError,
+)
 
 
 class ControlConnection:
@@ -46,10 +52,11 @@ class ControlConnection:
         """Run ``operation`` on the connection, reconnecting first if it was lost.
 
         Bounded by the heartbeat timeout, connecting included. A connection
-        whose operation failed for any reason but a plain SQL error (timed
-        out, cancelled, lost, or a driver error that leaves its state in
-        doubt) is dropped: on a silent network even the cancel request would
-        never finish, and the next caller would wait on it.
+        whose operation failed is dropped, unless the statement itself was
+        refused (a missing privilege, a constraint): timed out, cancelled or
+        lost, on a silent network even the cancel request would never finish,
+        and the next caller would wait on it; refused for its session (read
+        only, say), a fresh session may see the database as it is now.
         """
         async with asyncio.timeout(self._config.heartbeat_timeout), self._turn:
             conn = self._conn
@@ -58,9 +65,7 @@ class ControlConnection:
             try:
                 return await operation(conn)
             except BaseException as error:
-                if isinstance(error, TRANSIENT_ERRORS) or not isinstance(
-                    error, asyncpg.PostgresError
-                ):
+                if not isinstance(error, _STATEMENT_REFUSED):
                     conn.terminate()
                 raise
 

@@ -116,18 +116,19 @@ class Health:
         live = self.live()
         if not live.ok:
             return live
-        if self._failing:
-            return Verdict(
-                False,
-                f"the latest heartbeat of {_names(self._failing)} failed: "
-                "the database is unreachable or too slow",
-            )
         failing = self._coordinator.failing
         if failing:
             name, problem = min(failing.items())
             return Verdict(
                 False,
-                f"the election loop of {_names(failing)} cannot make progress; {name!r}: {problem}",
+                f"the election loop of {_names(failing)} keeps failing: the database is "
+                f"unreachable or refuses it ({name!r}: {problem})",
+            )
+        if self._failing:
+            return Verdict(
+                False,
+                f"the latest heartbeat of {_names(self._failing)} failed: "
+                "the database is unreachable or too slow",
             )
         if self.ready_when is ReadyWhen.LEADER:
             followed = [n for n, g in self._coordinator.groups.items() if not g.is_leader]

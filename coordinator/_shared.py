@@ -36,7 +36,7 @@ from collections.abc import Mapping
 import asyncpg
 import structlog
 
-from coordinator._campaign import Seat
+from coordinator._campaign import Seat, Trouble
 from coordinator._config import HOST, CoordinatorConfig
 from coordinator._connect import connect
 from coordinator._describe import describe_error
@@ -70,7 +70,7 @@ class SharedCampaign:
         self._waiting: dict[str, asyncio.Future[Term]] = {}
         self._held: dict[str, Term] = {}  # in the order taken
         self._cooldown: dict[str, float] = {}
-        self._problem: str | None = None
+        self._trouble = Trouble(config)
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
         self._lock_timeout = f"{int(config.office_wait * 1000)}ms"
@@ -82,7 +82,7 @@ class SharedCampaign:
 
     @property
     def problem(self) -> str | None:
-        return self._problem
+        return self._trouble.problem
 
     @property
     def backend_pid(self) -> int:
@@ -184,16 +184,15 @@ class SharedCampaign:
                     await self._connect()
                 await self._poll()
                 failures = 0
-                self._problem = None
+                self._trouble.cleared()
             except Exception as error:  # noqa: BLE001 - the poller never dies
                 failures += 1
-                self._problem = describe_error(error)
                 event = (
                     "lock_table_full"
                     if isinstance(error, asyncpg.OutOfMemoryError)
                     else "poll_failed"
                 )
-                self._log.warning(event, error=self._problem, attempt=failures)
+                self._log.warning(event, error=self._trouble.failed(error), attempt=failures)
                 # Locks a failed statement may have granted are not in office: start clean.
                 self.abort()
             await self._sleep(
