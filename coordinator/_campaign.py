@@ -134,7 +134,7 @@ class BlockingCampaign:
             await self.close()  # a lost session, or one whose lock is in doubt: start afresh
             raise
         self._term = term
-        return _OwnSeat(session, self._config.instance_id), term
+        return session, term
 
     async def _take_office(self, session: LockSession) -> Term:
         while True:
@@ -173,25 +173,3 @@ class BlockingCampaign:
         session, self._session = self._session, None
         if session is not None:
             await session.close()
-
-
-class _OwnSeat:
-    """A term's seat on the group's own session."""
-
-    def __init__(self, session: LockSession, instance_id: str) -> None:
-        self._session = session
-        self._instance_id = instance_id
-
-    @property
-    def backend_pid(self) -> int:
-        return self._session.backend_pid
-
-    async def resign(self, term: Term, reason: DemotionReason) -> None:
-        try:
-            await self._session.resign(self._instance_id, term.number, reason)
-        except BaseException:
-            self.abort()  # the lock's state is in doubt: the next win() starts afresh
-            raise
-
-    def abort(self) -> None:
-        self._session.abort()

@@ -4,8 +4,9 @@ Data flows one way: configuration -> coordinator -> per-group elector ->
 campaign -> session; callbacks and signals flow out. The coordinator owns
 the lifecycle and the groups; the pieces it wires together each live in
 their own module: the electors (``_elector``), the campaigns (``_campaign``,
-``_shared``), the control connection and lost-event writer (``_control``),
-the monitor (``_monitor``) and the two APScheduler jobs (``_jobs``).
+``_shared``), membership and the followers' heartbeat (``_members``), the
+control connection and lost-event writer (``_control``), the monitor
+(``_monitor``) and the two APScheduler jobs (``_jobs``).
 """
 
 from __future__ import annotations
@@ -18,12 +19,11 @@ import time
 from types import TracebackType
 from typing import Any, Self
 
-import asyncpg
 import structlog
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from coordinator._campaign import BlockingCampaign, Heartbeating
-from coordinator._config import HOST, CoordinatorConfig
+from coordinator._config import CoordinatorConfig
 from coordinator._connect import connect
 from coordinator._control import ControlConnection, LostEvents
 from coordinator._describe import describe_error
@@ -32,6 +32,7 @@ from coordinator._errors import ConfigurationError, KeyCollisionError
 from coordinator._group import Group
 from coordinator._jobs import Jobs
 from coordinator._keys import group_lock_key, validate_group_name
+from coordinator._members import Members
 from coordinator._migrations import check_schema
 from coordinator._monitor import Monitor
 from coordinator._shared import SharedCampaign
@@ -80,6 +81,7 @@ class Coordinator:
         self._control = ControlConnection(config)
         self._lost = LostEvents(config, self._sql, self._control)
         self._monitor = Monitor(config, self._sql, self._control, self._leads_any)
+        self._members: Members | None = None
         self._shared: SharedCampaign | None = None
         self._beating: list[Heartbeating] = []
         self._state = RunState.NEW
@@ -166,12 +168,14 @@ class Coordinator:
         conn = await connect(self.config.connection)
         try:
             await check_schema(conn, self.config.schema, self._sql.schema_version)
-            await self._check_capacity(conn)
-            await self._register(conn)
-            self._emit_beat(await self._beat_members(conn))
+            members = self._members = Members(self.config, self._sql, self._keys())
+            await members.register(conn)
+            beat = await members.heartbeat(conn, self._following())
         except BaseException:
             await conn.close()
             raise
+        if beat is not None:
+            self._listeners.emit(beat)
         self._control.adopt(conn)
         self._state = RunState.RUNNING
         self._jobs.start(
@@ -190,8 +194,7 @@ class Coordinator:
 
     def _start_electors(self) -> None:
         if self.config.polls(len(self._groups)):
-            keys = {name: group.lock_key for name, group in self._groups.items()}
-            shared = self._shared = SharedCampaign(self.config, self._sql, keys)
+            shared = self._shared = SharedCampaign(self.config, self._sql, self._keys())
             self._beating = [shared]
             for name, elector in self._electors.items():
                 elector.start(shared.candidacy(name))
@@ -223,21 +226,25 @@ class Coordinator:
     # -- the jobs -------------------------------------------------------------
 
     async def _heartbeat_job(self) -> None:
-        """Leaders beat through their campaigns; followers in one statement together."""
+        """Leaders beat through their campaigns, followers in one statement; all at once."""
         try:
-            beats = await asyncio.gather(*(source.heartbeat() for source in self._beating))
-            for beat in beats:
-                self._emit_beat(beat)
-            started = time.monotonic()
-            try:
-                self._emit_beat(await self._control.run(self._beat_members))
-            except Exception as error:  # noqa: BLE001 - a job never dies; the next beat retries
-                following = tuple(self._following())
-                elapsed = time.monotonic() - started
-                self._emit_beat(HeartbeatDone(following, elapsed, ok=False, batch=True))
-                self._log.warning("member_heartbeat_failed", error=describe_error(error))
+            sources = (source.heartbeat() for source in self._beating)
+            for beat in await asyncio.gather(*sources, self._member_heartbeat()):
+                if beat is not None:
+                    self._listeners.emit(beat)
         finally:
             self._last_heartbeat_job = time.monotonic()
+
+    async def _member_heartbeat(self) -> HeartbeatDone | None:
+        members = self._members
+        assert members is not None  # the jobs start after the groups are registered
+        started = time.monotonic()
+        try:
+            return await self._control.run(lambda conn: members.heartbeat(conn, self._following()))
+        except Exception as error:  # noqa: BLE001 - a job never dies; the next beat retries
+            self._log.warning("member_heartbeat_failed", error=describe_error(error))
+            following = tuple(self._following())
+            return HeartbeatDone(following, time.monotonic() - started, ok=False, batch=True)
 
     async def _monitor_job(self) -> None:
         try:
@@ -248,71 +255,11 @@ class Coordinator:
         for signal in fenced:
             self._listeners.emit(signal)
 
-    def _emit_beat(self, beat: HeartbeatDone | None) -> None:
-        if beat is not None:
-            self._listeners.emit(beat)
-
     def _following(self) -> list[str]:
         return [name for name, e in self._electors.items() if e.role is Role.FOLLOWER]
 
+    def _keys(self) -> dict[str, int]:
+        return {name: group.lock_key for name, group in self._groups.items()}
+
     def _leads_any(self) -> bool:
         return any(group.is_leader for group in self._groups.values())
-
-    async def _beat_members(self, conn: asyncpg.Connection) -> HeartbeatDone | None:
-        """The followers' heartbeat, one statement; a lost registration is made again."""
-        following = self._following()
-        if not following:
-            return None
-        started = time.monotonic()
-        try:
-            await conn.execute(
-                self._sql.member_heartbeat, following, self.instance_id, HOST, os.getpid()
-            )
-        except asyncpg.ForeignKeyViolationError:
-            # The server lost the groups' rows (a crash restart without durable commits).
-            self._log.warning("groups_registered_again", groups=len(self._groups))
-            await self._register(conn)
-            await conn.execute(
-                self._sql.member_heartbeat, following, self.instance_id, HOST, os.getpid()
-            )
-        return HeartbeatDone(tuple(following), time.monotonic() - started, ok=True, batch=True)
-
-    # -- start-up checks and registration ---------------------------------------
-
-    async def _register(self, conn: asyncpg.Connection) -> None:
-        """Record every group and its key, in one transaction that a collision rolls back."""
-        ns = self.config.lock_namespace
-        names = list(self._groups)
-        keys = [group.lock_key for group in self._groups.values()]
-        async with conn.transaction():
-            await conn.execute(self._sql.register_groups, names, keys, ns, self.config.ttl)
-            for row in await conn.fetch(self._sql.group_keys, names, keys, ns):
-                wanted = self._groups[row["wanted"]]
-                if row["group_name"] != wanted.name:
-                    raise KeyCollisionError(
-                        f"group {wanted.name!r} hashes to lock key {wanted.lock_key}, which group "
-                        f"{row['group_name']!r} already uses in this database: rename one of them"
-                    )
-                if (row["lock_namespace"], row["lock_key"]) != (ns, wanted.lock_key):
-                    raise ConfigurationError(
-                        f"group {wanted.name!r} is registered with lock namespace "
-                        f"{row['lock_namespace']}, this instance uses {ns}: give every instance "
-                        "the same lock_namespace"
-                    )
-
-    async def _check_capacity(self, conn: asyncpg.Connection) -> None:
-        """Refuse more groups than the server's shared lock table can ever hold."""
-        capacity = await conn.fetchval(self._sql.lock_capacity)
-        if len(self._groups) > capacity:
-            raise ConfigurationError(
-                f"{len(self._groups)} groups need as many advisory locks, but this server's lock "
-                f"table holds {capacity} in all (max_locks_per_transaction x (max_connections + "
-                "max_prepared_transactions)): raise max_locks_per_transaction or use fewer groups"
-            )
-        if len(self._groups) > capacity // 2:
-            self._log.warning(
-                "lock_table_nearly_full",
-                groups=len(self._groups),
-                capacity=capacity,
-                fix="raise max_locks_per_transaction; other sessions need lock slots too",
-            )

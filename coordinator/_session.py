@@ -1,5 +1,5 @@
 """The lock session: one dedicated connection that waits for, holds and
-releases one group's advisory lock (the blocking campaign's seat).
+releases one group's advisory lock; the blocking campaign's seat.
 
 All statements on the connection are serialised by an asyncio lock, because
 an asyncpg connection runs one operation at a time. The blocking lock wait is
@@ -19,6 +19,7 @@ import structlog
 from coordinator._config import HOST, CoordinatorConfig
 from coordinator._connect import connect
 from coordinator._sql import Statements
+from coordinator._term import Term
 
 __all__ = ["LockSession", "resign_and_unlock"]
 
@@ -172,13 +173,27 @@ class LockSession:
             )
         return row is not None
 
-    async def resign(self, instance_id: str, term: int, reason: str) -> None:
-        """Clear the holder, record why, notify, then unlock: the next waiter wakes at once."""
-        async with asyncio.timeout(self._config.resign_timeout), self._busy:
-            # The lock_timeout set when the lock was granted bounds the statement.
-            await resign_and_unlock(
-                self._conn, self._sql, self._group, instance_id, term, reason, self._lock
-            )
+    async def resign(self, term: Term, reason: str) -> None:
+        """Clear the holder, record why, notify, then unlock: the next waiter wakes at once.
+
+        If that fails, the lock's state is in doubt: the session is dropped,
+        and the campaign's next ``win()`` starts on a fresh one.
+        """
+        try:
+            async with asyncio.timeout(self._config.resign_timeout), self._busy:
+                # The lock_timeout set when the lock was granted bounds the statement.
+                await resign_and_unlock(
+                    self._conn,
+                    self._sql,
+                    self._group,
+                    self._config.instance_id,
+                    term.number,
+                    reason,
+                    self._lock,
+                )
+        except BaseException:
+            self.abort()
+            raise
 
     def abort(self) -> None:
         """Drop the connection now; the server frees the lock when it notices."""
