@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
@@ -342,3 +344,37 @@ async def _failing(coord: Coordinator) -> dict[str, str]:
 
 async def _healthy(health: Health) -> bool:
     return health.ready().ok
+
+
+async def test_a_fenced_shared_session_is_terminated_once_with_an_event_per_group(
+    dsn: str, pg_server: Any, make_proxy: Callable[[], TcpProxy]
+) -> None:
+    """One backend holds every lock of a polling process: one terminate, one event per group."""
+    names = [f"tenant-{n}" for n in range(5)]
+    proxy = make_proxy()
+    cut_off = coordinator(proxy.dsn(dsn), "cut-off", *names, connect_timeout=1.0, wait="poll")
+    log = pg_server.local.log_path if pg_server.local is not None else None
+    warnings_before = _terminate_warnings(log)
+    async with running(cut_off):
+        for name in names:
+            await cut_off.group(name).wait_elected(5)
+        async with running(coordinator(dsn, "direct", *names, wait="poll")) as (direct,):
+            proxy.blackhole()
+            for name in names:
+                assert await direct.group(name).wait_elected(FAST["ttl"] * 6) == 2
+            proxy.heal()
+    fenced = [
+        (name, kind, term)
+        for name in names
+        for kind, term, instance_id in await events(dsn, name)
+        if kind == "fenced" and instance_id == "cut-off"
+    ]
+    assert fenced == [(name, "fenced", 1) for name in names]
+    assert _terminate_warnings(log) == warnings_before
+
+
+def _terminate_warnings(log: Path | None) -> int:
+    """The server's complaints about pg_terminate_backend on a pid that has already gone."""
+    if log is None:
+        return 0
+    return log.read_text(errors="replace").count("is not a PostgreSQL backend process")
