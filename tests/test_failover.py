@@ -5,11 +5,22 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Sequence
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
+from coordinator import Coordinator
 from coordinator.testing import CoordinatorProcess
-from helpers import FAST, connected, current_leader, events, leader_row, wait_args, wait_until
+from helpers import (
+    FAST,
+    connected,
+    coordinator,
+    current_leader,
+    events,
+    leader_row,
+    wait_args,
+    wait_until,
+)
 
 pytestmark = [pytest.mark.core, pytest.mark.slow]
 
@@ -125,3 +136,33 @@ async def test_database_restart_under_running_instances_elects_again(
     ]
     assert claims == [second["leader"]]
     assert second["lock_held"]
+
+
+async def test_a_reconnect_that_lands_on_a_standby_is_refused_until_the_primary_is_back(
+    dsn: str, wait: str, pg_server: Any
+) -> None:
+    """A multi-host DSN may reconnect to a standby: every new connection is checked again."""
+    if pg_server.local is None:
+        pytest.skip("needs a server the suite runs itself")
+    standby = await asyncio.to_thread(pg_server.create_standby)
+    try:
+        parts = urlsplit(dsn)
+        both = f"{parts.netloc},{parts.hostname}:{standby.port}"
+        coord = coordinator(urlunsplit(parts._replace(netloc=both)), "multi", wait=wait)
+        group = coord.group("scheduler")
+        async with coord:
+            assert await group.wait_elected(SLACK) == 1
+            await asyncio.to_thread(pg_server.local.stop)
+            failing = await wait_until(
+                lambda: _failing(coord), SLACK * 2, what="the loop to refuse the standby"
+            )
+            assert "is a standby" in failing["scheduler"]
+            assert not group.is_leader
+            await asyncio.to_thread(pg_server.start)
+            assert await group.wait_elected(SLACK * 4) == 2
+    finally:
+        await asyncio.to_thread(standby.close)
+
+
+async def _failing(coord: Coordinator) -> dict[str, str]:
+    return coord.failing
