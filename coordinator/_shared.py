@@ -20,6 +20,10 @@ it first, as they would in a lock queue.
 The poller never dies: any error ends the session's terms, is logged once
 with its cause, and is retried on a fresh, checked session after a jittered
 back-off; :attr:`SharedCampaign.problem` says why meanwhile.
+
+The module is longer than most (about 370 lines) because it is one concept
+whose parts share one state: the session, the groups waiting, the terms
+held and their cool-downs. Split, each part would reach into the others.
 """
 
 from __future__ import annotations

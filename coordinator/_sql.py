@@ -3,6 +3,7 @@
 The schema name is substituted once per coordinator (``{schema}``); the
 notification channel likewise (``{channel}``). Migrations are plain SQL files
 in ``migrations/``; everything else is here, so a reviewer sees it all.
+That is why this is the longest module: it holds a list, not logic.
 
 Advisory locks use the two-int4 keyspace: in ``pg_locks`` such a lock shows
 ``classid = namespace``, ``objid = key``, ``objsubid = 2``.
