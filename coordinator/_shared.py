@@ -200,8 +200,20 @@ class SharedCampaign:
                 # Locks a failed statement may have granted are not in office: start clean.
                 self.abort()
             await self._sleep(
-                self._config.reconnect_delay(failures) if failures else self._config.poll_interval
+                self._config.reconnect_delay(failures) if failures else self._until_next_poll()
             )
+
+    def _until_next_poll(self) -> float:
+        """A poll interval, or less when a group waiting for it comes out of its cool-down.
+
+        Waking then, not a poll later, keeps the order of a lock queue: the
+        one who handed over earlier gets the next turn.
+        """
+        now = time.monotonic()
+        ends = [
+            end for group, end in self._cooldown.items() if group in self._waiting and end > now
+        ]
+        return min([self._config.poll_interval, *(end - now for end in ends)])
 
     async def _sleep(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
