@@ -121,17 +121,19 @@ class _StateCollector(Collector):
         return iter(self._families())
 
     def collect(self) -> Iterator[Metric]:
-        leads, term, heartbeat_age, job_age = self._families()
+        leads, term, heartbeat_age, job_age, failing = self._families()
+        problems = self._coordinator.failing
         for name, group in self._coordinator.groups.items():
             leads.add_metric([name], 1.0 if group.is_leader else 0.0)
             term.add_metric([name], float(group.term or 0))
+            failing.add_metric([name], 1.0 if name in problems else 0.0)
             age = self._health.heartbeat_age(name)
             if age is not None:
                 heartbeat_age.add_metric([name], age)
         age = self._health.heartbeat_job_age()
         if age is not None:
             job_age.add_metric([], age)
-        return iter((leads, term, heartbeat_age, job_age))
+        return iter((leads, term, heartbeat_age, job_age, failing))
 
     @staticmethod
     def _families() -> tuple[GaugeMetricFamily, ...]:
@@ -156,5 +158,10 @@ class _StateCollector(Collector):
             GaugeMetricFamily(
                 "coordinator_heartbeat_job_age_seconds",
                 "Seconds since the heartbeat job last finished; /livez fails past its limit.",
+            ),
+            GaugeMetricFamily(
+                "coordinator_election_failing",
+                "1 while the group's election loop keeps failing (/readyz says why), else 0.",
+                labels=["group"],
             ),
         )

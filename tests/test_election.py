@@ -10,6 +10,7 @@ from typing import Any
 
 import asyncpg
 import pytest
+from prometheus_client import generate_latest
 
 from coordinator import (
     Coordinator,
@@ -20,6 +21,7 @@ from coordinator import (
     Signal,
     read_status,
 )
+from coordinator.integrations.http import CoordinatorMetrics
 from coordinator.testing import TcpProxy
 from helpers import (
     COLLIDING_NAMES,
@@ -314,6 +316,7 @@ async def test_a_read_only_database_keeps_the_loop_failing_visibly_until_it_reco
     """A loop never dies: a non-transient error is retried on fresh sessions, and shown."""
     coord = coordinator(dsn, "ro", wait=wait)
     health = Health(coord)
+    metrics = CoordinatorMetrics(coord, health=health)
     group = coord.group("scheduler")
     async with running(coord), connected(dsn) as admin:
         assert await group.wait_elected(5) == 1
@@ -332,6 +335,8 @@ async def test_a_read_only_database_keeps_the_loop_failing_visibly_until_it_reco
         verdict = health.ready()
         assert not verdict.ok
         assert "ReadOnlySQLTransactionError" in verdict.reason
+        failing_gauge = 'coordinator_election_failing{group="scheduler"} 1.0'
+        assert failing_gauge in generate_latest(metrics.registry).decode()
         await admin.execute(f'ALTER DATABASE "{database}" RESET default_transaction_read_only')
         assert await group.wait_elected(FAST["ttl"] * 8) == 2
         await wait_until(lambda: _healthy(health), FAST["ttl"] * 4, what="ready again")

@@ -51,6 +51,7 @@ from starlette.routing import Route
 from coordinator._config import CoordinatorConfig
 from coordinator._connect import connect
 from coordinator._coordinator import Coordinator
+from coordinator._describe import describe_error
 from coordinator._errors import ConfigurationError
 from coordinator._health import Health, ReadyWhen, Verdict
 from coordinator._metrics import CoordinatorMetrics
@@ -196,7 +197,7 @@ class _StatusReader:
         except TimeoutError:
             return {}, f"no answer from the database within {STATUS_READ_TIMEOUT:g} s"
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
-            return {}, f"{type(error).__name__}: {error}"
+            return {}, describe_error(error)
         return {row.group: row for row in rows}, None
 
     async def _read(self) -> list[GroupStatus]:
