@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import socket
 import subprocess
 import sys
@@ -237,12 +238,33 @@ async def test_endpoints_mounted_in_a_fastapi_app(dsn: str, wait: str) -> None:
         await coord.group("team/a").wait_elected(WAIT)
         assert await aget(port, "/hello") == (200, b'{"hello":"world"}')
         assert (await aget(port, "/coordinator/leader/team%2Fa"))[0] == 200
-        for path in ("/livez", "/readyz", f"/leader/{GROUP}", "/leader", "/metrics"):
+        for path in ("/livez", "/readyz", f"/leader/{GROUP}", "/leader"):
+            assert (await aget(port, "/coordinator" + path, "OPTIONS"))[0] == 200, path
+        paths = ("/livez", "/readyz", f"/leader/{GROUP}", "/leader", "/members", "/cluster")
+        for path in (*paths, "/metrics", "/", "/view.js", "/view.css"):
             status, _ = await aget(port, "/coordinator" + path)
             assert status == 200, path
             for method in ("POST", "PUT", "PATCH", "DELETE"):
                 status, _ = await aget(port, "/coordinator" + path, method)
                 assert status == 405, (method, path)
+        status, members = await aget(port, "/coordinator/members")
+        assert {
+            (m["group"], m["instance_id"], m["role"], m["live"])
+            for m in json.loads(members)["members"]
+        } == {(GROUP, "mounted", "leader", True), ("team/a", "mounted", "leader", True)}
+        status, cluster = await aget(port, "/coordinator/cluster")
+        view = json.loads(cluster)
+        assert [g["group"] for g in view["groups"]] == sorted([GROUP, "team/a"])
+        assert {(e["group"], e["kind"], e["term"]) for e in view["events"]} == {
+            (GROUP, "elected", 1),
+            ("team/a", "elected", 1),
+        }
+        later = view["events"][-1]["at"].replace("+", "%2B")
+        _, since = await aget(port, f"/coordinator/cluster?since={later}")
+        assert len(json.loads(since)["events"]) == 1
+        assert (await aget(port, "/coordinator/cluster?since=yesterday"))[0] == 400
+        page = (await aget(port, "/coordinator/"))[1]
+        assert b'src="view.js"' in page  # relative: the page works under any prefix
         status, body = await aget(port, "/coordinator/metrics")
         assert sample(parse_metrics(body.decode()), "leader_election_master_status", name=GROUP)
         assert (await aget(port, "/coordinator/leader/nope"))[0] == 404
@@ -250,6 +272,8 @@ async def test_endpoints_mounted_in_a_fastapi_app(dsn: str, wait: str) -> None:
         await coord.stop()
         for path in ("/livez", "/readyz", f"/leader/{GROUP}"):
             assert (await aget(port, "/coordinator" + path))[0] == 503, path
+            # HAProxy's httpchk asks with OPTIONS: the same answer.
+            assert (await aget(port, "/coordinator" + path, "OPTIONS"))[0] == 503, path
 
 
 async def test_blocked_event_loop_fails_liveness_until_the_heartbeat_job_catches_up(
