@@ -89,7 +89,12 @@ def test_pip_installs_the_built_wheel_and_its_command_runs(dist: Path, tmp_path:
         "print(http.WEB_ROOT.joinpath('index.html').is_file())\n"
     )
     result = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, env=env, check=True
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        check=True,
     )
     where, migrations, page = result.stdout.split()
     assert where.startswith(str(target))
@@ -100,9 +105,15 @@ def test_pip_installs_the_built_wheel_and_its_command_runs(dist: Path, tmp_path:
         capture_output=True,
         text=True,
         env={**env, "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin"},
+        cwd=tmp_path,
     )
     assert command.returncode == 0, command.stderr
     assert "probe" in command.stdout
+
+
+def counted(collect_only: str) -> str:
+    """The "N tests collected" of ``pytest --collect-only -q``, without the time it took."""
+    return collect_only.splitlines()[-1].split(" in ")[0]
 
 
 def test_the_tests_run_from_the_unpacked_sdist(dist: Path, tmp_path: Path) -> None:
@@ -117,14 +128,13 @@ def test_the_tests_run_from_the_unpacked_sdist(dist: Path, tmp_path: Path) -> No
         text=True,
     )
     assert collected.returncode == 0, collected.stdout + collected.stderr
-    assert "error" not in collected.stdout.lower()
     here = subprocess.run(
         [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider"],
         cwd=ROOT,
         capture_output=True,
         text=True,
     )
-    assert collected.stdout.splitlines()[-1] == here.stdout.splitlines()[-1]  # "N tests collected"
+    assert counted(collected.stdout) == counted(here.stdout)
     quick = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_manifests.py"],
         cwd=unpacked,
