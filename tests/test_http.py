@@ -91,8 +91,8 @@ def test_leader_endpoint_flips_between_sidecars_when_the_leader_is_killed(
     assert "does not lead 'scheduler'" in unready["reason"]
 
     on_a, on_b = metrics(a), metrics(b)
-    assert sample(on_a, "leader_election_master_status", name=GROUP) == 1
-    assert sample(on_b, "leader_election_master_status", name=GROUP) == 0
+    assert sample(on_a, "leader_election_master_status", name=GROUP, group=GROUP) == 1
+    assert sample(on_b, "leader_election_master_status", name=GROUP, group=GROUP) == 0
     assert sample(on_a, "coordinator_term", group=GROUP) == 1
     assert sample(on_a, "coordinator_elections_total", group=GROUP) == 1
     assert sample(on_b, "coordinator_elections_total", group=GROUP) == 0
@@ -107,7 +107,7 @@ def test_leader_endpoint_flips_between_sidecars_when_the_leader_is_killed(
     assert (taken["leader"], taken["term"], taken["is_leader"]) == ("b", 2, True)
     assert get_json(b, "/readyz")[0] == 200
     on_b = metrics(b)
-    assert sample(on_b, "leader_election_master_status", name=GROUP) == 1
+    assert sample(on_b, "leader_election_master_status", name=GROUP, group=GROUP) == 1
     assert sample(on_b, "coordinator_term", group=GROUP) == 2
     assert probe(b).returncode == 0
     gone = probe(a, "--live")
@@ -140,7 +140,7 @@ def test_frozen_leader_is_fenced_counted_and_demotes_itself(dsn: str, spawn: Spa
     on_a = metrics(a)
     demoted = sample(on_a, "coordinator_demotions_total", group=GROUP, reason=lost["reason"])
     assert demoted == 1
-    assert sample(on_a, "leader_election_master_status", name=GROUP) == 0
+    assert sample(on_a, "leader_election_master_status", name=GROUP, group=GROUP) == 0
     assert sample(on_a, "coordinator_heartbeat_duration_seconds_count", kind="batch") > 0
 
 
@@ -266,7 +266,9 @@ async def test_endpoints_mounted_in_a_fastapi_app(dsn: str, wait: str) -> None:
         page = (await aget(port, "/coordinator/"))[1]
         assert b'src="view.js"' in page  # relative: the page works under any prefix
         status, body = await aget(port, "/coordinator/metrics")
-        assert sample(parse_metrics(body.decode()), "leader_election_master_status", name=GROUP)
+        assert sample(
+            parse_metrics(body.decode()), "leader_election_master_status", name=GROUP, group=GROUP
+        )
         assert (await aget(port, "/coordinator/leader/nope"))[0] == 404
 
         await coord.stop()
