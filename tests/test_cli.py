@@ -308,6 +308,7 @@ async def test_watch_lines_up_and_says_why_a_leadership_ended(dsn: str, tmp_path
             process.terminate()
             await process.wait()
     current, resigned = lines[0].decode(), lines[2].decode()
+    assert current.index("current") == lines[1].decode().index("current")
     assert "current" in current
     assert "resigned" in resigned
     assert current.index("current") == resigned.index("resigned")

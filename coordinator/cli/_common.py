@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, TypeAlias
 
@@ -57,9 +57,12 @@ class Columns:
 
     def widen(self, cells: Sequence[str]) -> None:
         for i, cell in enumerate(cells[:-1]):
-            if i == len(self._widths):
-                self._widths.append(0)
-            self._widths[i] = max(self._widths[i], len(cell))
+            self.at_least(i, len(cell))
+
+    def at_least(self, column: int, width: int) -> None:
+        while len(self._widths) <= column:
+            self._widths.append(0)
+        self._widths[column] = max(self._widths[column], width)
 
     def line(self, cells: Sequence[str]) -> str:
         self.widen(cells)
@@ -74,11 +77,14 @@ class Columns:
 
 #: Event columns that a stream knows in advance: the time, and the longest kind.
 _EVENT_WIDTHS = (len("2024-05-01T12:00:00.000+00:00"), 0, len("resigned"))
+_GROUP_COLUMN = 1
 
 
-def event_columns() -> Columns:
-    """Columns for :func:`event_cells` lines."""
-    return Columns(_EVENT_WIDTHS)
+def event_columns(groups: Iterable[str] = ()) -> Columns:
+    """Columns for :func:`event_cells` lines; the group column fits each of ``groups``."""
+    columns = Columns(_EVENT_WIDTHS)
+    columns.at_least(_GROUP_COLUMN, max((len(group) for group in groups), default=0))
+    return columns
 
 
 def event_cells(event: LeadershipEvent, *, received_at: datetime | None = None) -> list[str]:

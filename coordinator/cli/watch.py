@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 import structlog
 
 from coordinator._observe import observe
+from coordinator._status import read_status
 from coordinator.cli._common import (
     Columns,
     Subparsers,
@@ -85,8 +86,14 @@ async def _until_stopped(printing_changes: Coroutine[None, None, None]) -> int:
 
 
 async def _print_changes(
-    dsn: str, groups: Sequence[str], schema: str, *, as_json: bool, columns: Columns
+    dsn: str, groups: Sequence[str], schema: str, *, as_json: bool, columns: Columns | None
 ) -> None:
+    if columns is None:
+        # The group column as wide as every group known now, so that the first lines line up.
+        known = groups
+        if not (groups or as_json):
+            known = [row.group for row in await read_status(dsn, schema=schema)]
+        columns = event_columns(known)
     async with contextlib.aclosing(observe(dsn, *groups, schema=schema)) as changes:
         async for event in changes:
             received_at = datetime.now(UTC)
