@@ -314,3 +314,29 @@ async def test_watch_lines_up_and_says_why_a_leadership_ended(dsn: str, tmp_path
     assert current.index("current") == resigned.index("resigned")
     assert current.index("term") == resigned.index("term")
     assert resigned.rstrip().endswith(")"), resigned
+
+
+async def test_history_follow_prints_the_record_then_each_change(dsn: str) -> None:
+    await insert_events(dsn, [("scheduler", "elected", 1, "earlier", None)])
+    process = await asyncio.create_subprocess_exec(
+        *(sys.executable, "-m", "coordinator", "history", "--dsn", dsn, "--follow", "--json"),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    assert process.stdout is not None
+    try:
+        recorded = json.loads(await asyncio.wait_for(process.stdout.readline(), 15))
+        assert (recorded["kind"], recorded["instance_id"]) == ("elected", "earlier")
+        a = coordinator(dsn, "a", "scheduler")
+        async with a:
+            await a.group("scheduler").wait_elected(15)
+            live = json.loads(await asyncio.wait_for(process.stdout.readline(), 15))
+    finally:
+        process.terminate()
+        status = await asyncio.wait_for(process.wait(), 15)
+    # Elected, or (had it happened before the follow began listening) the current state.
+    assert (live["kind"], live["term"], live["instance_id"]) in {
+        ("elected", 1, "a"),
+        ("current", 1, "a"),
+    }
+    assert status == 0
