@@ -111,6 +111,15 @@ def test_pip_installs_the_built_wheel_and_its_command_runs(dist: Path, tmp_path:
     assert "probe" in command.stdout
 
 
+def pytest_in(directory: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *args],
+        cwd=directory,
+        capture_output=True,
+        text=True,
+    )
+
+
 def counted(collect_only: str) -> str:
     """The "N tests collected" of ``pytest --collect-only -q``, without the time it took."""
     return collect_only.splitlines()[-1].split(" in ")[0]
@@ -121,24 +130,8 @@ def test_the_tests_run_from_the_unpacked_sdist(dist: Path, tmp_path: Path) -> No
     with tarfile.open(the(dist, "pg_coordinator-*.tar.gz")) as sdist:
         sdist.extractall(tmp_path, filter="data")
     (unpacked,) = tmp_path.glob("pg_coordinator-*")
-    collected = subprocess.run(
-        [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider"],
-        cwd=unpacked,
-        capture_output=True,
-        text=True,
-    )
+    collected = pytest_in(unpacked, "--collect-only")
     assert collected.returncode == 0, collected.stdout + collected.stderr
-    here = subprocess.run(
-        [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-    )
-    assert counted(collected.stdout) == counted(here.stdout)
-    quick = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_manifests.py"],
-        cwd=unpacked,
-        capture_output=True,
-        text=True,
-    )
+    assert counted(collected.stdout) == counted(pytest_in(ROOT, "--collect-only").stdout)
+    quick = pytest_in(unpacked, "tests/test_manifests.py")
     assert quick.returncode == 0, quick.stdout + quick.stderr
