@@ -238,7 +238,7 @@ async def test_endpoints_mounted_in_a_fastapi_app(dsn: str, wait: str) -> None:
         await coord.group("team/a").wait_elected(WAIT)
         assert await aget(port, "/hello") == (200, b'{"hello":"world"}')
         assert (await aget(port, "/coordinator/leader/team%2Fa"))[0] == 200
-        for path in ("/livez", "/readyz", f"/leader/{GROUP}", "/leader"):
+        for path in ("/livez", "/readyz", f"/leader/{GROUP}", "/leader", "/"):
             assert (await aget(port, "/coordinator" + path, "OPTIONS"))[0] == 200, path
         paths = ("/livez", "/readyz", f"/leader/{GROUP}", "/leader", "/members", "/cluster")
         for path in (*paths, "/metrics", "/", "/view.js", "/view.css"):

@@ -35,8 +35,9 @@ or let ``coordinator run --http HOST:PORT`` serve it alone (a sidecar).
 =========================  ==========================================================
 
 Every route answers GET and HEAD; the probe endpoints (``/livez``,
-``/readyz``, ``/leader``, ``/leader/{group}``) also answer OPTIONS, with the
-same status, since HAProxy's ``option httpchk`` sends OPTIONS by default.
+``/readyz``, ``/leader``, ``/leader/{group}``) and ``/`` also answer
+OPTIONS, with the same status, since HAProxy's ``option httpchk`` sends
+OPTIONS (to ``/`` unless given a path) by default.
 Nothing here changes any state. The status codes of the probe endpoints come
 from local state alone; the database is read only for the JSON bodies, on a
 connection of their own (so that requests never queue behind the heartbeat)
@@ -129,8 +130,13 @@ def http_app(
             Route("/members", endpoints.members, methods=["GET"]),
             Route("/cluster", endpoints.cluster, methods=["GET"]),
             Route("/metrics", endpoints.metrics, methods=["GET"]),
+            # OPTIONS / is what a bare `option httpchk` asks: the process answers at all.
             *(
-                Route(path, _WebFile(*served).respond, methods=["GET"])
+                Route(
+                    path,
+                    _WebFile(*served).respond,
+                    methods=_PROBE_METHODS if path == "/" else ["GET"],
+                )
                 for path, served in _WEB_FILES.items()
             ),
         ],
