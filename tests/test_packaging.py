@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+import coordinator
 from coordinator._migrations import available_migrations
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -135,3 +136,18 @@ def test_the_tests_run_from_the_unpacked_sdist(dist: Path, tmp_path: Path) -> No
     assert counted(collected.stdout) == counted(pytest_in(ROOT, "--collect-only").stdout)
     quick = pytest_in(unpacked, "tests/test_manifests.py")
     assert quick.returncode == 0, quick.stdout + quick.stderr
+
+
+def test_every_public_name_is_found_where_the_package_says() -> None:
+    """The package imports its names on first use: each one in __all__ resolves, none is extra."""
+    script = (
+        "import coordinator\n"
+        "assert sorted(coordinator._HOMES) == sorted(coordinator.__all__)\n"
+        "for name in coordinator.__all__:\n"
+        "    getattr(coordinator, name)\n"
+        "print(len(coordinator.__all__))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    with pytest.raises(AttributeError, match="no attribute 'Nope'"):
+        _ = coordinator.Nope  # type: ignore[attr-defined]
