@@ -1,4 +1,4 @@
-"""Coordinator settings: frozen, keyword-only, validated at construction.
+"""Settings: a coordinator's, and a connection's; frozen, keyword-only, checked early.
 
 Bad configuration fails here, with a message that names the fix, instead of
 as a flapping leader an hour later.
@@ -15,12 +15,11 @@ import socket
 from dataclasses import dataclass, field
 from typing import Literal
 
-from coordinator._connect import ConnectionOptions
 from coordinator._dsn import redact_dsn
 from coordinator._errors import ConfigurationError
 from coordinator._keys import DEFAULT_LOCK_NAMESPACE
 
-__all__ = ["HOST", "CoordinatorConfig", "backoff_delay", "default_instance_id"]
+__all__ = ["HOST", "ConnectionOptions", "CoordinatorConfig", "backoff_delay", "default_instance_id"]
 
 _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
@@ -37,6 +36,30 @@ def backoff_delay(failures: int, low: float, high: float) -> float:
     """Full jitter, growing with consecutive failures, between ``low`` and ``high`` seconds."""
     ceiling = min(high, low * 2 ** min(failures, 16))
     return random.uniform(low, ceiling)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ConnectionOptions:
+    """How to open one connection: all a reader, a migration or a coordinator needs."""
+
+    dsn: str = field(repr=False)
+    connect_timeout: float = 5.0
+    #: Shown in ``pg_stat_activity``; at most 63 bytes are kept by the server.
+    application_name: str = "coordinator"
+    #: Unacknowledged data is given up after this long (``tcp_user_timeout``).
+    user_timeout: float = 15.0
+
+    @property
+    def redacted_dsn(self) -> str:
+        return redact_dsn(self.dsn)
+
+    def keepalive_settings(self) -> tuple[str, str, str, str]:
+        """Idle, interval and count of keepalives, and tcp_user_timeout in ms.
+
+        A dead peer is noticed after idle + interval * count seconds without an
+        answer, and unacknowledged data is given up after tcp_user_timeout.
+        """
+        return ("5", "2", "3", str(int(max(self.user_timeout, 5.0) * 1000)))
 
 
 @dataclass(frozen=True, kw_only=True)

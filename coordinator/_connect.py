@@ -14,16 +14,15 @@ there, writes do not), so a reconnect runs the same refusals as start-up.
 from __future__ import annotations
 
 import socket
-from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
 
-from coordinator._dsn import redact_dsn
+from coordinator._config import ConnectionOptions
 from coordinator._errors import ConnectionFailed, UnsupportedDatabase
 from coordinator._sql import Statements
 
-__all__ = ["TRANSIENT_ERRORS", "ConnectionOptions", "connect"]
+__all__ = ["TRANSIENT_ERRORS", "connect"]
 
 #: Errors after which a retry on a new connection may succeed.
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
@@ -36,30 +35,6 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.OperatorInterventionError,  # class 57: admin shutdown, crash, cannot connect now
     asyncpg.InsufficientResourcesError,  # class 53: too many connections, out of memory
 )
-
-
-@dataclass(frozen=True, kw_only=True)
-class ConnectionOptions:
-    """How to open one connection: all a reader, a migration or a coordinator needs."""
-
-    dsn: str = field(repr=False)
-    connect_timeout: float = 5.0
-    #: Shown in ``pg_stat_activity``; at most 63 bytes are kept by the server.
-    application_name: str = "coordinator"
-    #: Unacknowledged data is given up after this long (``tcp_user_timeout``).
-    user_timeout: float = 15.0
-
-    @property
-    def redacted_dsn(self) -> str:
-        return redact_dsn(self.dsn)
-
-    def keepalive_settings(self) -> tuple[str, str, str, str]:
-        """Idle, interval and count of keepalives, and tcp_user_timeout in ms.
-
-        A dead peer is noticed after idle + interval * count seconds without an
-        answer, and unacknowledged data is given up after tcp_user_timeout.
-        """
-        return ("5", "2", "3", str(int(max(self.user_timeout, 5.0) * 1000)))
 
 
 async def connect(options: ConnectionOptions) -> asyncpg.Connection:

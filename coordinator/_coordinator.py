@@ -26,7 +26,7 @@ from coordinator._campaign import BlockingCampaign, Heartbeating
 from coordinator._config import CoordinatorConfig
 from coordinator._connect import connect
 from coordinator._control import ControlConnection, LostEvents
-from coordinator._describe import describe_error
+from coordinator._describe import describe_error, name_of
 from coordinator._elector import Elector, Role
 from coordinator._errors import ConfigurationError, KeyCollisionError
 from coordinator._group import Group
@@ -36,12 +36,31 @@ from coordinator._members import Members
 from coordinator._migrations import check_schema
 from coordinator._monitor import Monitor
 from coordinator._shared import SharedCampaign
-from coordinator._signals import HeartbeatDone, Listener, Listeners
+from coordinator._signals import HeartbeatDone, Listener, Signal
 from coordinator._sql import Statements
 
 __all__ = ["Coordinator"]
 
 log = structlog.get_logger("coordinator")
+
+
+class Listeners:
+    """The subscribers of one coordinator; :meth:`emit` hands each signal to all of them."""
+
+    def __init__(self) -> None:
+        self._listeners: list[Listener] = []
+
+    def add(self, listener: Listener) -> None:
+        self._listeners.append(listener)
+
+    def emit(self, signal: Signal) -> None:
+        for listener in self._listeners:
+            try:
+                listener(signal)
+            except Exception as error:  # noqa: BLE001 - a listener must not break the elector
+                log.error(
+                    "listener_failed", listener=name_of(listener), error=describe_error(error)
+                )
 
 
 class RunState(enum.Enum):

@@ -23,10 +23,14 @@ import enum
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from coordinator._coordinator import Coordinator
 from coordinator._errors import ConfigurationError
 from coordinator._signals import Elected, HeartbeatDone, Signal
+
+if TYPE_CHECKING:
+    # Not at run time: the commands read ReadyWhen from here without loading the elector.
+    from coordinator._coordinator import Coordinator
 
 __all__ = ["Health", "ReadyWhen", "Verdict"]
 

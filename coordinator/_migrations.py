@@ -18,7 +18,8 @@ from pathlib import Path
 import asyncpg
 import structlog
 
-from coordinator._connect import ConnectionOptions, connect
+from coordinator._config import ConnectionOptions
+from coordinator._connect import connect
 from coordinator._errors import MigrationError, SchemaNotMigrated
 from coordinator._keys import DEFAULT_LOCK_NAMESPACE, group_lock_key
 from coordinator._sql import Statements, in_schema

@@ -3,7 +3,7 @@
 The history is the ``events`` table (pruned by age by every instance's
 monitor). Live changes are the notifications that every change of leadership
 sends on the channel ``<schema>_leadership`` with a JSON payload
-``{group, kind, term, instance_id}``. A notification sent while nobody
+``{group, kind, term, instance_id, reason}``. A notification sent while nobody
 listens is gone, so :func:`observe` starts, and starts again after every
 reconnect, with the state read from ``leader_status`` after ``LISTEN``:
 between the two nothing can be missed, only seen twice, and what was seen
@@ -22,8 +22,8 @@ from typing import Any
 import asyncpg
 import structlog
 
-from coordinator._config import backoff_delay
-from coordinator._connect import ConnectionOptions, connect
+from coordinator._config import ConnectionOptions, backoff_delay
+from coordinator._connect import connect
 from coordinator._describe import describe_error
 from coordinator._migrations import check_schema
 from coordinator._reading import fetch_rows
@@ -48,8 +48,8 @@ class LeadershipEvent:
     ``kind`` is one of ``elected``, ``resigned``, ``lost``, ``fenced`` and
     ``expired`` (as in the ``events`` table), or ``current``: the state when
     :func:`observe` connected or reconnected, whose ``instance_id`` is the
-    live leader or None. ``at`` and ``reason`` come from the history only;
-    live notifications carry neither.
+    live leader or None. ``at`` comes from the history only; live
+    notifications carry the ``reason`` too (none for ``elected``).
     """
 
     group: str
@@ -214,6 +214,7 @@ def _parse(payload: str) -> LeadershipEvent | None:
             kind=str(data["kind"]),
             term=int(data["term"]),
             instance_id=data["instance_id"],
+            reason=data.get("reason"),
         )
     except (ValueError, TypeError, KeyError):
         log.warning("observe_payload_ignored", payload=payload[:200])

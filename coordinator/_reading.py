@@ -7,7 +7,8 @@ from typing import Any
 
 import asyncpg
 
-from coordinator._connect import ConnectionOptions, connect
+from coordinator._config import ConnectionOptions
+from coordinator._connect import connect
 from coordinator._migrations import check_schema
 from coordinator._sql import Statements
 

@@ -10,13 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import structlog
-
-from coordinator._describe import describe_error, name_of
-
-__all__ = ["Demoted", "Elected", "Fenced", "HeartbeatDone", "Listener", "Listeners", "Signal"]
-
-log = structlog.get_logger("coordinator")
+__all__ = ["Demoted", "Elected", "Fenced", "HeartbeatDone", "Listener", "Signal"]
 
 
 @dataclass(frozen=True)
@@ -68,22 +62,3 @@ class HeartbeatDone:
 
 Signal = Elected | Demoted | Fenced | HeartbeatDone
 Listener = Callable[[Signal], None]
-
-
-class Listeners:
-    """The subscribers of one coordinator; :meth:`emit` hands each signal to all of them."""
-
-    def __init__(self) -> None:
-        self._listeners: list[Listener] = []
-
-    def add(self, listener: Listener) -> None:
-        self._listeners.append(listener)
-
-    def emit(self, signal: Signal) -> None:
-        for listener in self._listeners:
-            try:
-                listener(signal)
-            except Exception as error:  # noqa: BLE001 - a listener must not break the elector
-                log.error(
-                    "listener_failed", listener=name_of(listener), error=describe_error(error)
-                )

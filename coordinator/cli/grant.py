@@ -23,7 +23,8 @@ from importlib import resources
 
 import asyncpg
 
-from coordinator._connect import ConnectionOptions, connect
+from coordinator._config import ConnectionOptions
+from coordinator._connect import connect
 from coordinator._errors import ConfigurationError, CoordinatorError
 from coordinator._migrations import check_schema
 from coordinator._sql import Statements, in_schema
