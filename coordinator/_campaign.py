@@ -164,9 +164,9 @@ class BlockingCampaign:
             term.end(DemotionReason.LOCK_LOST)
         return HeartbeatDone((self._group,), time.monotonic() - started, ok=still_ours)
 
-    def _closed(self) -> None:
+    def _closed(self, session: LockSession) -> None:
         """Termination listener: a leader whose session closed demotes at once."""
-        if self._term is not None:
+        if session is self._session and self._term is not None:
             self._term.end(DemotionReason.CONNECTION_LOST)
 
     async def close(self) -> None:

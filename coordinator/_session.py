@@ -88,7 +88,7 @@ class LockSession:
         sql: Statements,
         group: str,
         lock_key: int,
-        on_closed: Callable[[], None],
+        on_closed: Callable[[LockSession], None],
     ) -> LockSession:
         conn = await connect(config.connection)
         try:
@@ -102,8 +102,9 @@ class LockSession:
         except BaseException:
             conn.terminate()
             raise
-        conn.add_termination_listener(lambda _conn: on_closed())
-        return cls(conn, config, sql, group, lock_key, prepared)
+        session = cls(conn, config, sql, group, lock_key, prepared)
+        conn.add_termination_listener(lambda _conn: on_closed(session))
+        return session
 
     @property
     def backend_pid(self) -> int:
