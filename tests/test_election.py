@@ -172,7 +172,9 @@ async def test_leader_demotes_itself_before_anyone_may_fence_it(
 ) -> None:
     """Heartbeats that hang make is_leader false before the monitor's ttl could pass."""
     proxy = make_proxy()
-    coord = coordinator(proxy.dsn(dsn), "stuck", connect_timeout=1.0, wait=wait)
+    # The default connect timeout: asyncpg's cancel request for a timed-out heartbeat
+    # waits that long in the blackhole before it gives up on the connection.
+    coord = coordinator(proxy.dsn(dsn), "stuck", wait=wait)
     group = coord.group("scheduler")
     observed: dict[str, object] = {}
     probe = await asyncpg.connect(dsn)
