@@ -30,7 +30,7 @@ from coordinator._group import Group, Role
 from coordinator._keys import group_lock_key, validate_group_name
 from coordinator._migrations import check_schema
 from coordinator._shared import SharedSession
-from coordinator._signals import Fenced, HeartbeatDone, Listener, Signal
+from coordinator._signals import Fenced, HeartbeatDone, Listener, LockSquatted, Signal
 from coordinator._sql import Statements
 
 __all__ = ["HEARTBEAT_JOB_ID", "MONITOR_JOB_ID", "Coordinator"]
@@ -90,6 +90,7 @@ class Coordinator:
         self._shared: SharedSession | None = None
         self._background: set[asyncio.Task[None]] = set()
         self._last_heartbeat_job: float | None = None
+        self._squatters: set[tuple[str, int]] = set()  # reported once per group and backend
 
     @property
     def instance_id(self) -> str:
@@ -278,6 +279,7 @@ class Coordinator:
                 rows = await self._on_control(
                     lambda conn: conn.fetch(self._sql.fence_stale_leaders, self.instance_id)
                 )
+                squatted = await self._on_control(lambda conn: conn.fetch(self._sql.squatted_locks))
                 leading = any(g.role is Role.LEADER for g in self._groups.values())
                 # Housekeeping is a leader's chore: one instance per group, not every member.
                 if leading and time.monotonic() - self._last_prune > _PRUNE_EVERY_S:
@@ -303,6 +305,32 @@ class Coordinator:
                 event, group=row["group_name"], term=row["term"], holder=row["instance_id"]
             )
             self.emit(Fenced(row["group_name"], row["term"], row["instance_id"], row["kind"]))
+        self._report_squatters(squatted)
+
+    def _report_squatters(self, rows: list[asyncpg.Record]) -> None:
+        """Log each backend that holds a group's lock without being a coordinator, once."""
+        seen = {(row["group_name"], row["squatter_pid"]) for row in rows}
+        for row in rows:
+            if (row["group_name"], row["squatter_pid"]) in self._squatters:
+                continue
+            self._log.error(
+                "lock_squatted",
+                group=row["group_name"],
+                pid=row["squatter_pid"],
+                user=row["squatter_user"],
+                application_name=row["squatter_application"],
+                fix="nobody can lead this group while that backend holds its advisory lock: "
+                "end it (pg_terminate_backend), and keep other roles from connecting",
+            )
+            self.emit(
+                LockSquatted(
+                    row["group_name"],
+                    row["squatter_pid"],
+                    row["squatter_user"],
+                    row["squatter_application"],
+                )
+            )
+        self._squatters = seen
 
     async def _prune(self, conn: asyncpg.Connection) -> None:
         await conn.execute(self._sql.prune_events, self.config.events_retention)

@@ -22,7 +22,7 @@ from prometheus_client.registry import Collector
 from coordinator._coordinator import Coordinator
 from coordinator._group import DemotionReason
 from coordinator._health import Health
-from coordinator._signals import Demoted, Elected, Fenced, HeartbeatDone, Signal
+from coordinator._signals import Demoted, Elected, Fenced, HeartbeatDone, LockSquatted, Signal
 
 __all__ = ["HEARTBEAT_BUCKETS", "CoordinatorMetrics"]
 
@@ -68,6 +68,13 @@ class CoordinatorMetrics:
             ["group", "kind"],
             registry=self.registry,
         )
+        self._squatted = Counter(
+            "coordinator_lock_squatted",
+            "Times this instance's monitor found a group's advisory lock held by a backend that "
+            "is neither the leader's nor a coordinator session (counted once per backend).",
+            ["group"],
+            registry=self.registry,
+        )
         self._heartbeat_seconds = Histogram(
             "coordinator_heartbeat_duration_seconds",
             "Duration of heartbeats: kind=group for one group's leader on its lock session, "
@@ -90,6 +97,7 @@ class CoordinatorMetrics:
                 self._demotions.labels(group, reason.value)
             for kind in _FENCE_KINDS:
                 self._fences.labels(group, kind)
+            self._squatted.labels(group)
         for kind in _HEARTBEAT_KINDS:
             self._heartbeat_seconds.labels(kind)
             self._heartbeat_failures.labels(kind)
@@ -103,6 +111,8 @@ class CoordinatorMetrics:
             self._demotions.labels(signal.group, signal.reason).inc()
         elif isinstance(signal, Fenced):
             self._fences.labels(signal.group, signal.kind).inc()
+        elif isinstance(signal, LockSquatted):
+            self._squatted.labels(signal.group).inc()
         elif isinstance(signal, HeartbeatDone):
             kind = "batch" if signal.group is None else "group"
             self._heartbeat_seconds.labels(kind).observe(signal.duration_s)

@@ -226,7 +226,25 @@ class Statements:
     # parameters, so the password goes in as a SCRAM verifier (base64 and
     # "$:" only), never as clear text that the server could log.
     set_role_password: str = "ALTER ROLE {role} WITH LOGIN PASSWORD '{verifier}'"
-    grant_signal_backend: str = "GRANT pg_signal_backend TO {role}"
+    # Fencing and ending old fenced transactions run with the schema owner's rights.
+    grant_signal_backend: str = """
+        DO $$
+        BEGIN
+            EXECUTE format('GRANT pg_signal_backend TO %s', (
+                SELECT n.nspowner::regrole::text
+                  FROM pg_catalog.pg_namespace AS n
+                 WHERE n.oid = (SELECT c.relnamespace FROM pg_catalog.pg_class AS c
+                                 WHERE c.oid = '{schema}.leaders'::regclass)));
+        END
+        $$"""
+    # Only roles granted CONNECT (the coordinator's, and whoever else is
+    # granted it) may then connect, and so take an advisory lock at all.
+    revoke_public_connect: str = """
+        DO $$
+        BEGIN
+            EXECUTE format('REVOKE CONNECT ON DATABASE %I FROM PUBLIC', current_database());
+        END
+        $$"""
 
     @classmethod
     def for_schema(cls, schema: str) -> Statements:

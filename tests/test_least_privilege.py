@@ -126,16 +126,150 @@ async def test_the_role_can_do_nothing_beyond_its_work(
         assert not any(flags.values())
         for statement in (
             "CREATE TABLE coordinator.intruder (x int)",
-            "DELETE FROM coordinator.leaders",
-            "UPDATE coordinator.events SET reason = 'rewritten'",
-            "TRUNCATE coordinator.events",
             "INSERT INTO coordinator.schema_migrations (version, name, checksum) "
             "VALUES (99, 'x', 'x')",
             "DROP VIEW coordinator.leader_status",
             "CREATE ROLE accomplice",
+            # The helpers of the owner's functions are not the role's to call.
+            "SELECT coordinator.announce('g', 'elected', 99, 'x')",
+            "SELECT coordinator.end_fenced_transactions('{scheduler}', 'x')",
         ):
             with pytest.raises(asyncpg.InsufficientPrivilegeError):
                 await conn.execute(statement)
+
+
+async def test_no_table_can_be_written_directly(
+    dsn: str, make_role: Callable[..., Awaitable[Role]]
+) -> None:
+    """INSERT, UPDATE, DELETE and TRUNCATE are refused on every table of the schema."""
+    role = await make_role()
+    async with connected(dsn) as owner:
+        await owner.execute(
+            "INSERT INTO coordinator.leaders (group_name, lock_namespace, lock_key) "
+            "VALUES ('scheduler', 1, 1)"
+        )
+        tables = await owner.fetch(
+            "SELECT c.relname, (SELECT a.attname FROM pg_attribute AS a WHERE a.attrelid = c.oid "
+            "AND a.attnum > 0 AND NOT a.attisdropped AND a.attidentity = '' "
+            "ORDER BY a.attnum LIMIT 1) AS first_column "
+            "FROM pg_class AS c WHERE c.relnamespace = 'coordinator'::regnamespace "
+            "AND c.relkind IN ('r', 'p')"
+        )
+    assert {"leaders", "heartbeats", "events", "settings", "schema_migrations"} <= {
+        t["relname"] for t in tables
+    }
+    async with connected(role.dsn) as conn:
+        for table in tables:
+            name, column = f'coordinator."{table["relname"]}"', f'"{table["first_column"]}"'
+            for statement in (
+                f"INSERT INTO {name} DEFAULT VALUES",
+                f"UPDATE {name} SET {column} = {column}",
+                f"DELETE FROM {name}",
+                f"TRUNCATE {name}",
+                f"SELECT * FROM {name} FOR UPDATE",
+            ):
+                with pytest.raises(asyncpg.InsufficientPrivilegeError):
+                    await conn.execute(statement)
+
+
+async def test_a_forged_term_is_refused_by_every_function(
+    dsn: str, make_role: Callable[..., Awaitable[Role]], spawn: Spawn
+) -> None:
+    """From a session that does not hold the lock, no function issues, renews, ends or
+    demotes the live leader's term."""
+    role = await make_role()
+    leader = spawn(role.dsn, [GROUP], instance_id="a", **FAST)
+    leader.wait_for("leadership_acquired", WAIT, term=1)
+    async with connected(role.dsn) as conn:
+        before = await conn.fetchrow(
+            "SELECT l.term, l.holder, h.role, h.term AS beat_term FROM coordinator.leaders AS l "
+            "JOIN coordinator.heartbeats AS h ON h.group_name = l.group_name "
+            "AND h.instance_id = l.holder WHERE l.group_name = $1",
+            GROUP,
+        )
+        assert tuple(before) == (1, "a", "leader", 1)
+        namespace, key = await conn.fetchrow(
+            "SELECT lock_namespace, lock_key FROM coordinator.leaders WHERE group_name = $1", GROUP
+        )
+        with pytest.raises(asyncpg.PostgresError) as refused:
+            await conn.fetch(
+                "SELECT * FROM coordinator.take_office($1, 'forger', 'h', 1, 5)", [GROUP]
+            )
+        assert refused.value.sqlstate == "LT002"
+        assert "does not hold the advisory lock of group(s) scheduler" in str(refused.value)
+        # A lock of the same key in another namespace is not the group's lock.
+        await conn.execute("SELECT pg_advisory_lock($1, $2)", namespace + 1, key)
+        with pytest.raises(asyncpg.PostgresError, match="does not hold the advisory lock"):
+            await conn.fetch(
+                "SELECT * FROM coordinator.take_office($1, 'forger', 'h', 1, 5)", [GROUP]
+            )
+        renewed = await conn.fetch(
+            "SELECT * FROM coordinator.leader_heartbeat('a', $1, $2, '{1}')",
+            namespace + 1,
+            [GROUP],
+        )
+        assert renewed == []
+        renewed = await conn.fetch(
+            "SELECT * FROM coordinator.leader_heartbeat('a', $1, $2, '{1}')", namespace, [GROUP]
+        )
+        assert renewed == []
+        resigned = await conn.fetch("SELECT * FROM coordinator.resign($1, 'a', 1, 'forged')", GROUP)
+        assert resigned == []
+        lost = await conn.fetch(
+            "SELECT * FROM coordinator.record_lost($1, 'a', 1, 'forged')", GROUP
+        )
+        assert lost == []
+        await conn.execute("SELECT coordinator.member_heartbeat($1, 'a', 'h', 1)", [GROUP])
+        assert await conn.fetch("SELECT * FROM coordinator.fence_stale_leaders('forger')") == []
+        with pytest.raises(asyncpg.PostgresError) as stale:
+            async with conn.transaction():
+                await conn.execute("SELECT coordinator.assert_term($1, 2)", GROUP)
+        assert stale.value.sqlstate == "LT001"
+        after = await conn.fetchrow(
+            "SELECT l.term, l.holder, h.role, h.term AS beat_term FROM coordinator.leaders AS l "
+            "JOIN coordinator.heartbeats AS h ON h.group_name = l.group_name "
+            "AND h.instance_id = l.holder WHERE l.group_name = $1",
+            GROUP,
+        )
+        assert tuple(after) == tuple(before)
+        kinds = await conn.fetch("SELECT kind FROM coordinator.events WHERE group_name = $1", GROUP)
+        assert [r["kind"] for r in kinds] == ["elected"]
+        status = await conn.fetchrow(
+            "SELECT leader, is_stale FROM coordinator.leader_status WHERE group_name = $1", GROUP
+        )
+        assert tuple(status) == ("a", False)
+    assert not [r for r in leader.records() if r.get("event") == "leadership_lost"]
+
+
+async def test_pruning_keeps_the_retention_the_owner_configured(
+    dsn: str, make_role: Callable[..., Awaitable[Role]]
+) -> None:
+    """The role may ask to keep history longer, never shorter than coordinator.settings says."""
+    role = await make_role()
+    async with connected(dsn) as owner:
+        await owner.execute(
+            "INSERT INTO coordinator.leaders (group_name, lock_namespace, lock_key, ttl) "
+            "VALUES ('scheduler', 1, 1, '1 second');"
+            "INSERT INTO coordinator.events (at, group_name, kind, term) VALUES "
+            "(now() - interval '8 days', 'scheduler', 'elected', 1), "
+            "(now() - interval '2 days', 'scheduler', 'elected', 2), "
+            "(now(), 'scheduler', 'elected', 3);"
+            "INSERT INTO coordinator.heartbeats (group_name, instance_id, role, heartbeat_at) "
+            "VALUES ('scheduler', 'gone', 'follower', now() - interval '2 hours'), "
+            "('scheduler', 'alive', 'follower', now())"
+        )
+    async with connected(role.dsn) as conn:
+        assert await conn.fetchval("SELECT coordinator.prune_events(0)") == 1
+        assert await conn.fetchval("SELECT coordinator.prune_members(3600)") == 1
+        members = await conn.fetch("SELECT instance_id FROM coordinator.heartbeats")
+        assert [m["instance_id"] for m in members] == ["alive"]
+    async with connected(dsn) as owner:
+        await owner.execute("UPDATE coordinator.settings SET events_retention = '1 day'")
+    async with connected(role.dsn) as conn:
+        assert await conn.fetchval("SELECT coordinator.prune_events(30 * 86400)") == 0
+        assert await conn.fetchval("SELECT coordinator.prune_events(0)") == 1
+        terms = await conn.fetch("SELECT term FROM coordinator.events")
+        assert [t["term"] for t in terms] == [3]
 
 
 async def test_fencing_across_roles_needs_pg_signal_backend(
@@ -167,11 +301,38 @@ def test_grant_prints_the_documented_script_with_the_names_given() -> None:
     assert printed.stdout.strip() == grant_sql("jobs_app", "jobs").strip()
     assert "coordinator_app" not in printed.stdout
     assert 'GRANT USAGE ON SCHEMA "jobs" TO "jobs_app";' in printed.stdout
+    assert 'REVOKE ALL ON ALL TABLES IN SCHEMA "jobs" FROM "jobs_app";' in printed.stdout
     assert "rolname = 'jobs_app'" in printed.stdout
-    assert '"jobs".leaders' in printed.stdout
+    assert '"jobs".take_office(' in printed.stdout
     assert "GRANT pg_signal_backend" not in printed.stdout.replace("-- GRANT pg_signal", "")
-    fence = cli("grant", "--role", "jobs_app", "--print", "--fence-any-role")
-    assert fence.stdout.rstrip().endswith('GRANT pg_signal_backend TO "jobs_app";')
+    assert "FROM PUBLIC" not in printed.stdout
+    extra = cli(
+        "grant", "--role", "jobs_app", "--print", "--fence-any-role", "--revoke-public-connect"
+    )
+    assert "'GRANT pg_signal_backend TO %s'" in extra.stdout
+    assert extra.stdout.rstrip().endswith(
+        "EXECUTE format('REVOKE CONNECT ON DATABASE %I FROM PUBLIC', current_database());\nEND\n$$;"
+    )
+
+
+async def test_revoking_public_connect_keeps_other_roles_out(
+    dsn: str, make_role: Callable[..., Awaitable[Role]]
+) -> None:
+    """With --revoke-public-connect only roles granted CONNECT reach the locks at all."""
+    outsider = f"outsider_{secrets.token_hex(4)}"
+    async with connected(dsn) as owner:
+        await owner.execute(f"CREATE ROLE {outsider} LOGIN PASSWORD 'pw'")
+    try:
+        async with connected(role_dsn(dsn, outsider, "pw")) as conn:
+            assert await conn.fetchval("SELECT 1") == 1
+        role = await make_role("--revoke-public-connect")
+        with pytest.raises(asyncpg.InsufficientPrivilegeError, match="CONNECT"):
+            await asyncpg.connect(role_dsn(dsn, outsider, "pw"))
+        async with connected(role.dsn) as conn:
+            assert await conn.fetchval("SELECT 1") == 1
+    finally:
+        async with connected(dsn) as owner:
+            await owner.execute(f"DROP OWNED BY {outsider}; DROP ROLE {outsider}")
 
 
 @pytest.mark.parametrize(
