@@ -1,5 +1,6 @@
-"""Terms never repeat and never go backwards: crash restarts without durable
-commits, and promotion of a standby that missed the last terms.
+"""PostgreSQL high availability: terms never repeat and never go backwards
+across crash restarts without durable commits and promotion of a standby
+that missed the last terms; multi-host DSNs never land on a standby.
 
 These run on a server of their own (same binaries as the suite's), since
 they crash, stop and promote it.
@@ -181,3 +182,31 @@ async def test_promoting_a_lagging_standby_never_reissues_a_term(
 async def _no_wal_receiver(dsn: str) -> bool:
     async with connected(dsn) as conn:
         return not await conn.fetchval("SELECT count(*) FROM pg_stat_wal_receiver")
+
+
+async def test_a_multi_host_dsn_with_read_write_never_lands_on_the_standby(
+    own_server: LocalPostgres, spawn: Any
+) -> None:
+    """The standby comes first in the DSN and takes advisory locks as readily as a
+    primary; target_session_attrs=read-write keeps every session off it across a
+    restart of the primary."""
+    async with connected(own_server.dsn) as conn:
+        await conn.execute("CREATE DATABASE terms")
+    await migrate(own_server.dsn_for("terms"))
+    standby = own_server.create_standby()
+    both = (
+        f"postgresql://postgres:{own_server.password}@127.0.0.1:{standby.port},"
+        f"127.0.0.1:{own_server.port}/terms?target_session_attrs=read-write"
+    )
+    processes = [spawn(both, [GROUP], instance_id=name, **FAST) for name in ("a", "b")]
+    term = next_election(processes, 0)["term"]
+    own_server.restart()
+    term = next_election(processes, term)["term"]
+    async with connected(standby.dsn_for("terms")) as conn:
+        assert await conn.fetchval("SELECT pg_is_in_recovery()")
+        on_standby = await conn.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'coordinator:%'"
+        )
+    assert on_standby == 0
+    for process in processes:
+        assert not [r for r in process.records() if r.get("level") == "error"]
