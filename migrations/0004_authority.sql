@@ -72,15 +72,20 @@ $$;
 
 -- The first term of this server's timeline: (timeline - 1) * 2^32 + 1.
 -- pg_walfile_name names the timeline that WAL is written on now; it is
--- read on the primary only (taking office on a standby fails anyway).
+-- read on the primary only (taking office on a standby fails anyway). A
+-- service that offers no WAL functions counts from 1 on one timeline.
 CREATE FUNCTION coordinator.timeline_first_term()
 RETURNS bigint
-LANGUAGE sql
+LANGUAGE plpgsql
 VOLATILE
 SET search_path = pg_catalog, pg_temp
 AS $$
-    SELECT ((('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::bigint - 1)
-            << 32) + 1
+BEGIN
+    RETURN ((('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::bigint - 1)
+            << 32) + 1;
+EXCEPTION WHEN undefined_function OR feature_not_supported OR insufficient_privilege THEN
+    RETURN 1;
+END
 $$;
 
 -- Groups are registered on first use. A name whose key another group has
