@@ -272,27 +272,62 @@ async def test_pruning_keeps_the_retention_the_owner_configured(
         assert [t["term"] for t in terms] == [3]
 
 
-async def test_fencing_across_roles_needs_pg_signal_backend(
-    dsn: str, make_role: Callable[..., Awaitable[Role]], spawn: Spawn
+async def test_fencing_across_roles_runs_with_the_owners_rights(
+    bare_dsn: str, spawn: Spawn
 ) -> None:
-    """A plain role cannot terminate another role's backend; one granted --fence-any-role can."""
-    plain = await make_role()
-    fencer = await make_role("--fence-any-role")
-    leader = spawn(plain.dsn, [GROUP], instance_id="plain", **FAST)
-    leader.wait_for("leadership_acquired", WAIT, term=1)
-    follower = spawn(fencer.dsn, [GROUP], instance_id="fencer", **FAST)
-    follower.wait_for("coordinator_started", WAIT)
+    """Instances of two plain roles cannot terminate each other's backends; the owner's
+    function can, once the owner (no superuser here) has pg_signal_backend."""
+    owner = f"owner_{secrets.token_hex(4)}"
+    async with connected(bare_dsn) as conn:
+        await conn.execute(f"CREATE ROLE {owner} LOGIN CREATEROLE PASSWORD 'pw'")
+        database = await conn.fetchval("SELECT current_database()")
+        await conn.execute(f'GRANT CREATE ON DATABASE "{database}" TO {owner}')
+    owner_dsn = role_dsn(bare_dsn, owner, "pw")
+    made: list[str] = []
+    try:
+        assert cli("migrate", "--dsn", owner_dsn).returncode == 0
+        roles = []
+        for _ in range(2):
+            name, password = f"coord_{secrets.token_hex(4)}", secrets.token_urlsafe(12)
+            made.append(name)
+            result = cli(
+                "grant",
+                "--dsn",
+                owner_dsn,
+                "--role",
+                name,
+                "--password-env",
+                "PW",
+                env={"PW": password},
+            )
+            assert result.returncode == 0, result.stderr
+            roles.append(role_dsn(bare_dsn, name, password))
+        leader = spawn(roles[0], [GROUP], instance_id="one", **FAST)
+        leader.wait_for("leadership_acquired", WAIT, term=1)
+        follower = spawn(roles[1], [GROUP], instance_id="two", **FAST)
+        follower.wait_for("coordinator_started", WAIT)
+        async with connected(roles[1]) as conn:
+            leader_pid = await conn.fetchval(
+                "SELECT lock_pid FROM coordinator.leader_status WHERE group_name = $1", GROUP
+            )
+            with pytest.raises(asyncpg.InsufficientPrivilegeError):
+                await conn.fetchval("SELECT pg_terminate_backend($1)", leader_pid)
 
-    async with connected(plain.dsn) as conn:
-        fencer_pid = await conn.fetchval(
-            "SELECT pid FROM pg_stat_activity WHERE usename = $1 LIMIT 1", fencer.name
-        )
-        with pytest.raises(asyncpg.InsufficientPrivilegeError):
-            await conn.fetchval("SELECT pg_terminate_backend($1)", fencer_pid)
-
-    leader.freeze()
-    follower.wait_for("leader_fenced", WAIT, term=1)
-    follower.wait_for("leadership_acquired", WAIT, term=2)
+        leader.freeze()
+        follower.wait_for("fence_permission_denied", WAIT)
+        granted = cli("grant", "--dsn", bare_dsn, "--role", made[1], "--fence-any-role")
+        assert granted.returncode == 0, granted.stderr
+        follower.wait_for("leader_fenced", WAIT, term=1)
+        follower.wait_for("leadership_acquired", WAIT, term=2)
+    finally:
+        async with connected(bare_dsn) as conn:
+            await conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE usename = ANY($1::text[])",
+                [owner, *made],
+            )
+            for name in [*made, owner]:
+                await conn.execute(f"DROP OWNED BY {name} CASCADE; DROP ROLE {name}")
 
 
 def test_grant_prints_the_documented_script_with_the_names_given() -> None:
