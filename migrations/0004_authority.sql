@@ -41,17 +41,23 @@ CREATE TABLE coordinator.settings (
 );
 INSERT INTO coordinator.settings DEFAULT VALUES;
 
--- The notification channel of this schema: <schema>_leadership.
-CREATE FUNCTION coordinator.announce(group_name text, kind text, term bigint, instance_id text)
+-- One change of leadership: appended to the history and announced on this
+-- schema's channel, <schema>_leadership (delivered when the transaction commits).
+CREATE FUNCTION coordinator.record_event(
+    group_name text, kind text, term bigint, instance_id text, reason text)
 RETURNS void
 LANGUAGE sql
 SET search_path = pg_catalog, pg_temp
 AS $$
+    INSERT INTO coordinator.events (group_name, kind, term, instance_id, reason)
+    VALUES (record_event.group_name, record_event.kind, record_event.term,
+            record_event.instance_id, record_event.reason);
     SELECT pg_notify(
         (SELECT c.relnamespace::regnamespace::text FROM pg_class AS c
           WHERE c.oid = 'coordinator.leaders'::regclass) || '_leadership',
-        json_build_object('group', group_name, 'kind', kind, 'term', term,
-                          'instance_id', instance_id)::text)
+        json_build_object('group', record_event.group_name, 'kind', record_event.kind,
+                          'term', record_event.term,
+                          'instance_id', record_event.instance_id)::text);
 $$;
 
 -- The advisory locks granted to the calling backend in this database, in
@@ -68,6 +74,21 @@ AS $$
      WHERE k.locktype = 'advisory' AND k.granted AND k.objsubid = 2
        AND k.pid = pg_backend_pid()
        AND k.database = (SELECT d.oid FROM pg_database AS d WHERE d.datname = current_database())
+$$;
+
+-- The backend that holds a group's lock, if any.
+CREATE FUNCTION coordinator.lock_holder(lock_namespace integer, lock_key integer)
+RETURNS integer
+LANGUAGE sql
+STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT k.pid
+      FROM pg_locks AS k
+     WHERE k.locktype = 'advisory' AND k.granted AND k.objsubid = 2
+       AND k.classid = lock_holder.lock_namespace::oid AND k.objid = lock_holder.lock_key::oid
+       AND k.database = (SELECT d.oid FROM pg_database AS d WHERE d.datname = current_database())
+     LIMIT 1
 $$;
 
 -- The first term of this server's timeline: (timeline - 1) * 2^32 + 1.
@@ -140,13 +161,13 @@ BEGIN
             CONTINUE;
         END;
         ended := ended || victim.pid;
-        INSERT INTO coordinator.events (group_name, kind, term, instance_id, reason)
-        VALUES (victim.group_name, 'fenced', victim.term, victim.holder,
-                format('fenced transaction of term %s in backend %s (user %s, application %s) '
-                       'open %s s held the next term off; terminated for %s',
-                       victim.term, victim.pid, victim.usename,
-                       quote_literal(coalesce(victim.application_name, '')),
-                       victim.open_s, new_holder));
+        PERFORM coordinator.record_event(
+            victim.group_name, 'fenced', victim.term, victim.holder,
+            format('fenced transaction of term %s in backend %s (user %s, application %s) '
+                   'open %s s held the next term off; terminated for %s',
+                   victim.term, victim.pid, victim.usename,
+                   quote_literal(coalesce(victim.application_name, '')),
+                   victim.open_s, new_holder));
     END LOOP;
     RETURN ended;
 END
@@ -233,13 +254,10 @@ BEGIN
            SET role = 'leader', term = excluded.term, host = excluded.host,
                pid = excluded.pid, backend_pid = excluded.backend_pid,
                heartbeat_at = excluded.heartbeat_at
-    ), event AS (
-        INSERT INTO coordinator.events (group_name, kind, term, instance_id)
-        SELECT office.group_name, 'elected', office.term, take_office.instance_id FROM office
     )
     SELECT office.group_name, office.term, office.acquired_at, ended
-      FROM office, LATERAL coordinator.announce(office.group_name, 'elected', office.term,
-                                                take_office.instance_id) AS notified;
+      FROM office, LATERAL coordinator.record_event(office.group_name, 'elected', office.term,
+                                                    take_office.instance_id, NULL) AS recorded;
 END
 $$;
 
@@ -313,14 +331,10 @@ AS $$
            SET role = 'follower', term = NULL, backend_pid = NULL, heartbeat_at = now()
           FROM cleared
          WHERE h.group_name = resign.group_name AND h.instance_id = resign.instance_id
-    ), event AS (
-        INSERT INTO coordinator.events (group_name, kind, term, instance_id, reason)
-        SELECT resign.group_name, 'resigned', cleared.term, resign.instance_id, resign.reason
-          FROM cleared
     )
     SELECT cleared.term
-      FROM cleared, LATERAL coordinator.announce(resign.group_name, 'resigned', cleared.term,
-                                                 resign.instance_id) AS notified
+      FROM cleared, LATERAL coordinator.record_event(resign.group_name, 'resigned', cleared.term,
+                                                     resign.instance_id, resign.reason) AS recorded
 $$;
 
 -- A leadership whose session is gone, recorded from another connection so
@@ -337,19 +351,9 @@ AS $$
         SELECT record_lost.term
          WHERE NOT EXISTS (
                SELECT 1 FROM coordinator.leaders AS l
-                 JOIN pg_locks AS k
-                   ON k.locktype = 'advisory' AND k.granted AND k.objsubid = 2
-                  AND k.database = (SELECT d.oid FROM pg_database AS d
-                                     WHERE d.datname = current_database())
-                  AND k.classid = l.lock_namespace::oid AND k.objid = l.lock_key::oid
-                  AND k.pid = l.backend_pid
                 WHERE l.group_name = record_lost.group_name
-                  AND l.holder = record_lost.instance_id AND l.term = record_lost.term)
-    ), event AS (
-        INSERT INTO coordinator.events (group_name, kind, term, instance_id, reason)
-        SELECT record_lost.group_name, 'lost', ended.term, record_lost.instance_id,
-               record_lost.reason
-          FROM ended
+                  AND l.holder = record_lost.instance_id AND l.term = record_lost.term
+                  AND coordinator.lock_holder(l.lock_namespace, l.lock_key) = l.backend_pid)
     ), beat AS (
         UPDATE coordinator.heartbeats AS h
            SET role = 'follower', term = NULL, backend_pid = NULL
@@ -358,8 +362,9 @@ AS $$
            AND h.term = ended.term
     )
     SELECT ended.term
-      FROM ended, LATERAL coordinator.announce(record_lost.group_name, 'lost', ended.term,
-                                               record_lost.instance_id) AS notified
+      FROM ended, LATERAL coordinator.record_event(record_lost.group_name, 'lost', ended.term,
+                                                   record_lost.instance_id,
+                                                   record_lost.reason) AS recorded
 $$;
 
 -- The monitor, for every group in the schema. A stale holder (heartbeat older
@@ -377,13 +382,7 @@ AS $$
     WITH stale AS (
         SELECT l.group_name, l.term, l.holder, l.backend_pid,
                extract(epoch FROM now() - h.heartbeat_at)::float8 AS heartbeat_age_s,
-               (SELECT k.pid FROM pg_locks AS k
-                 WHERE k.locktype = 'advisory' AND k.granted
-                   AND k.database = (SELECT d.oid FROM pg_database AS d
-                                      WHERE d.datname = current_database())
-                   AND k.classid = l.lock_namespace::oid AND k.objid = l.lock_key::oid
-                   AND k.objsubid = 2
-                 LIMIT 1) AS lock_pid
+               coordinator.lock_holder(l.lock_namespace, l.lock_key) AS lock_pid
           FROM coordinator.leaders AS l
           LEFT JOIN coordinator.heartbeats AS h
                  ON h.group_name = l.group_name AND h.instance_id = l.holder AND h.term = l.term
@@ -407,20 +406,19 @@ AS $$
            AND stale.lock_pid IS NULL
         RETURNING l.group_name, stale.term, stale.holder, stale.heartbeat_age_s
     ), history AS (
-        INSERT INTO coordinator.events (group_name, kind, term, instance_id, reason)
-        SELECT group_name, 'fenced', term, holder,
+        SELECT group_name, 'fenced' AS kind, term, holder,
                format('heartbeat %s s old, backend %s terminated by %s',
-                      round(heartbeat_age_s::numeric, 3), backend_pid, fencer)
+                      round(heartbeat_age_s::numeric, 3), backend_pid, fencer) AS reason
           FROM fenced WHERE terminated
         UNION ALL
         SELECT group_name, 'expired', term, holder,
                format('heartbeat %s s old and no lock held', round(heartbeat_age_s::numeric, 3))
           FROM vacated
-        RETURNING group_name, kind, term, instance_id
     )
-    SELECT history.group_name, history.kind, history.term, history.instance_id
-      FROM history, LATERAL coordinator.announce(history.group_name, history.kind, history.term,
-                                                 history.instance_id) AS notified
+    SELECT history.group_name, history.kind, history.term, history.holder
+      FROM history, LATERAL coordinator.record_event(history.group_name, history.kind,
+                                                     history.term, history.holder,
+                                                     history.reason) AS recorded
 $$;
 
 -- History older than the retention asked for, but never younger than the
@@ -572,8 +570,9 @@ CROSS JOIN LATERAL (
 ) AS stale;
 
 REVOKE ALL ON FUNCTION
-    coordinator.announce(text, text, bigint, text),
+    coordinator.record_event(text, text, bigint, text, text),
     coordinator.my_locks(),
+    coordinator.lock_holder(integer, integer),
     coordinator.timeline_first_term(),
     coordinator.end_fenced_transactions(text[], text),
     coordinator.register_groups(text[], integer[], integer, float8),

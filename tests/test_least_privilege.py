@@ -131,7 +131,7 @@ async def test_the_role_can_do_nothing_beyond_its_work(
             "DROP VIEW coordinator.leader_status",
             "CREATE ROLE accomplice",
             # The helpers of the owner's functions are not the role's to call.
-            "SELECT coordinator.announce('g', 'elected', 99, 'x')",
+            "SELECT coordinator.record_event('g', 'elected', 99, 'x', 'forged')",
             "SELECT coordinator.end_fenced_transactions('{scheduler}', 'x')",
         ):
             with pytest.raises(asyncpg.InsufficientPrivilegeError):
