@@ -15,7 +15,7 @@ import pytest
 
 from coordinator.cli.grant import grant_sql
 from coordinator.testing import CoordinatorProcess
-from helpers import FAST, connected
+from helpers import FAST, connected, coordinator
 
 Spawn = Callable[..., CoordinatorProcess]
 GROUP = "scheduler"
@@ -112,6 +112,28 @@ async def test_election_and_fencing_run_as_the_least_privileged_role(
     assert '"leader": "b"' in status.stdout
     first.terminate()
     assert first.wait_exit(WAIT) == 0  # resigning as the role works too
+
+
+async def test_the_shared_session_runs_as_the_least_privileged_role(
+    dsn: str, make_role: Callable[..., Awaitable[Role]]
+) -> None:
+    """Poll mode takes office for several groups in one call, heartbeats and resigns them."""
+    role = await make_role()
+    names = ("g1", "g2", "g3")
+    first = coordinator(role.dsn, "a", *names, wait="poll", poll_interval=0.05)
+    second = coordinator(role.dsn, "b", *names, wait="poll", poll_interval=0.05)
+    async with first:
+        for name in names:
+            assert await first.group(name).wait_elected(WAIT) == 1
+        async with second:
+            await first.stop()  # resigns every group; the other takes them over
+            for name in names:
+                assert await second.group(name).wait_elected(WAIT) == 2
+    async with connected(role.dsn) as conn:
+        kinds = await conn.fetch(
+            "SELECT kind, count(*) AS n FROM coordinator.events GROUP BY kind ORDER BY kind"
+        )
+    assert [(k["kind"], k["n"]) for k in kinds] == [("elected", 6), ("resigned", 6)]
 
 
 async def test_the_role_can_do_nothing_beyond_its_work(
