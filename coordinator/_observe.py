@@ -53,8 +53,9 @@ class LeadershipEvent:
     ``kind`` is one of ``elected``, ``resigned``, ``lost``, ``fenced`` and
     ``expired`` (as in the ``events`` table), or ``current``: the state when
     :func:`observe` connected or reconnected, whose ``instance_id`` is the
-    live leader or None. ``at`` and ``reason`` come from the history only;
-    live notifications carry neither.
+    live leader or None. ``at`` and ``reason`` come from the history, in
+    which every live change is confirmed before it is yielded; a ``current``
+    event has neither.
     """
 
     group: str
