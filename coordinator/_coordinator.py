@@ -30,7 +30,7 @@ from coordinator._group import Group, Role
 from coordinator._keys import group_lock_key, validate_group_name
 from coordinator._migrations import check_schema
 from coordinator._shared import SharedSession
-from coordinator._signals import Fenced, HeartbeatDone, Listener, LockSquatted, Signal
+from coordinator._signals import Fenced, HeartbeatDone, Listener, Signal
 from coordinator._sql import Statements
 
 __all__ = ["HEARTBEAT_JOB_ID", "MONITOR_JOB_ID", "Coordinator"]
@@ -90,7 +90,7 @@ class Coordinator:
         self._shared: SharedSession | None = None
         self._background: set[asyncio.Task[None]] = set()
         self._last_heartbeat_job: float | None = None
-        self._squatters: set[tuple[str, int]] = set()  # reported once per group and backend
+        self._squatters: dict[str, frozenset[int]] = {}  # group: backends, as last seen
 
     @property
     def instance_id(self) -> str:
@@ -132,6 +132,11 @@ class Coordinator:
     @property
     def running(self) -> bool:
         return self._state is RunState.RUNNING
+
+    @property
+    def squatters(self) -> dict[str, frozenset[int]]:
+        """Backends holding a group's lock that are no coordinator's, as the monitor last saw."""
+        return dict(self._squatters)
 
     @property
     def seconds_since_heartbeat_job(self) -> float | None:
@@ -309,28 +314,22 @@ class Coordinator:
 
     def _report_squatters(self, rows: list[asyncpg.Record]) -> None:
         """Log each backend that holds a group's lock without being a coordinator, once."""
-        seen = {(row["group_name"], row["squatter_pid"]) for row in rows}
+        seen: dict[str, set[int]] = {}
         for row in rows:
-            if (row["group_name"], row["squatter_pid"]) in self._squatters:
+            group, pid = row["group_name"], row["squatter_pid"]
+            seen.setdefault(group, set()).add(pid)
+            if pid in self._squatters.get(group, ()):
                 continue
             self._log.error(
                 "lock_squatted",
-                group=row["group_name"],
-                pid=row["squatter_pid"],
+                group=group,
+                pid=pid,
                 user=row["squatter_user"],
                 application_name=row["squatter_application"],
                 fix="nobody can lead this group while that backend holds its advisory lock: "
                 "end it (pg_terminate_backend), and keep other roles from connecting",
             )
-            self.emit(
-                LockSquatted(
-                    row["group_name"],
-                    row["squatter_pid"],
-                    row["squatter_user"],
-                    row["squatter_application"],
-                )
-            )
-        self._squatters = seen
+        self._squatters = {group: frozenset(pids) for group, pids in seen.items()}
 
     async def _prune(self, conn: asyncpg.Connection) -> None:
         await conn.execute(self._sql.prune_events, self.config.events_retention)

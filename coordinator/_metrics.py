@@ -8,21 +8,34 @@ passed. Nothing here touches the database: a scrape answers during an outage.
 ``leader_election_master_status{name}`` carries the meaning of client-go's
 gauge of that name (1 while this instance leads the election ``name``, else
 0), so dashboards and alerts written for Kubernetes controllers work as they
-are. The other metrics are prefixed ``coordinator_``.
+are; it carries ``group`` too (the same value), the label of every other
+metric, so that joins need no ``label_replace``. The other metrics are
+prefixed ``coordinator_``. A registry of its own also gets the standard
+``process_*`` and ``python_*`` collectors, and ``coordinator_build_info``.
 """
 
 from __future__ import annotations
 
+import platform
 from collections.abc import Iterator
+from importlib import metadata
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    GCCollector,
+    Histogram,
+    Info,
+    PlatformCollector,
+    ProcessCollector,
+)
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from coordinator._coordinator import Coordinator
 from coordinator._group import DemotionReason
 from coordinator._health import Health
-from coordinator._signals import Demoted, Elected, Fenced, HeartbeatDone, LockSquatted, Signal
+from coordinator._signals import Demoted, Elected, Fenced, HeartbeatDone, Signal
 
 __all__ = ["HEARTBEAT_BUCKETS", "CoordinatorMetrics"]
 
@@ -37,7 +50,9 @@ class CoordinatorMetrics:
 
     Create it after adding the groups and before starting the coordinator.
     One coordinator per registry: the names carry no instance label, since
-    Prometheus adds the target's own.
+    Prometheus adds the target's own. A new registry gets the process,
+    platform and garbage-collector metrics as well (the default registry of
+    prometheus-client has them already).
     """
 
     def __init__(
@@ -47,7 +62,17 @@ class CoordinatorMetrics:
         registry: CollectorRegistry | None = None,
         health: Health | None = None,
     ) -> None:
-        self.registry = registry if registry is not None else CollectorRegistry()
+        if registry is None:
+            registry = CollectorRegistry()
+            ProcessCollector(registry=registry)
+            PlatformCollector(registry=registry)
+            GCCollector(registry=registry)
+        self.registry = registry
+        Info(
+            "coordinator_build",
+            "The version of pg-coordinator, and of Python, that this instance runs.",
+            registry=self.registry,
+        ).info({"version": _version(), "python_version": platform.python_version()})
         self._health = health if health is not None else Health(coordinator)
         self._elections = Counter(
             "coordinator_elections",
@@ -66,13 +91,6 @@ class CoordinatorMetrics:
             "Stale leaders this instance's monitor dealt with: kind=fenced terminated the "
             "backend that still held the lock, kind=expired cleared a row whose lock was gone.",
             ["group", "kind"],
-            registry=self.registry,
-        )
-        self._squatted = Counter(
-            "coordinator_lock_squatted",
-            "Times this instance's monitor found a group's advisory lock held by a backend that "
-            "is neither the leader's nor a coordinator session (counted once per backend).",
-            ["group"],
             registry=self.registry,
         )
         self._heartbeat_seconds = Histogram(
@@ -97,7 +115,6 @@ class CoordinatorMetrics:
                 self._demotions.labels(group, reason.value)
             for kind in _FENCE_KINDS:
                 self._fences.labels(group, kind)
-            self._squatted.labels(group)
         for kind in _HEARTBEAT_KINDS:
             self._heartbeat_seconds.labels(kind)
             self._heartbeat_failures.labels(kind)
@@ -111,13 +128,18 @@ class CoordinatorMetrics:
             self._demotions.labels(signal.group, signal.reason).inc()
         elif isinstance(signal, Fenced):
             self._fences.labels(signal.group, signal.kind).inc()
-        elif isinstance(signal, LockSquatted):
-            self._squatted.labels(signal.group).inc()
         elif isinstance(signal, HeartbeatDone):
             kind = "batch" if signal.group is None else "group"
             self._heartbeat_seconds.labels(kind).observe(signal.duration_s)
             if not signal.ok:
                 self._heartbeat_failures.labels(kind).inc()
+
+
+def _version() -> str:
+    try:
+        return metadata.version("pg-coordinator")
+    except metadata.PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
 
 
 class _StateCollector(Collector):
@@ -131,17 +153,19 @@ class _StateCollector(Collector):
         return iter(self._families())
 
     def collect(self) -> Iterator[Metric]:
-        leads, term, heartbeat_age, job_age = self._families()
+        leads, term, heartbeat_age, job_age, squatted = self._families()
+        squatters = self._coordinator.squatters
         for name, group in self._coordinator.groups.items():
-            leads.add_metric([name], 1.0 if group.is_leader else 0.0)
+            leads.add_metric([name, name], 1.0 if group.is_leader else 0.0)
             term.add_metric([name], float(group.term or 0))
+            squatted.add_metric([name], float(len(squatters.get(name, ()))))
             age = self._health.heartbeat_age(name)
             if age is not None:
                 heartbeat_age.add_metric([name], age)
         age = self._health.heartbeat_job_age()
         if age is not None:
             job_age.add_metric([], age)
-        return iter((leads, term, heartbeat_age, job_age))
+        return iter((leads, term, heartbeat_age, job_age, squatted))
 
     @staticmethod
     def _families() -> tuple[GaugeMetricFamily, ...]:
@@ -149,8 +173,8 @@ class _StateCollector(Collector):
             GaugeMetricFamily(
                 "leader_election_master_status",
                 "1 while this instance leads the election (group) called name, else 0; "
-                "the meaning of client-go's gauge.",
-                labels=["name"],
+                "the meaning of client-go's gauge. group is name again, as on every other metric.",
+                labels=["name", "group"],
             ),
             GaugeMetricFamily(
                 "coordinator_term",
@@ -166,5 +190,12 @@ class _StateCollector(Collector):
             GaugeMetricFamily(
                 "coordinator_heartbeat_job_age_seconds",
                 "Seconds since the heartbeat job last finished; /livez fails past its limit.",
+            ),
+            GaugeMetricFamily(
+                "coordinator_lock_squatted",
+                "Backends holding the group's advisory lock that are neither its leader's nor a "
+                "coordinator session, as this instance's monitor last saw; nobody can be elected "
+                "while it is above 0.",
+                labels=["group"],
             ),
         )

@@ -3,7 +3,7 @@
 The history is the ``events`` table (pruned by age by every instance's
 monitor). Live changes are the notifications that every change of leadership
 sends on the channel ``<schema>_leadership`` with a JSON payload
-``{group, kind, term, instance_id}``. A notification sent while nobody
+``{group, kind, term, instance_id, reason}``. A notification sent while nobody
 listens is gone, so :func:`observe` starts, and starts again after every
 reconnect, with the state read from ``leader_status`` after ``LISTEN``:
 between the two nothing can be missed, only seen twice, and what was seen
@@ -229,6 +229,7 @@ def _parse(payload: str) -> LeadershipEvent | None:
             kind=str(data["kind"]),
             term=int(data["term"]),
             instance_id=data["instance_id"],
+            reason=data.get("reason"),
         )
         if not (isinstance(event.instance_id, str | None) and 0 <= event.term < 2**63):
             raise ValueError("not a payload the coordinator sends")

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-__all__ = ["Demoted", "Elected", "Fenced", "HeartbeatDone", "Listener", "LockSquatted", "Signal"]
+__all__ = ["Demoted", "Elected", "Fenced", "HeartbeatDone", "Listener", "Signal"]
 
 
 @dataclass(frozen=True)
@@ -41,16 +41,6 @@ class Fenced:
 
 
 @dataclass(frozen=True)
-class LockSquatted:
-    """This instance's monitor found a group's lock held by a backend that is no coordinator's."""
-
-    group: str
-    pid: int
-    user: str | None
-    application_name: str | None
-
-
-@dataclass(frozen=True)
 class HeartbeatDone:
     """One heartbeat finished; ``group`` is None for a statement that covers several groups."""
 
@@ -59,5 +49,5 @@ class HeartbeatDone:
     ok: bool
 
 
-Signal = Elected | Demoted | Fenced | LockSquatted | HeartbeatDone
+Signal = Elected | Demoted | Fenced | HeartbeatDone
 Listener = Callable[[Signal], None]

@@ -184,6 +184,19 @@ class Statements:
          ORDER BY group_name
     """
 
+    # Every member of every group, from the heartbeat table, with the verdict
+    # of leader_status on who leads. Live: heartbeat younger than the group's ttl.
+    members: str = """
+        SELECT h.group_name, h.instance_id, h.term, h.host, h.pid, h.joined_at, h.heartbeat_at,
+               extract(epoch FROM now() - h.heartbeat_at)::float8 AS heartbeat_age_s,
+               now() - h.heartbeat_at <= l.ttl AS is_live,
+               coalesce(s.leader = h.instance_id AND s.term = h.term, false) AS is_leader
+          FROM {schema}.heartbeats AS h
+          JOIN {schema}.leaders AS l ON l.group_name = h.group_name
+          JOIN {schema}.leader_status AS s ON s.group_name = h.group_name
+         ORDER BY h.group_name, h.instance_id
+    """
+
     # The first statement of a fenced transaction (migrations/0002_fencing.sql,
     # 0004_authority.sql): FOR SHARE on the leader row, term check, idle
     # limit, a mark in pg_locks. $1 group, $2 term.

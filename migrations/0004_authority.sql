@@ -56,8 +56,8 @@ AS $$
         (SELECT c.relnamespace::regnamespace::text FROM pg_class AS c
           WHERE c.oid = 'coordinator.leaders'::regclass) || '_leadership',
         json_build_object('group', record_event.group_name, 'kind', record_event.kind,
-                          'term', record_event.term,
-                          'instance_id', record_event.instance_id)::text);
+                          'term', record_event.term, 'instance_id', record_event.instance_id,
+                          'reason', record_event.reason)::text);
 $$;
 
 -- The advisory locks granted to the calling backend in this database, in

@@ -51,10 +51,8 @@ async def test_a_squatted_lock_is_reported_by_the_monitor(dsn: str, outsider: st
         coord = coordinator(dsn, "a", GROUP)
         metrics = CoordinatorMetrics(coord, registry=CollectorRegistry())
 
-        def squatted_total() -> float | None:
-            return metrics.registry.get_sample_value(
-                "coordinator_lock_squatted_total", {"group": GROUP}
-            )
+        def squatted() -> float | None:
+            return metrics.registry.get_sample_value("coordinator_lock_squatted", {"group": GROUP})
 
         with capture_logs() as logs:
             async with coord:
@@ -64,7 +62,8 @@ async def test_a_squatted_lock_is_reported_by_the_monitor(dsn: str, outsider: st
                 assert reports[0]["pid"] == squatter_pid
                 assert reports[0]["user"] == outsider.split("//")[1].split(":")[0]
                 assert reports[0]["application_name"] == "intruder"
-                assert squatted_total() == 1
+                assert squatted() == 1
+                assert coord.squatters == {GROUP: frozenset({squatter_pid})}
                 async with connected(dsn) as conn:
                     row = await conn.fetchrow(
                         "SELECT leader, squatter_pid, squatter_user, squatter_application "
@@ -87,8 +86,12 @@ async def test_a_squatted_lock_is_reported_by_the_monitor(dsn: str, outsider: st
                         )
                         is None
                     )
+
+                async def cleared() -> bool:
+                    return squatted() == 0
+
+                await wait_until(cleared, SLACK, what="the gauge to fall back to 0")
         assert len([log for log in logs if log["event"] == "lock_squatted"]) == 1
-        assert squatted_total() == 1
     finally:
         if not squatter.is_closed():
             await squatter.close()
