@@ -71,7 +71,13 @@ class Failovers:
 
 
 def instance(
-    db: Database, name: str, settings: Settings, log_dir: Path, proxy: TcpProxy | None = None
+    db: Database,
+    name: str,
+    settings: Settings,
+    log_dir: Path,
+    proxy: TcpProxy | None = None,
+    *,
+    trace: bool = False,
 ) -> Child:
     """One pg-coordinator instance in the benchmark's group, through ``proxy`` if given."""
     dsn = db.dsn if proxy is None else proxy.dsn(db.dsn)
@@ -79,7 +85,11 @@ def instance(
         name,
         Path(sys.executable),
         "bench.subjects.pg_coordinator",
-        ["--dsn", dsn, "--group", GROUP, "--instance-id", name, *settings.args()],
+        [
+            *("--dsn", dsn, "--group", GROUP, "--instance-id", name),
+            *settings.args(),
+            *(["--trace"] if trace else []),
+        ],
         log_dir,
     )
 
