@@ -39,10 +39,14 @@ from bench.database import Database
 from bench.emit import now
 from coordinator.testing import TcpProxy
 
-__all__ = ["Cluster", "Fault", "Hang", "Member", "Spawn", "Trial"]
+__all__ = ["Cluster", "Fault", "Hang", "Member", "NoTakeover", "Spawn", "Trial"]
 
 _LINE_UP_S = 60.0
 _POLL_S = 0.02
+
+
+class NoTakeover(TimeoutError):
+    """No other member took office within the trial's bound."""
 
 
 class Fault(enum.Enum):
@@ -129,12 +133,15 @@ class Cluster:
         self._leader = await self._line_up()
 
     async def trial(self, fault: Fault, bound: float) -> Trial:
-        """Fault the leader; TimeoutError if no other member takes office within ``bound`` s."""
+        """Fault the leader; NoTakeover if no other member takes office within ``bound`` s."""
         old = self.leader
         others = [m.child for m in self._members if m is not old]
         started = now()
         _inject(fault, old)
-        successor, elected = await first_record(others, "elected", bound, after(started))
+        try:
+            successor, elected = await first_record(others, "elected", bound, after(started))
+        except TimeoutError as error:
+            raise NoTakeover(str(error)) from None
         demoted = await self._recover(fault, old, started)
         self._leader = await self._line_up()
         elections = sorted(float(r["t"]) for r in self._elections() if float(r["t"]) > started)
@@ -162,7 +169,7 @@ class Cluster:
         old.child.send(signal.SIGSTOP)
         try:
             _, elected = await first_record(others, "elected", window, after(stopped))
-        except TimeoutError:
+        except TimeoutError:  # no takeover
             old.child.send(signal.SIGCONT)
             self._leader = await self._line_up()
             return Hang(takeover=None, told=None)
@@ -216,6 +223,9 @@ class Cluster:
         """The member that reported ``elected`` last, still leading after ``settle`` s."""
         deadline = now() + _LINE_UP_S
         while now() < deadline:
+            for member in self._members:
+                if member.child.ended:
+                    raise RuntimeError(member.child.describe("exited while lining up"))
             leader = self._reported_leader()
             if leader is not None:
                 await asyncio.sleep(self._settle)

@@ -215,8 +215,8 @@ def _headline(r: Results) -> list[str]:
     ]
     told_ours = (
         f"{stop_told.failover.n} of {stop_told.failover.n} ("
-        + ", ".join(f"{why}" for why in sorted(stop_told.demotion_reasons))
-        + "), before it could act"
+        + ", ".join(sorted(stop_told.demotion_reasons))
+        + ": its trust deadline passed while it was frozen)"
     )
     rows = [
         [
@@ -242,7 +242,7 @@ def _headline(r: Results) -> list[str]:
         faults = result.faults
         rows.append(
             [
-                f"{result.peer.system} on {result.peer.store} ({result.peer.profile})",
+                result.peer.label,
                 _version(result.peer, r),
                 result.peer.settings,
                 _peer_cell(faults.get(Fault.KILL), kill),
@@ -285,10 +285,12 @@ def _headline(r: Results) -> list[str]:
         "brackets: a peer's time as a multiple of pg-coordinator's median; in the floor row, "
         "pg-coordinator's median as a multiple of the floor. **none** means no other member "
         "took office within the window: such a peer keeps its lock until the frozen or dead "
-        "holder's connection is closed. The last column: after SIGCONT, was the resumed old "
-        "leader told that it no longer leads, and how soon? pg-coordinator's demotes itself "
-        "when its trust deadline passes. Hang rows measure each peer at its own settings; "
-        f"pg-coordinator's hang row uses ttl {ttl:g} s.",
+        "holder's connection is closed. **as defaults**: a graceful stop does not depend on "
+        "the timeouts that the aggressive profile shortens, so it was measured at the "
+        "defaults only. The last column: after SIGCONT, was the resumed old leader told that "
+        "it no longer leads, and how soon? (**never**: it went on believing that it led.) "
+        "Each peer's hang is measured at its own settings; pg-coordinator's hang row uses "
+        f"ttl {ttl:g} s (with its default ttl of 15 s it would take about 15 s).",
         "",
         *_table(header, rows),
         "",
@@ -406,14 +408,14 @@ def _findings(r: Results) -> list[str]:
         f"{format_seconds(r.commit.median)} alone here) and logs "
         "`leadership_acquired` before `on_elected` runs; each round trip needs the client and "
         "its backend scheduled again. A pals follower only returns from `pg_advisory_lock`: "
-        f"{format_seconds(_cell_median(_pals(r), Fault.KILL))}. The trace above splits "
-        "both paths into their steps.",
+        f"{format_seconds(_cell_median(_pals(r), Fault.KILL))}.",
         f"- **Graceful stop.** {format_seconds(r.ours[Fault.TERM].failover.median)} against "
         f"{format_seconds(r.floor_unlock.median)} for a bare unlock: on SIGTERM the leader "
         "runs `on_demoted`, commits its resignation in one statement and only then unlocks, "
         "and the next "
         "leader takes office as above.",
     ]
+    lines += _trace_findings(r)
     for fault in (Fault.STOP, Fault.BLACKHOLE):
         o = r.ours[fault]
         ttl = o.settings.ttl
@@ -486,6 +488,36 @@ def _findings(r: Results) -> list[str]:
     return [*lines, ""]
 
 
+def _trace_findings(r: Results) -> list[str]:
+    """What the trace says about where pg-coordinator's time goes, past pals's."""
+    lines = []
+    for fault, trace in r.traces.items():
+        at = {p.point: p.at.median for p in trace.phases}
+        elected = at.get("the next leader's on_elected runs")
+        granted = at.get("the next leader's lock wait answered (granted)")
+        if elected is None or granted is None:
+            continue
+        after = f"{format_seconds(elected - granted)} from the grant to `on_elected`"
+        if fault is Fault.TERM and "unlock sent" in at:
+            before = at["unlock sent"]
+            lines.append(
+                f"- **Where a graceful hand-over's time goes** (trace medians): "
+                f"{format_seconds(before)} before the old leader even sends its unlock (signal "
+                "handling, `on_demoted`, the resign statement's round trip and durable commit), "
+                f"{format_seconds(granted - before)} from that to the grant, and {after} (the "
+                "take-office statement's round trip and durable commit, then the callback). "
+                "pals does only the unlock."
+            )
+        elif fault is Fault.KILL:
+            lines.append(
+                f"- **Where a crash failover's time goes** (trace medians): "
+                f"{format_seconds(granted)} until the server grants the lock (as for any waiter), "
+                f"then {after}: the take-office round trip and durable commit, which pals does "
+                "not have."
+            )
+    return lines
+
+
 def _cell_median(result: PeerResults, fault: Fault) -> float:
     d = _failover(result.faults.get(fault))
     return float("nan") if d is None else d.median
@@ -508,10 +540,11 @@ def _trace(r: Results) -> list[str]:
     ]
     for fault, trace in r.traces.items():
         total = next((p.at.median for p in trace.phases if "on_elected" in p.point), None)
+        untraced = format_seconds(r.ours[fault].failover.median)
         lines += [
             f"**{_FAULTS[fault]}**, {trace.trials} trials"
-            + (f" (median to on_elected {format_seconds(total)})" if total is not None else "")
-            + ":",
+            + (f", median to `on_elected` {format_seconds(total)}" if total is not None else "")
+            + f" (the untraced series above: {untraced}):",
             "",
             *_table(
                 ["point", "at (median)", "step (median)", "step p90"],

@@ -188,9 +188,6 @@ async def _measure(
             )
 
     peer_results = await _measure_peers(servers, plan, log_dir, db)
-    for result in peer_results:
-        for fault, series in result.faults.items():
-            print(f"{result.peer.label + ': ' + fault.value:<46} {_peer_summary(series)}")
     apscheduler = await measure_apscheduler(
         await db("bench_apscheduler"),
         APSCHEDULER4.python,
@@ -257,23 +254,27 @@ async def _measure_peers(
     )
     every = peers(ETCD3.python, servers)
     found: dict[str, dict[Fault, PeerSeries | HangSeries]] = {p.key: {} for p in every}
+
+    async def measure(peer: Peer, faults: Sequence[Fault], trials: int) -> None:
+        for fault, series in (await measure_peer(peer, ctx, faults, trials)).items():
+            found[peer.key][fault] = series
+            print(f"{peer.label + ': ' + fault.value:<46} {_peer_summary(series)}", flush=True)
+
     for peer in every:
         if peer.fast:
-            found[peer.key] |= await measure_peer(
-                peer, ctx, (Fault.KILL, Fault.TERM, Fault.STOP), plan.crash_trials
-            )
+            await measure(peer, (Fault.KILL, Fault.TERM, Fault.STOP), plan.crash_trials)
         elif peer.profile == "defaults":
-            found[peer.key] |= await measure_peer(peer, ctx, (Fault.TERM,), plan.slow_peer_trials)
+            await measure(peer, (Fault.TERM,), plan.slow_peer_trials)
     slow = [(p, f) for p in every if not p.fast for f in (Fault.KILL, Fault.STOP)]
     slow.sort(key=lambda series: -(series[0].expiry or NEVER_WINDOW_S))
     running = asyncio.Semaphore(CONCURRENT_TIMEOUT_SERIES)
 
-    async def measure(peer: Peer, fault: Fault) -> None:
+    async def measure_side_by_side(peer: Peer, fault: Fault) -> None:
         async with running:
-            found[peer.key] |= await measure_peer(peer, ctx, (fault,), plan.slow_peer_trials)
+            await measure(peer, (fault,), plan.slow_peer_trials)
 
     print(f"peers: {len(slow)} timeout-bound series, {CONCURRENT_TIMEOUT_SERIES} at a time ...")
-    await asyncio.gather(*(measure(p, f) for p, f in slow))
+    await asyncio.gather(*(measure_side_by_side(p, f) for p, f in slow))
     order = (Fault.KILL, Fault.TERM, Fault.STOP)
     return [PeerResults(p, {f: found[p.key][f] for f in order if f in found[p.key]}) for p in every]
 

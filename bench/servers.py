@@ -185,7 +185,8 @@ def _versions() -> dict[str, str]:
         out = subprocess.run(
             ["dpkg-query", "-W", "-f", "${Version}", name], capture_output=True, text=True
         )
-        return out.stdout.strip() or "unknown"
+        version = out.stdout.strip().split(":", 1)[-1]  # without the Debian epoch ("5:")
+        return version or "unknown"
 
     return {
         "ZooKeeper": f"{package('zookeeper')} (Debian zookeeper)",

@@ -1,11 +1,12 @@
 """A leader on tooz, on any of its back ends, reporting what tooz tells it.
 
-``--mode election`` (ZooKeeper, Redis, etcd3gw): join a group, register a
+``--mode election`` (ZooKeeper, Redis): join a group, register a
 ``watch_elected_as_leader`` callback and call ``run_watchers()`` every
 ``--poll`` seconds, as tooz requires; the callback is ``elected``. tooz has
 no callback for losing leadership, so this never reports ``demoted``.
-``--mode lock`` (PostgreSQL, whose driver has locks only): block in
-``get_lock(...).acquire()``, then lead. SIGTERM stands down (where the
+``--mode lock`` (PostgreSQL, whose driver has locks only, and etcd3gw,
+whose driver has no election): block in ``get_lock(...).acquire()``, then
+lead. SIGTERM stands down (where the
 driver can) and stops the coordinator, which releases its locks: the
 graceful path. The back end's
 settings (``timeout``, ``lock_timeout``...) are options in ``--url``.
