@@ -6,13 +6,13 @@
 set -eu
 
 needed=""
-for pair in zookeeper:/usr/share/zookeeper/bin/zkServer.sh \
+for pair in zookeeper:/usr/share/java/zookeeper.jar \
             openjdk-17-jre-headless:/usr/lib/jvm/java-17-openjdk-amd64/bin/java \
             etcd-server:/usr/bin/etcd \
             redis-server:/usr/bin/redis-server; do
     package=${pair%%:*}
     path=${pair#*:}
-    [ -x "$path" ] || needed="$needed $package"
+    [ -e "$path" ] || needed="$needed $package"
 done
 [ -z "$needed" ] && exit 0
 
@@ -29,7 +29,7 @@ if [ ! -e "$policy" ]; then
     chmod +x "$policy"
     created_policy=yes
 fi
-trap '[ "$created_policy" = yes ] && rm -f "$policy"' EXIT
+trap 'if [ "$created_policy" = yes ]; then rm -f "$policy"; fi' EXIT
 # Another apt run may hold the lock for a while: wait for it rather than fail.
 apt="apt-get -o DPkg::Lock::Timeout=900"
 $apt update -qq

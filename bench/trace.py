@@ -27,16 +27,12 @@ from pathlib import Path
 import asyncpg
 
 from bench.children import Child, Record
-from bench.cluster import Cluster, Fault, Member, Trial
+from bench.cluster import Fault, Trial
 from bench.database import Database
-from bench.ours import GROUP, Settings, instance
+from bench.ours import GROUP, Settings, run_trials
 from bench.stats import Distribution
-from coordinator import migrate
 
 __all__ = ["Phase", "Trace", "measure_trace"]
-
-_SETTLE_S = 0.1
-_BOUND_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -63,21 +59,7 @@ Point = Callable[[Trial, Commits], float | None]
 
 async def measure_trace(db: Database, fault: Fault, trials: int, log_dir: Path) -> Trace:
     """``trials`` hand-overs after ``fault`` (KILL or TERM) of a traced leader."""
-    await migrate(db.dsn)
-
-    async def spawn(name: str) -> Member:
-        child = instance(db, name, Settings(), log_dir, trace=True)
-        await child.start()
-        return Member(child)
-
-    cluster = Cluster(db, 3, f"trace-{fault.value}", spawn, _SETTLE_S)
-    results: list[Trial] = []
-    try:
-        await cluster.start()
-        for _ in range(trials):
-            results.append(await cluster.trial(fault, _BOUND_S))
-    finally:
-        await cluster.close()
+    results = await run_trials(db, fault, Settings(), trials, log_dir, trace=True)
     commits = await _commits(db)
     points = _POINTS[fault]
     per_trial = [[point(trial, commits) for _, point in points] for trial in results]
