@@ -37,7 +37,7 @@ def our_versions() -> dict[str, str]:
     }
 
 
-#: The peers installed with the ``bench`` extra, beside the library.
+#: The peers installed with the ``bench`` dependency group, beside the library.
 PEER_PACKAGES = ("kazoo", "tooz", "redis", "etcd3gw", "python-redis-lock", "psycopg2-binary")
 
 

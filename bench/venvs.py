@@ -3,7 +3,7 @@
 A peer whose dependencies would clash with ours runs in a venv of its own
 under ``bench/`` (APScheduler 4 alpha and SQLAlchemy; pals and psycopg;
 python-etcd3, which needs protobuf<4 and tenacity<7). The others (kazoo,
-tooz, python-redis-lock) are in the ``bench`` extra. A venv is (re)built
+tooz, python-redis-lock) are in the ``bench`` dependency group. A venv is (re)built
 only when its requirements change.
 """
 
