@@ -153,11 +153,13 @@ class _StateCollector(Collector):
         return iter(self._families())
 
     def collect(self) -> Iterator[Metric]:
-        leads, term, heartbeat_age, job_age, failing = self._families()
+        leads, term, heartbeat_age, job_age, squatted, failing = self._families()
+        squatters = self._coordinator.squatters
         problems = self._coordinator.failing
         for name, group in self._coordinator.groups.items():
             leads.add_metric([name, name], 1.0 if group.is_leader else 0.0)
             term.add_metric([name], float(group.term or 0))
+            squatted.add_metric([name], float(len(squatters.get(name, ()))))
             failing.add_metric([name], 1.0 if name in problems else 0.0)
             age = self._health.heartbeat_age(name)
             if age is not None:
@@ -165,7 +167,7 @@ class _StateCollector(Collector):
         age = self._health.heartbeat_job_age()
         if age is not None:
             job_age.add_metric([], age)
-        return iter((leads, term, heartbeat_age, job_age, failing))
+        return iter((leads, term, heartbeat_age, job_age, squatted, failing))
 
     @staticmethod
     def _families() -> tuple[GaugeMetricFamily, ...]:
@@ -190,6 +192,13 @@ class _StateCollector(Collector):
             GaugeMetricFamily(
                 "coordinator_heartbeat_job_age_seconds",
                 "Seconds since the heartbeat job last finished; /livez fails past its limit.",
+            ),
+            GaugeMetricFamily(
+                "coordinator_lock_squatted",
+                "Backends holding the group's advisory lock that are neither its leader's nor a "
+                "coordinator session, as this instance's monitor last saw; nobody can be elected "
+                "while it is above 0.",
+                labels=["group"],
             ),
             GaugeMetricFamily(
                 "coordinator_election_failing",

@@ -4,7 +4,9 @@ One statement finds every group whose leader's heartbeat is older than its
 ttl on the database clock. A holder whose backend still holds the lock is
 terminated (once per backend: a shared session holds many groups) and each
 of its groups gets a ``fenced`` event; a row whose lock nobody holds is
-marked vacant (``expired``). Pruning old events and members is a leader's
+marked vacant (``expired``). A lock held by a backend that is no
+coordinator's (a squatter: nobody can be elected while it holds it) is
+logged once and counted. Pruning old events and members is a leader's
 chore, done every few minutes by instances that lead something.
 """
 
@@ -45,6 +47,8 @@ class Monitor:
         self._leading = leading
         self._last_prune = 0.0
         self._warned_privilege = False
+        #: Backends holding a group's lock that are no coordinator's, as last seen.
+        self.squatters: dict[str, frozenset[int]] = {}
         self._log = log.bind(instance_id=config.instance_id)
 
     async def run(self) -> list[Fenced]:
@@ -62,6 +66,12 @@ class Monitor:
         for one in fenced:
             event = "leader_fenced" if one.kind == "fenced" else "leader_expired"
             self._log.warning(event, group=one.group, term=one.term, holder=one.holder)
+        try:
+            self._report_squatters(
+                await self._control.run(lambda conn: conn.fetch(self._sql.squatted_locks))
+            )
+        except Exception as error:  # noqa: BLE001 - the next run looks again
+            self._log.warning("squatter_check_failed", error=describe_error(error))
         if self._leading() and time.monotonic() - self._last_prune > _PRUNE_EVERY_S:
             try:
                 await self._control.run(self._prune)
@@ -69,6 +79,25 @@ class Monitor:
             except Exception as error:  # noqa: BLE001 - the next run prunes
                 self._log.warning("prune_failed", error=describe_error(error))
         return fenced
+
+    def _report_squatters(self, rows: list[asyncpg.Record]) -> None:
+        """Log each backend that holds a group's lock without being a coordinator, once."""
+        seen: dict[str, set[int]] = {}
+        for row in rows:
+            group, pid = row["group_name"], row["squatter_pid"]
+            seen.setdefault(group, set()).add(pid)
+            if pid in self.squatters.get(group, ()):
+                continue
+            self._log.error(
+                "lock_squatted",
+                group=group,
+                pid=pid,
+                user=row["squatter_user"],
+                application_name=row["squatter_application"],
+                fix="nobody can lead this group while that backend holds its advisory lock: "
+                "end it (pg_terminate_backend), and keep other roles from connecting",
+            )
+        self.squatters = {group: frozenset(pids) for group, pids in seen.items()}
 
     async def _prune(self, conn: asyncpg.Connection) -> None:
         await conn.execute(self._sql.prune_events, self._config.events_retention)
