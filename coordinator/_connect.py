@@ -44,8 +44,8 @@ async def connect(options: ConnectionOptions) -> asyncpg.Connection:
     """
     conn = await _open(options)
     try:
-        await conn.execute(Statements.set_keepalives, *options.keepalive_settings())
-        await _check_server(options, conn)
+        facts = await conn.fetchrow(Statements.set_keepalives, *options.keepalive_settings())
+        await _check_server(options, conn, facts)
     except BaseException:
         conn.terminate()
         raise
@@ -92,7 +92,9 @@ async def _open(options: ConnectionOptions, *, cache: bool = True) -> asyncpg.Co
         raise ConnectionFailed(f"the DSN {where} is malformed: {error}") from None
 
 
-async def _check_server(options: ConnectionOptions, conn: asyncpg.Connection) -> None:
+async def _check_server(
+    options: ConnectionOptions, conn: asyncpg.Connection, facts: asyncpg.Record
+) -> None:
     """Refuse a standby and a transaction- or statement-pooling proxy.
 
     Behind any pooler the handshake's backend pid differs from
@@ -101,11 +103,10 @@ async def _check_server(options: ConnectionOptions, conn: asyncpg.Connection) ->
     backend, while in transaction mode the backend that the first client
     just released is handed to the next one.
 
-    The first statement runs on ``conn`` itself: through a transaction pooler
-    a whole prepare-and-execute up to its Sync is one transaction, so it
-    answers before we refuse.
+    ``facts`` come from the connection's first statement: through a
+    transaction pooler a whole prepare-and-execute up to its Sync is one
+    transaction, so it answers before we refuse.
     """
-    facts = await conn.fetchrow(Statements.server_facts)
     if facts["in_recovery"]:
         raise UnsupportedDatabase(
             f"{options.redacted_dsn} is a standby (read-only replica): point the DSN at the "
