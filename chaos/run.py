@@ -67,6 +67,7 @@ FAULT_KINDS = (
     "restart_fast",
     "restart_immediate",
     "read_only",
+    "promote",
 )
 #: Faults a run injects unless told: every kind but the read-only window, which still
 #: ends election loops for good (ReadOnlySQLTransactionError is not retried yet).
@@ -130,6 +131,13 @@ class Instance:
         stdout.close()
         stderr.close()
 
+    def retarget(self, port: int) -> None:
+        """Point this instance's proxy at another server, on the same port as before."""
+        listen = self.proxy.port
+        self.proxy.close()
+        self.proxy = TcpProxy("127.0.0.1", port, listen_port=listen)
+        self.proxy.start()
+
     def signal(self, signum: int) -> None:
         assert self.process is not None
         os.kill(self.process.pid, signum)
@@ -155,6 +163,9 @@ class Chaos:
     rng: random.Random
     kinds: tuple[str, ...]
     faults: list[Fault] = field(default_factory=list)
+    standby: LocalPostgres | None = None
+    #: Poll mode notices a free lock within a poll interval, on top of every bound.
+    slack: float = 0.0
     started: float = field(default_factory=now)
     reported: set[Violation] = field(default_factory=set)
 
@@ -174,37 +185,44 @@ class Chaos:
         victim = self.rng.choice(pool)
         return victim, tuple(g for g, leader in leaders.items() if leader == victim.instance_id)
 
+    def note(self, kind: str, target: str, groups: tuple[str, ...], bound: float) -> None:
+        self.faults.append(Fault(kind, now(), target, groups, bound + self.slack))
+
     async def inject(self, kind: str) -> None:
         if kind == "restart_fast":
-            self.faults.append(Fault(kind, now(), "*", tuple(self.groups), RESTART_BOUND))
+            self.note(kind, "*", tuple(self.groups), RESTART_BOUND)
             await asyncio.to_thread(self.server.restart)
             return
         if kind == "restart_immediate":
             # SIGKILL of the postmaster and its backends: crash recovery on start,
             # as after `pg_ctl -m immediate` or a host that died.
-            self.faults.append(Fault(kind, now(), "*", tuple(self.groups), RESTART_BOUND))
+            self.note(kind, "*", tuple(self.groups), RESTART_BOUND)
             await asyncio.to_thread(self.server.kill)
             await asyncio.to_thread(self.server.start)
             return
+        if kind == "promote":
+            self.note(kind, "*", tuple(self.groups), RESTART_BOUND)
+            await self.promote()
+            return
         if kind == "read_only":
             bound = READ_ONLY_WINDOW + RESTART_BOUND
-            self.faults.append(Fault(kind, now(), "*", tuple(self.groups), bound))
+            self.note(kind, "*", tuple(self.groups), bound)
             await self.read_only_window()
             return
         victim, led = await self.victim()
         if kind == "kill":
-            self.faults.append(Fault(kind, now(), victim.instance_id, led, CRASH_BOUND))
+            self.note(kind, victim.instance_id, led, CRASH_BOUND)
             victim.signal(signal.SIGKILL)
             assert victim.process is not None
             victim.process.wait()
             victim.start()
         elif kind == "stop":
-            self.faults.append(Fault(kind, now(), victim.instance_id, led, HANG_BOUND))
+            self.note(kind, victim.instance_id, led, HANG_BOUND)
             victim.signal(signal.SIGSTOP)
             await asyncio.sleep(TTL * 1.5)
             victim.signal(signal.SIGCONT)
         elif kind == "partition":
-            self.faults.append(Fault(kind, now(), victim.instance_id, led, HANG_BOUND))
+            self.note(kind, victim.instance_id, led, HANG_BOUND)
             victim.proxy.blackhole()
             await asyncio.sleep(TTL * 1.5)
             victim.proxy.heal()
@@ -221,18 +239,31 @@ class Chaos:
                 victim.instance_id,
             )
             if row is not None:
-                self.faults.append(
-                    Fault(
-                        "terminate_backend",
-                        now(),
-                        victim.instance_id,
-                        (row["group_name"],),
-                        CRASH_BOUND,
-                    )
-                )
+                led = (row["group_name"],)
+                self.note("terminate_backend", victim.instance_id, led, CRASH_BOUND)
                 await conn.execute("SELECT pg_terminate_backend($1)", row["backend_pid"])
         finally:
             await conn.close()
+
+    async def promote(self) -> None:
+        """The primary crashes; its streaming standby is promoted and takes every proxy.
+
+        The standby replicates asynchronously, so commits it had not received
+        when the primary died are lost, as on a real failover set up so. A
+        new standby of the new primary is made ready for the next promotion.
+        """
+        assert self.standby is not None, "a run with promote faults starts a standby"
+        old, new = self.server, self.standby
+        await asyncio.to_thread(old.kill)
+        conn = await asyncpg.connect(new.dsn)
+        try:
+            await conn.execute("SELECT pg_promote(wait => true)")
+        finally:
+            await conn.close()
+        for instance in self.instances:
+            await asyncio.to_thread(instance.retarget, new.port)
+        self.server, self.dsn = new, new.dsn
+        self.standby = await asyncio.to_thread(new.create_standby)
 
     async def read_only_window(self) -> None:
         """Every new transaction read-only for a while, as during a failover, then writable."""
@@ -387,6 +418,9 @@ async def chaos(args: argparse.Namespace) -> int:
         for member in members:
             member.proxy.start()
         run = Chaos(server, server.dsn, members, names, rng, tuple(args.faults))
+        run.slack = POLL_INTERVAL if args.wait == "poll" else 0.0
+        if "promote" in args.faults:
+            run.standby = await asyncio.to_thread(server.create_standby)
         try:
             await run.run(
                 args.duration, pause=lambda: rng.uniform(RESTART_BOUND / 4, RESTART_BOUND / 2)
@@ -396,7 +430,7 @@ async def chaos(args: argparse.Namespace) -> int:
             for member in members:
                 member.stop()
                 member.proxy.close()
-        ledger = await read_ledger(server.dsn)
+        ledger = await read_ledger(run.dsn)
         violations = await run.violations()
     offices = offices_from_records(read_records([m.log for m in members]))
     _, recoveries, leaderless = check_recovery(run.faults, offices)

@@ -91,7 +91,7 @@ def test_a_fault_after_which_nobody_leads_is_reported() -> None:
 
 
 #: The faults the smoke run injects: every kind the election loop survives today.
-SMOKE_FAULTS = "kill,stop,partition,terminate_backend,restart_fast,restart_immediate"
+SMOKE_FAULTS = "kill,stop,partition,terminate_backend,restart_fast,restart_immediate,promote"
 
 
 @pytest.mark.slow
