@@ -13,7 +13,6 @@ import json
 import os
 import secrets
 import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ from coordinator import Coordinator, CoordinatorConfig, CoordinatorError
 from coordinator.integrations.http import HttpServer, http_app
 from coordinator.testing import CoordinatorProcess
 from endpoints import HTTP_ANY_PORT, get, http_port, wait_status
-from helpers import FAST, connected
+from helpers import FAST, connected, coordinator_cli
 
 Spawn = Callable[..., CoordinatorProcess]
 GROUP = "scheduler"
@@ -47,13 +46,7 @@ class Transcript:
     def cli(
         self, *args: str, env: dict[str, str] | None = None
     ) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run(
-            [sys.executable, "-m", "coordinator", *args],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            env={**os.environ, **(env or {})},
-        )
+        result = coordinator_cli(*args, env=env)
         self.add(f"coordinator {args[0]} (stdout)", result.stdout)
         self.add(f"coordinator {args[0]} (stderr)", result.stderr)
         return result
@@ -206,12 +199,8 @@ def try_every_command(forms: list[tuple[str, str, dict[str, str]]]) -> Transcrip
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("PG", "COORDINATOR_"))}
     for what, form, env in forms:
         for command in ("status", "migrate", "run --group g --start-timeout 0"):
-            result = subprocess.run(
-                [sys.executable, "-m", "coordinator", *command.split(), "--dsn", form],
-                capture_output=True,
-                text=True,
-                timeout=60,
-                env={**clean, **env},
+            result = coordinator_cli(
+                *command.split(), "--dsn", form, env={**clean, **env}, inherit=False
             )
             seen.add(f"{what}: coordinator {command} (stdout)", result.stdout)
             seen.add(f"{what}: coordinator {command} (stderr)", result.stderr)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -22,7 +21,7 @@ from coordinator.cli._settings import (
     duration,
     resolve_settings,
 )
-from helpers import connected
+from helpers import connected, coordinator_cli
 
 SECRET_DSN = "postgresql://app:Hunter2-secret@db.example:5432/app"
 
@@ -219,18 +218,6 @@ def test_every_duration_flag_says_it_takes_units() -> None:
     for command, action in _actions():
         if action.type is duration:
             assert action.metavar == "DURATION", (command, action.option_strings)
-
-
-def coordinator_cli(
-    *args: str, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "coordinator", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, **(env or {})},
-    )
 
 
 def assert_one_line_refusal(result: subprocess.CompletedProcess[str], fragment: str) -> None:
