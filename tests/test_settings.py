@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,7 @@ from coordinator.cli._settings import (
     duration,
     resolve_settings,
 )
+from coordinator.cli.history import parse_since
 from helpers import connected, coordinator_cli
 
 SECRET_DSN = "postgresql://app:Hunter2-secret@db.example:5432/app"
@@ -309,3 +311,11 @@ async def test_migrate_into_a_schema_with_a_conflicting_table_leaves_nothing(
             "SELECT table_name FROM information_schema.tables WHERE table_schema = 'jobs'"
         )
     assert [row["table_name"] for row in tables] == ["leaders"]
+
+
+def test_history_since_takes_the_same_durations() -> None:
+    assert parse_since("500ms") == timedelta(seconds=0.5)
+    assert parse_since("90") == timedelta(seconds=90)
+    assert parse_since("2m") == timedelta(minutes=2)
+    with pytest.raises(argparse.ArgumentTypeError, match="from 0 to 36500 days"):
+        parse_since("1e300")
