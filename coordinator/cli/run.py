@@ -6,12 +6,12 @@ application beside it asks ``/leader/{group}`` instead of electing itself.
 The HTTP server starts first, so that a taken port fails before anything
 connects, and stops last, so that probes answer while leadership is resigned.
 
-A database that cannot be used at start (down, restarting, read-only during
-a failover) is waited for: the start is retried with jittered back-off, each
+A database that cannot be used at start (down, restarting, read-only for a
+while) is waited for: the start is retried with jittered back-off, each
 failure logged, ``/livez`` live and ``/readyz`` saying why it is not ready, so
 that an outage is not a crash loop. What waiting cannot fix (bad settings,
-refused credentials, a missing schema, a pooler that cannot hold session
-locks) fails at once; ``--start-timeout`` bounds the waiting.
+refused credentials, a missing schema, a standby or a pooler that cannot
+hold session locks) fails at once; ``--start-timeout`` bounds the waiting.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ __all__ = ["register"]
 log = structlog.get_logger("coordinator")
 
 #: Failures at start that a wait may cure: the server is down, restarting, or read-only
-#: for a while (a standby being promoted, default_transaction_read_only on).
+#: for a while (default_transaction_read_only on).
 _START_RETRIED: tuple[type[BaseException], ...] = (
     *TRANSIENT_ERRORS,
     asyncpg.ReadOnlySQLTransactionError,
