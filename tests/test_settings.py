@@ -319,3 +319,9 @@ def test_history_since_takes_the_same_durations() -> None:
     assert parse_since("2m") == timedelta(minutes=2)
     with pytest.raises(argparse.ArgumentTypeError, match="from 0 to 36500 days"):
         parse_since("1e300")
+
+
+def test_status_with_an_unescaped_slash_in_the_password_shows_no_secret() -> None:
+    result = coordinator_cli("status", "--dsn", "postgresql://u:pa/ssSECRET@host/db")
+    assert_one_line_refusal(result, "Percent-encode them")
+    assert "SECRET" not in result.stdout + result.stderr
