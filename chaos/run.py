@@ -55,6 +55,8 @@ CRASH_BOUND = 1.0
 HANG_BOUND = TTL + HEARTBEAT_INTERVAL + 1.0
 #: After a restart, reconnection waits out jittered back-off and the server's own start.
 RESTART_BOUND = 10.0
+#: How long the backends of a SIGKILLed server may take to be gone.
+CRASH_CLEANUP_TIMEOUT = 30.0
 #: How long the server refuses writes in a read-only window.
 READ_ONLY_WINDOW = 3.0
 #: Poll mode's followers try free groups this often, so a crash is noticed within it.
@@ -197,7 +199,7 @@ class Chaos:
             # SIGKILL of the postmaster and its backends: crash recovery on start,
             # as after `pg_ctl -m immediate` or a host that died.
             self.note(kind, "*", tuple(self.groups), RESTART_BOUND)
-            await asyncio.to_thread(self.server.kill)
+            await asyncio.to_thread(crash, self.server)
             await asyncio.to_thread(self.server.start)
             return
         if kind == "promote":
@@ -254,7 +256,7 @@ class Chaos:
         """
         assert self.standby is not None, "a run with promote faults starts a standby"
         old, new = self.server, self.standby
-        await asyncio.to_thread(old.kill)
+        await asyncio.to_thread(crash, old)
         conn = await asyncpg.connect(new.dsn)
         try:
             await conn.execute("SELECT pg_promote(wait => true)")
@@ -316,6 +318,24 @@ class Chaos:
             + check_output(read_outputs(self.instances))
             + recovery
         )
+
+
+def crash(server: LocalPostgres) -> None:
+    """SIGKILL the server, then wait for its backends to be gone too.
+
+    ``LocalPostgres.kill()`` waits for the postmaster only; on a busy machine
+    a backend may still hold the shared memory when the next start begins,
+    which then refuses to run.
+    """
+    group = server.pid  # the postmaster leads a process group of its own
+    server.kill()
+    deadline = now() + CRASH_CLEANUP_TIMEOUT
+    while now() < deadline:
+        try:
+            os.killpg(group, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.01)
 
 
 def read_records(paths: list[Path]) -> list[dict[str, object]]:
