@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -321,21 +322,46 @@ class Chaos:
 
 
 def crash(server: LocalPostgres) -> None:
-    """SIGKILL the server, then wait for its backends to be gone too.
+    """SIGKILL the server and every backend at once, as if the host died; wait until all are gone.
 
-    ``LocalPostgres.kill()`` waits for the postmaster only; on a busy machine
-    a backend may still hold the shared memory when the next start begins,
-    which then refuses to run.
+    Each backend makes itself a process-group leader (``setsid`` in
+    PostgreSQL's ``InitPostmasterChild``), so killing the postmaster's group
+    leaves them to notice its death on their own, and on a busy machine one
+    may still hold the shared memory when the next start begins, which then
+    refuses to run. So they are found and killed here too.
     """
-    group = server.pid  # the postmaster leads a process group of its own
+    backends = _children(server.pid)
     server.kill()
+    for pid in backends:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
     deadline = now() + CRASH_CLEANUP_TIMEOUT
-    while now() < deadline:
-        try:
-            os.killpg(group, 0)
-        except ProcessLookupError:
-            return
+    while any(_alive(pid) for pid in backends) and now() < deadline:
         time.sleep(0.01)
+
+
+def _children(parent: int) -> list[int]:
+    """The processes whose parent is ``parent``, from /proc."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        if int(stat.rpartition(")")[2].split()[1]) == parent:
+            found.append(int(entry.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    """Running or not yet reaped as anything but a zombie."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
 
 
 def read_records(paths: list[Path]) -> list[dict[str, object]]:
