@@ -16,7 +16,7 @@ the commit timestamps: that breaks fencing and fails the run.
 from __future__ import annotations
 
 import itertools
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -176,17 +176,21 @@ def check_dead_loops(records: Iterable[dict[str, object]]) -> list[Violation]:
 
 
 def check_output(outputs: Iterable[tuple[str, str]]) -> list[Violation]:
-    """Tracebacks in the workers' output: one violation per output and exception, counted."""
-    seen: Counter[tuple[str, str]] = Counter()
+    """Tracebacks in the workers' output: one violation per output and exception.
+
+    Each names the line of its first traceback, so that it reads the same
+    however many more follow.
+    """
+    first: dict[tuple[str, str], int] = {}
     for source, text in outputs:
         lines = text.splitlines()
-        for number, line in enumerate(lines):
+        for number, line in enumerate(lines, start=1):
             if "Traceback (most recent call last)" in line:
-                last = next((later for later in lines[number + 1 :] if later[:1] not in " \t"), "")
-                seen[source, last] += 1
+                last = next((later for later in lines[number:] if later[:1] not in " \t"), "")
+                first.setdefault((source, last), number)
     return [
-        Violation("traceback", f"{source}: {count} x {last}")
-        for (source, last), count in sorted(seen.items())
+        Violation("traceback", f"{source} line {number}: {last}")
+        for (source, last), number in sorted(first.items())
     ]
 
 

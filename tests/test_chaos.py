@@ -72,7 +72,7 @@ def test_a_dead_loop_and_a_traceback_fail_the_run() -> None:
     assert [v.rule for v in check_dead_loops(records)] == ["dead loop"]
     output = "Traceback (most recent call last):\n  File 'x'\nValueError: boom\n" * 2
     (violation,) = check_output([("a.stderr", output), ("b.stderr", "a warning\n")])
-    assert violation.detail == "a.stderr: 2 x ValueError: boom"
+    assert violation.detail == "a.stderr line 1: ValueError: boom"
 
 
 def test_recovery_beyond_the_bound_is_reported() -> None:
