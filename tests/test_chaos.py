@@ -19,6 +19,7 @@ from chaos.checker import (
     check_recovery,
     check_terms,
 )
+from chaos.run import DEFAULT_FAULTS
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -90,8 +91,8 @@ def test_a_fault_after_which_nobody_leads_is_reported() -> None:
     assert "no leader after stop" in violations[0].detail
 
 
-#: The faults the smoke run injects: every kind the election loop survives today.
-SMOKE_FAULTS = "kill,stop,partition,terminate_backend,restart_fast,restart_immediate,promote"
+#: The faults the smoke run injects: the run's default, every kind that passes today.
+SMOKE_FAULTS = ",".join(DEFAULT_FAULTS)
 
 
 @pytest.mark.slow
