@@ -113,3 +113,9 @@ def test_short_chaos_run_has_no_violations(wait: str) -> None:
     assert "violations: 0" in result.stdout
     assert "fenced ledger writes: 0" not in result.stdout
     assert "] faults 1: " in result.stdout, "progress is shown while it runs"
+    workdir = Path(result.stdout.rsplit("instance logs and output in ", 1)[1].split(")")[0])
+    assert sorted(p.name for p in workdir.glob("chaos-1.*")) == [
+        "chaos-1.jsonl",
+        "chaos-1.stderr",
+        "chaos-1.stdout",
+    ], "each worker's output is kept beside its log"
