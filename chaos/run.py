@@ -444,7 +444,7 @@ async def chaos(args: argparse.Namespace) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="pg-coordinator-chaos-"))
     settings = {**SERVERS[args.server], "track_commit_timestamp": "on"}
     print(
-        f"chaos: {args.duration:g} s of {', '.join(args.faults)} on a {args.server} server, "
+        f"chaos: {args.duration:g} s of {', '.join(args.faults)} on the {args.server} server, "
         f"{args.instances} instances, {args.groups} groups, wait {args.wait}, seed {args.seed}",
         flush=True,
     )
