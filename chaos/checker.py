@@ -21,6 +21,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 __all__ = [
+    "STARTED_MARK",
+    "STOPPING_MARK",
     "Fault",
     "LedgerRow",
     "Office",
@@ -175,22 +177,31 @@ def check_dead_loops(records: Iterable[dict[str, object]]) -> list[Violation]:
     ]
 
 
+#: What a worker prints on stderr when it starts, and when SIGTERM asks it to stop.
+STARTED_MARK = "chaos worker: started"
+STOPPING_MARK = "chaos worker: stopping"
+
+
 def check_output(outputs: Iterable[tuple[str, str]]) -> list[Violation]:
     """Tracebacks in the workers' output: one violation per output and exception.
 
     Each names the line of its first traceback, so that it reads the same
-    however many more follow.
+    however many more follow. One printed while its worker stopped (after
+    its stopping mark, before the next start) is a ``traceback at shutdown``.
     """
-    first: dict[tuple[str, str], int] = {}
+    first: dict[tuple[str, str, str], int] = {}
     for source, text in outputs:
         lines = text.splitlines()
+        rule = "traceback"
         for number, line in enumerate(lines, start=1):
-            if "Traceback (most recent call last)" in line:
+            if line.startswith((STARTED_MARK, STOPPING_MARK)):
+                rule = "traceback" if line.startswith(STARTED_MARK) else "traceback at shutdown"
+            elif "Traceback (most recent call last)" in line:
                 last = next((later for later in lines[number:] if later[:1] not in " \t"), "")
-                first.setdefault((source, last), number)
+                first.setdefault((rule, source, last), number)
     return [
-        Violation("traceback", f"{source} line {number}: {last}")
-        for (source, last), number in sorted(first.items())
+        Violation(rule, f"{source} line {number}: {last}")
+        for (rule, source, last), number in sorted(first.items())
     ]
 
 

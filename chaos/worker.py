@@ -26,6 +26,7 @@ from typing import IO
 
 import asyncpg
 
+from chaos.checker import STARTED_MARK, STOPPING_MARK
 from coordinator import Coordinator, Group, NotLeader
 from coordinator._connect import TRANSIENT_ERRORS
 
@@ -119,12 +120,18 @@ class Worker:
             timeout=2.0,
         )
         stop = asyncio.Event()
-        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, self.stopping, stop)
+        print(STARTED_MARK, file=sys.stderr, flush=True)
         async with self.coordinator:
             watcher = asyncio.create_task(self.watch_loops())
             await stop.wait()
             watcher.cancel()
         await self.pool.close()
+
+    def stopping(self, stop: asyncio.Event) -> None:
+        """Mark where shutdown begins in the output, so its tracebacks are told apart."""
+        print(STOPPING_MARK, file=sys.stderr, flush=True)
+        stop.set()
 
     def loop_tasks(self) -> Iterator[tuple[str, asyncio.Task[None] | None]]:
         for name, group in self.coordinator.groups.items():
