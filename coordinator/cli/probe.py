@@ -43,7 +43,8 @@ def register(subparsers: Subparsers) -> None:
         metavar="DURATION",
         help="how long to wait for the answer, e.g. 2s or 500ms (default: 2s)",
     )
-    parser.set_defaults(handler=handle)
+    # It speaks HTTP only: no library events to quiet, so structlog is never imported.
+    parser.set_defaults(handler=handle, uses_library=False)
 
 
 def handle(args: argparse.Namespace) -> int:
