@@ -67,6 +67,17 @@ class ConnectionOptions:
     #: Unacknowledged data is given up after this long (``tcp_user_timeout``).
     user_timeout: float = 15.0
 
+    def __post_init__(self) -> None:
+        if not self.dsn or not isinstance(self.dsn, str):
+            raise ConfigurationError(
+                "no database given: pass a DSN, e.g. postgresql://user:password@host:5432/dbname"
+            )
+        problem = dsn_problem(self.dsn)
+        if problem is not None:
+            raise ConfigurationError(problem)
+        low, high, why = _SECONDS_BOUNDS["connect_timeout"]
+        check_seconds("connect_timeout", self.connect_timeout, low, high, why)
+
     @property
     def redacted_dsn(self) -> str:
         return redact_dsn(self.dsn)
