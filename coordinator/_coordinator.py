@@ -20,7 +20,6 @@ from types import TracebackType
 from typing import Any, Self, TypeVar
 
 import asyncpg
-import structlog
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from coordinator._config import CoordinatorConfig
@@ -28,6 +27,7 @@ from coordinator._connect import TRANSIENT_ERRORS, check_server, connect
 from coordinator._errors import ConfigurationError, KeyCollisionError
 from coordinator._group import Group, Role
 from coordinator._keys import group_lock_key, validate_group_name
+from coordinator._logging import get_logger
 from coordinator._migrations import check_schema
 from coordinator._shared import SharedSession
 from coordinator._signals import Fenced, HeartbeatDone, Listener, Signal
@@ -35,7 +35,7 @@ from coordinator._sql import Statements
 
 __all__ = ["HEARTBEAT_JOB_ID", "MONITOR_JOB_ID", "Coordinator"]
 
-log = structlog.get_logger("coordinator")
+log = get_logger()
 
 HEARTBEAT_JOB_ID = "coordinator.heartbeat"
 MONITOR_JOB_ID = "coordinator.monitor"

@@ -39,11 +39,10 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-import structlog
-
 from coordinator._config import CoordinatorConfig
 from coordinator._connect import TRANSIENT_ERRORS
 from coordinator._fencing import FencedTransaction, fenced_transaction
+from coordinator._logging import get_logger
 from coordinator._session import LockSession
 from coordinator._signals import Demoted, Elected, HeartbeatDone, Signal
 from coordinator._sql import Statements
@@ -53,7 +52,7 @@ if TYPE_CHECKING:
 
 __all__ = ["DemotionReason", "Group", "Role"]
 
-log = structlog.get_logger("coordinator")
+log = get_logger()
 
 ElectedCallback = Callable[[int], Awaitable[None] | None]
 DemotedCallback = Callable[[str], Awaitable[None] | None]

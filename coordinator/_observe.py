@@ -20,11 +20,11 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import asyncpg
-import structlog
 
 from coordinator._config import CoordinatorConfig
 from coordinator._connect import TRANSIENT_ERRORS, check_server, connect
 from coordinator._errors import UnsupportedDatabase
+from coordinator._logging import get_logger
 from coordinator._migrations import check_schema
 from coordinator._reading import fetch_rows
 from coordinator._sql import Statements, notify_channel
@@ -32,7 +32,7 @@ from coordinator._status import read_status
 
 __all__ = ["LeadershipEvent", "observe", "read_history"]
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 #: Reconnect after these once observation has begun: a failover may briefly show a standby.
 _RETRIED: tuple[type[BaseException], ...] = (*TRANSIENT_ERRORS, UnsupportedDatabase)

@@ -16,15 +16,15 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import asyncpg
-import structlog
 
 from coordinator._config import CoordinatorConfig
 from coordinator._connect import connect
+from coordinator._logging import get_logger
 from coordinator._sql import Statements
 
 __all__ = ["LockSession", "Office", "resign_and_unlock"]
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 _HOST = socket.gethostname()
 

@@ -14,12 +14,10 @@ import asyncio
 import signal
 from typing import TYPE_CHECKING
 
-import structlog
-
 from coordinator._config import CoordinatorConfig
 from coordinator._coordinator import Coordinator
 from coordinator._errors import ConfigurationError
-from coordinator._logging import configure_logging
+from coordinator._logging import configure_logging, get_logger
 from coordinator.cli._common import Subparsers, require_dsn
 from coordinator.cli._settings import SETTINGS, Address, add_settings, config_settings
 
@@ -28,7 +26,7 @@ if TYPE_CHECKING:
 
 __all__ = ["register"]
 
-log = structlog.get_logger("coordinator")
+log = get_logger()
 
 
 def register(subparsers: Subparsers) -> None:

@@ -16,8 +16,7 @@ import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
-import structlog
-
+from coordinator._logging import configure_logging
 from coordinator._observe import observe
 from coordinator.cli._common import Subparsers, add_database_options, require_dsn
 from coordinator.cli.history import format_event
@@ -42,7 +41,7 @@ def register(subparsers: Subparsers) -> None:
 def handle(args: argparse.Namespace) -> int:
     dsn = require_dsn(args)
     # Standard output carries the changes only; notes about reconnecting go to stderr.
-    structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
+    configure_logging("console", stream=sys.stderr)
     return asyncio.run(_watch(dsn, args.groups or (), args.schema, as_json=args.json))
 
 

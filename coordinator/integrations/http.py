@@ -40,7 +40,6 @@ from collections.abc import AsyncIterator, Generator
 from typing import Any
 
 import asyncpg
-import structlog
 import uvicorn
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from starlette.applications import Starlette
@@ -53,12 +52,13 @@ from coordinator._connect import connect
 from coordinator._coordinator import Coordinator
 from coordinator._errors import ConfigurationError
 from coordinator._health import Health, ReadyWhen, Verdict
+from coordinator._logging import get_logger
 from coordinator._metrics import CoordinatorMetrics
 from coordinator._status import GroupStatus, read_status
 
 __all__ = ["CoordinatorMetrics", "HttpServer", "http_app"]
 
-log = structlog.get_logger("coordinator")
+log = get_logger()
 
 #: How long a request may wait for the database's view of who leads.
 STATUS_READ_TIMEOUT = 1.0
