@@ -167,6 +167,14 @@ class Group:
         term = self._term
         return term.number if term is not None and self.is_leader else None
 
+    @property
+    def trusted_until(self) -> float | None:
+        """While :attr:`is_leader`: the ``time.monotonic()`` at which this leadership ends
+        unless a heartbeat extends it (``coordinator run --exec`` hands it to its child's
+        watchdog). Else None."""
+        term = self._term
+        return term.trusted_until if term is not None and self.is_leader else None
+
     async def wait_elected(self, timeout: float | None = None) -> int:
         """Wait until this instance leads; return the term. Raises TimeoutError."""
         async with asyncio.timeout(timeout), self._changed:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from coordinator._config import CoordinatorConfig
 from coordinator._coordinator import Coordinator
 from coordinator._errors import ConfigurationError
+from coordinator._exec import add_exec_options, leader_command
 from coordinator._logging import configure_logging, get_logger
 from coordinator.cli._common import Subparsers, require_dsn
 from coordinator.cli._settings import SETTINGS, Address, add_settings, config_settings
@@ -34,6 +35,7 @@ def register(subparsers: Subparsers) -> None:
         "run", help="take part in elections until SIGTERM or SIGINT, then resign"
     )
     add_settings(parser, *SETTINGS)
+    add_exec_options(parser)
     parser.set_defaults(handler=handle)
 
 
@@ -49,6 +51,7 @@ def handle(args: argparse.Namespace) -> int:
     coordinator = Coordinator(config=config)
     for name in dict.fromkeys(args.groups):
         coordinator.group(name)
+    leader_command(coordinator, args)
     server = _http_server(coordinator, args.http, args.ready_when) if args.http else None
     return asyncio.run(_serve(coordinator, server))
 
