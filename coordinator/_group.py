@@ -41,7 +41,8 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from coordinator._config import CoordinatorConfig
 from coordinator._connect import TRANSIENT_ERRORS
-from coordinator._fencing import FencedTransaction, fenced_transaction
+from coordinator._drivers import fenced_async
+from coordinator._fencing import FencedTransaction
 from coordinator._logging import get_logger
 from coordinator._session import LockSession
 from coordinator._signals import Demoted, Elected, HeartbeatDone, Signal
@@ -193,12 +194,14 @@ class Group:
     def fenced(
         self, conn: Any, *, term: int | None = None
     ) -> AbstractAsyncContextManager[FencedTransaction]:
-        """A transaction on ``conn`` (an asyncpg connection or pool) that commits only in ``term``.
+        """A transaction on ``conn`` that commits only in ``term``.
 
-        ``term`` defaults to the current one. Raises NotLeader or StaleTerm;
-        see :mod:`coordinator._fencing` for what the database guarantees.
+        ``conn`` is an asyncpg connection or pool, a psycopg ``AsyncConnection``,
+        or a SQLAlchemy ``AsyncConnection`` or ``AsyncSession``. ``term``
+        defaults to the current one. Raises NotLeader or StaleTerm; see
+        :mod:`coordinator._fencing` for what the database guarantees.
         """
-        return fenced_transaction(self, conn, self._sql.assert_term, term=term)
+        return fenced_async(self, conn, self._sql.assert_term, term=term)
 
     async def resign(self) -> None:
         """Hand leadership over now, then follow again. A no-op when not leading."""
