@@ -39,70 +39,64 @@ def fenced_sync(
     leadership: Leadership, target: Any, assert_term_sql: str, *, term: int | None = None
 ) -> Iterator[FencedTransaction]:
     """Fenced, on a psycopg ``Connection``, a SQLAlchemy ``Connection`` or ``Session``."""
+    kind = _kind(target, _SYNC)
     expected = expected_term(leadership, term)
-    _refuse_nested(target)
-    if _is(target, "psycopg", "Connection"):
-        with _translated(), target.transaction():
-            target.execute(_psycopg_sql(assert_term_sql), (leadership.name, expected))
-            yield FencedTransaction(leadership.name, expected, target)
-            check_still_leading(leadership, expected)
-    elif _is(target, "sqlalchemy", "Connection") or _is(target, "sqlalchemy.orm", "Session"):
-        with _translated(), target.begin():
-            target.execute(*_sqlalchemy_statement(assert_term_sql, leadership.name, expected))
-            yield FencedTransaction(leadership.name, expected, target)
-            check_still_leading(leadership, expected)
-    else:
-        raise TypeError(
-            _unsupported(target, "psycopg Connection, SQLAlchemy Connection or Session")
-        )
+    _refuse_nested(target, kind)
+    with _translated(), target.transaction() if kind == "psycopg" else target.begin():
+        target.execute(*_assert_term(kind, assert_term_sql, leadership.name, expected))
+        yield FencedTransaction(leadership.name, expected, target)
+        check_still_leading(leadership, expected)
 
 
 @contextlib.asynccontextmanager
 async def fenced_async(
     leadership: Leadership, target: Any, assert_term_sql: str, *, term: int | None = None
 ) -> AsyncIterator[FencedTransaction]:
-    """A fenced transaction on asyncpg, psycopg ``AsyncConnection`` or SQLAlchemy's async API."""
-    if _is(target, "asyncpg", "Connection") or _is(target, "asyncpg", "Pool"):
+    """Fenced, on asyncpg, a psycopg ``AsyncConnection`` or SQLAlchemy's async API."""
+    kind = _kind(target, _ASYNC)
+    if kind == "asyncpg":
         async with fenced_transaction(leadership, target, assert_term_sql, term=term) as tx:
             yield tx
         return
     expected = expected_term(leadership, term)
-    _refuse_nested(target)
-    if _is(target, "psycopg", "AsyncConnection"):
-        with _translated():
-            async with target.transaction():
-                await target.execute(_psycopg_sql(assert_term_sql), (leadership.name, expected))
-                yield FencedTransaction(leadership.name, expected, target)
-                check_still_leading(leadership, expected)
-    elif _is(target, "sqlalchemy.ext.asyncio", "AsyncConnection") or _is(
-        target, "sqlalchemy.ext.asyncio", "AsyncSession"
-    ):
-        with _translated():
-            async with target.begin():
-                await target.execute(
-                    *_sqlalchemy_statement(assert_term_sql, leadership.name, expected)
-                )
-                yield FencedTransaction(leadership.name, expected, target)
-                check_still_leading(leadership, expected)
-    else:
-        raise TypeError(
-            _unsupported(
-                target,
-                "asyncpg Connection or Pool, psycopg AsyncConnection, "
-                "SQLAlchemy AsyncConnection or AsyncSession",
-            )
-        )
+    _refuse_nested(target, kind)
+    with _translated():
+        async with target.transaction() if kind == "psycopg" else target.begin():
+            await target.execute(*_assert_term(kind, assert_term_sql, leadership.name, expected))
+            yield FencedTransaction(leadership.name, expected, target)
+            check_still_leading(leadership, expected)
 
 
-def _is(target: Any, module: str, name: str) -> bool:
-    """Whether ``target`` is a ``module.name``, without importing a driver the app does not use."""
-    loaded = sys.modules.get(module)
-    cls = getattr(loaded, name, None)
-    return isinstance(cls, type) and isinstance(target, cls)
+#: (kind, module, class) of each connection type that fenced() takes.
+_SYNC = (
+    ("psycopg", "psycopg", "Connection"),
+    ("sqlalchemy", "sqlalchemy", "Connection"),
+    ("sqlalchemy", "sqlalchemy.orm", "Session"),
+)
+_ASYNC = (
+    ("asyncpg", "asyncpg", "Connection"),
+    ("asyncpg", "asyncpg", "Pool"),
+    ("psycopg", "psycopg", "AsyncConnection"),
+    ("sqlalchemy", "sqlalchemy.ext.asyncio", "AsyncConnection"),
+    ("sqlalchemy", "sqlalchemy.ext.asyncio", "AsyncSession"),
+)
 
 
-def _refuse_nested(target: Any) -> None:
-    if _is(target, "psycopg", "Connection") or _is(target, "psycopg", "AsyncConnection"):
+def _kind(target: Any, supported: tuple[tuple[str, str, str], ...]) -> str:
+    """Which driver ``target`` belongs to, without importing one the app does not use."""
+    for kind, module, name in supported:
+        cls = getattr(sys.modules.get(module), name, None)
+        if isinstance(cls, type) and isinstance(target, cls):
+            return kind
+    wanted = ", ".join(f"{module.split('.')[0]} {name}" for _, module, name in supported)
+    raise TypeError(
+        f"fenced() takes a connection of one of these: {wanted}; "
+        f"this is a {type(target).__module__}.{type(target).__qualname__}"
+    )
+
+
+def _refuse_nested(target: Any, kind: str) -> None:
+    if kind == "psycopg":
         nested = target.info.transaction_status != sys.modules["psycopg"].pq.TransactionStatus.IDLE
     else:
         nested = target.in_transaction()
@@ -114,13 +108,10 @@ def _refuse_nested(target: Any) -> None:
         )
 
 
-def _psycopg_sql(assert_term_sql: str) -> str:
-    return assert_term_sql.replace("$1", "%s").replace("$2", "%s")
-
-
-def _sqlalchemy_statement(
-    assert_term_sql: str, group: str, term: int
-) -> tuple[Any, dict[str, Any]]:
+def _assert_term(kind: str, assert_term_sql: str, group: str, term: int) -> tuple[Any, Any]:
+    """The statement and its parameters, in the driver's own placeholder style."""
+    if kind == "psycopg":
+        return assert_term_sql.replace("$1", "%s").replace("$2", "%s"), (group, term)
     from sqlalchemy import text
 
     named = assert_term_sql.replace("$1", ":group_name").replace("$2", ":term")
@@ -144,8 +135,3 @@ def _translated() -> Iterator[None]:
         raise stale_term_error(
             getattr(inner, "message", str(inner)), getattr(inner, "hint", None)
         ) from None
-
-
-def _unsupported(target: Any, wanted: str) -> str:
-    kind = f"{type(target).__module__}.{type(target).__qualname__}"
-    return f"fenced() takes an {wanted}; this is a {kind}"
