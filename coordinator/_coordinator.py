@@ -29,6 +29,7 @@ from coordinator._group import Group, Role
 from coordinator._keys import group_lock_key, validate_group_name
 from coordinator._logging import get_logger
 from coordinator._migrations import check_schema
+from coordinator._otel import app_context, untraced
 from coordinator._shared import SharedSession
 from coordinator._signals import Fenced, HeartbeatDone, Listener, Signal
 from coordinator._sql import Statements
@@ -153,6 +154,7 @@ class Coordinator:
     ) -> None:
         await self.stop()
 
+    @untraced
     async def start(self) -> None:
         """Connect, check the server and schema, register the groups, start electing.
 
@@ -190,6 +192,7 @@ class Coordinator:
             heartbeat_interval=self.config.heartbeat_interval,
         )
 
+    @untraced
     async def stop(self) -> None:
         """Resign every leadership, leave every group, close everything. Idempotent."""
         if self._state is not RunState.RUNNING:
@@ -232,7 +235,8 @@ class Coordinator:
                 misfire_grace_time=None,
             )
         if not self._scheduler.running:
-            self._scheduler.start()
+            with app_context():  # the application's jobs in it are the application's
+                self._scheduler.start()
             self._owns_scheduler = True
 
     def _stop_jobs(self) -> None:
@@ -244,6 +248,7 @@ class Coordinator:
         if self._owns_scheduler and self._scheduler.running:
             self._scheduler.shutdown(wait=False)
 
+    @untraced
     async def _heartbeat_job(self) -> None:
         """Leaders beat on their own lock sessions; followers in one statement together."""
         try:
@@ -271,6 +276,7 @@ class Coordinator:
         finally:
             self.emit(HeartbeatDone(None, time.monotonic() - started, ok=ok))
 
+    @untraced
     async def _monitor_job(self) -> None:
         """Fence stale leaders of every group in this schema, not only ours."""
         try:

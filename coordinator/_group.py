@@ -44,6 +44,7 @@ from coordinator._connect import TRANSIENT_ERRORS
 from coordinator._drivers import fenced_async
 from coordinator._fencing import FencedTransaction
 from coordinator._logging import get_logger
+from coordinator._otel import app_context
 from coordinator._session import LockSession
 from coordinator._signals import Demoted, Elected, HeartbeatDone, Signal
 from coordinator._sql import Statements
@@ -439,9 +440,10 @@ class Group:
         for callback in callbacks:
             try:
                 async with asyncio.timeout(self._config.callback_timeout):
-                    result = callback(argument)  # type: ignore[arg-type]
-                    if inspect.isawaitable(result):
-                        await result
+                    with app_context():  # its own queries are traced; the coordinator's are not
+                        result = callback(argument)  # type: ignore[arg-type]
+                        if inspect.isawaitable(result):
+                            await result
             except Exception as error:  # noqa: BLE001 - a failing callback must not stop the elector
                 self._log.error(
                     f"{kind}_callback_failed", callback=_name_of(callback), error=_describe(error)
