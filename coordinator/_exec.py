@@ -21,6 +21,7 @@ import argparse
 import asyncio
 import contextlib
 import os
+import shutil
 import sys
 from collections.abc import Sequence
 
@@ -59,6 +60,11 @@ class LeaderCommand:
             )
         if not command:
             raise ConfigurationError("--exec needs a command: coordinator run ... --exec -- CMD")
+        if shutil.which(command[0]) is None:
+            raise ConfigurationError(
+                f"--exec: command {command[0]!r} is not found or not executable: give its path, "
+                "or install it on this host's PATH"
+            )
         self._group = group
         self._command = list(command)
         self._grace = grace

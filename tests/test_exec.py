@@ -192,31 +192,39 @@ def test_with_exec_restart_a_command_that_exits_starts_again_in_the_same_term(
     assert records.wait_for("started", pid=again["pid"])["term"] == 1
 
 
-def test_exec_refuses_more_than_one_group(dsn: str) -> None:
+@pytest.mark.parametrize(
+    ("args", "error"),
+    [
+        (
+            ["--group", "a", "--group", "b", "--exec", "--", "true"],
+            "--exec runs one command for one group, and 2 groups are given: "
+            "pass exactly one --group (run one instance per command)",
+        ),
+        (
+            ["--group", "a", "--exec", "--", "no-such-command"],
+            "--exec: command 'no-such-command' is not found or not executable: give its path, "
+            "or install it on this host's PATH",
+        ),
+        (
+            ["--group", "a", "--exec-grace", "10", "--exec", "--", "true"],
+            "the exec grace period (10 s) must be at least 0 and shorter than callback_timeout "
+            "(10 s), or the lock could be handed over while the command still runs: lower "
+            "--exec-grace or raise --callback-timeout",
+        ),
+        (
+            ["--group", "a", "true"],
+            "unexpected argument 'true': to run a command while leading, put it after "
+            "--exec --, as in: coordinator run --group NAME --exec -- CMD ARGS",
+        ),
+    ],
+)
+def test_bad_exec_input_is_one_line_before_anything_connects(args: list[str], error: str) -> None:
     result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "coordinator",
-            "run",
-            "--dsn",
-            dsn,
-            "--group",
-            "a",
-            "--group",
-            "b",
-            "--exec",
-            "--",
-            "true",
-        ],
+        [sys.executable, "-m", "coordinator", "run", "--dsn", "postgresql://nobody@/x", *args],
         capture_output=True,
         text=True,
         timeout=SLACK,
-        env={**os.environ},
         check=False,
     )
-    assert result.returncode == 1
-    assert result.stderr.strip().splitlines() == [
-        "coordinator: error: --exec runs one command for one group, and 2 groups are given: "
-        "pass exactly one --group (run one instance per command)"
-    ]
+    assert (result.returncode, result.stdout) == (1, "")
+    assert result.stderr.splitlines() == [f"coordinator: error: {error}"]
