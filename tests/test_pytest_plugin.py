@@ -9,23 +9,19 @@ from pathlib import Path
 
 import pytest
 
+from docs import block
+
 pytestmark = pytest.mark.slow
 
 PYTEST = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
 PYTEST += ["-o", "asyncio_default_fixture_loop_scope=function"]
 
-APP_TESTS = """
+#: Beside the test file of docs/testing.md: an asyncio test, and a second database.
+ASYNC_TEST = """
 import asyncpg
 import pytest
 
-from coordinator import Coordinator, sync
-
-
-def test_a_sync_leader_on_a_migrated_database(coordinator_dsn):
-    coordinator = sync.Coordinator(coordinator_dsn, instance_id="app")
-    group = coordinator.group("jobs")
-    with coordinator:
-        assert group.wait_elected(10) == 1
+from coordinator import Coordinator
 
 
 @pytest.mark.asyncio
@@ -43,10 +39,11 @@ async def test_every_test_gets_a_fresh_database(coordinator_dsn):
 
 
 def test_an_app_s_tests_get_a_throwaway_server_and_a_migrated_dsn(tmp_path: Path) -> None:
-    (tmp_path / "test_app.py").write_text(APP_TESTS)
+    (tmp_path / "test_app.py").write_text(block("testing.md", "python", file="test_app.py"))
+    (tmp_path / "test_async_app.py").write_text(ASYNC_TEST)
     env = {k: v for k, v in os.environ.items() if k != "COORDINATOR_TEST_DSN"}
     result = subprocess.run(
-        [*PYTEST, "test_app.py"],
+        [*PYTEST, "test_app.py", "test_async_app.py"],
         cwd=tmp_path,
         env=env,
         capture_output=True,
