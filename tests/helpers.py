@@ -52,6 +52,16 @@ async def wait_until(
         await asyncio.sleep(every)
 
 
+def eventually(condition: Callable[[], Any], timeout: float, *, what: str) -> Any:
+    """:func:`wait_until` for threads: poll a plain condition until it returns something truthy."""
+    deadline = time.monotonic() + timeout
+    while not (result := condition()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(0.02)
+    return result
+
+
 async def leader_row(dsn: str, group: str = "scheduler") -> asyncpg.Record | None:
     async with connected(dsn) as conn:
         return await conn.fetchrow(

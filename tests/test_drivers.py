@@ -93,6 +93,14 @@ def execute(target: Any, sql: str) -> Any:
     )
 
 
+@pytest.fixture
+async def table(dsn: str) -> str:
+    """The database with the table the tests write to."""
+    async with connected(dsn) as conn:
+        await conn.execute(CREATE)
+    return dsn
+
+
 async def written(dsn: str) -> list[int]:
     async with connected(dsn) as conn:
         return [row["term"] for row in await conn.fetch("SELECT term FROM writes ORDER BY id")]
@@ -109,10 +117,9 @@ ASYNC = [
 
 @pytest.mark.parametrize("kind", SYNC)
 async def test_sync_drivers_commit_in_the_current_term_and_the_database_refuses_a_stale_one(
-    dsn: str, kind: str
+    table: str, kind: str
 ) -> None:
-    async with connected(dsn) as conn:
-        await conn.execute(CREATE)
+    dsn = table
     with sync_leader(dsn) as leader:
         group = leader.group(GROUP)
         term = group.wait_elected(SLACK)
@@ -132,10 +139,9 @@ async def test_sync_drivers_commit_in_the_current_term_and_the_database_refuses_
 
 @pytest.mark.parametrize("kind", ASYNC)
 async def test_async_drivers_commit_in_the_current_term_and_the_database_refuses_a_stale_one(
-    dsn: str, kind: str
+    table: str, kind: str
 ) -> None:
-    async with connected(dsn) as conn:
-        await conn.execute(CREATE)
+    dsn = table
     async with coordinator(dsn, "a", GROUP) as leader:
         group = leader.group(GROUP)
         term = await group.wait_elected(SLACK)
@@ -150,9 +156,8 @@ async def test_async_drivers_commit_in_the_current_term_and_the_database_refuses
     assert await written(dsn) == [term]
 
 
-async def test_a_write_whose_term_ends_before_commit_is_rolled_back(dsn: str) -> None:
-    async with connected(dsn) as conn:
-        await conn.execute(CREATE)
+async def test_a_write_whose_term_ends_before_commit_is_rolled_back(table: str) -> None:
+    dsn = table
     belief = Believes(GROUP, 0)
     with sync_leader(dsn) as leader:
         belief.term = leader.group(GROUP).wait_elected(SLACK)

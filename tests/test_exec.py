@@ -77,6 +77,18 @@ def leader(
     )
 
 
+def leader_and_follower(
+    spawn: Spawn, dsn: str, records: Records, *leader_args: str
+) -> tuple[CoordinatorProcess, CoordinatorProcess, dict[str, Any]]:
+    """Instance a leads and its command has started (that record returned); b follows."""
+    first = leader(spawn, dsn, records, "a", *leader_args)
+    first.wait_for("leadership_acquired", SLACK, term=1)
+    started = records.wait_for("started", instance_id="a")
+    second = leader(spawn, dsn, records, "b")
+    second.wait_for("coordinator_started", SLACK)
+    return first, second, started
+
+
 def alive(pid: int) -> bool:
     """Whether ``pid`` runs (a zombie counts as gone: it is dead, only not yet reaped)."""
     try:
@@ -97,12 +109,8 @@ def wait_dead(pid: int, timeout: float = SLACK) -> None:
 def test_the_command_runs_on_the_leader_only_and_stops_before_the_next_one_starts(
     dsn: str, spawn: Spawn, records: Records
 ) -> None:
-    first = leader(spawn, dsn, records, "a", "--exec-grace", "2")
-    first.wait_for("leadership_acquired", SLACK, term=1)
-    started = records.wait_for("started", instance_id="a")
+    first, second, started = leader_and_follower(spawn, dsn, records, "--exec-grace", "2")
     assert (started["group"], started["term"], started["schema"]) == (GROUP, 1, "coordinator")
-    second = leader(spawn, dsn, records, "b")
-    second.wait_for("coordinator_started", SLACK)
     assert [r["instance_id"] for r in records.all()] == ["a"], "the follower runs nothing"
 
     first.terminate()  # graceful: SIGTERM for the command, then the lock is released
@@ -119,11 +127,8 @@ def test_the_command_runs_on_the_leader_only_and_stops_before_the_next_one_start
 def test_sigkill_of_the_leader_kills_its_command_and_the_next_leader_starts_its_own(
     dsn: str, spawn: Spawn, records: Records
 ) -> None:
-    first = leader(spawn, dsn, records, "a")
-    first.wait_for("leadership_acquired", SLACK, term=1)
-    orphan = records.wait_for("started", instance_id="a")["pid"]
-    second = leader(spawn, dsn, records, "b")
-    second.wait_for("coordinator_started", SLACK)
+    first, second, started = leader_and_follower(spawn, dsn, records)
+    orphan = started["pid"]
 
     first.kill()
     second.wait_for("leadership_acquired", SLACK, term=2)
@@ -138,17 +143,14 @@ def test_a_frozen_leader_s_command_is_killed_before_the_next_leader_s_command_st
 ) -> None:
     """SIGSTOP stops the instance, not its command: the leash kills the command at the
     instance's trust deadline, which comes before anyone may fence the instance."""
-    first = leader(spawn, dsn, records, "a")
-    first.wait_for("leadership_acquired", SLACK, term=1)
-    frozen_child = records.wait_for("started", instance_id="a")["pid"]
-    second = leader(spawn, dsn, records, "b")
-    second.wait_for("coordinator_started", SLACK)
+    first, second, started = leader_and_follower(spawn, dsn, records)
+    frozen_child = started["pid"]
 
     first.freeze()
     try:
         second.wait_for("leadership_acquired", SLACK, term=2)
         took_over = records.wait_for("started", instance_id="b")
-        killed = first.wait_for("exec_child_killed", 0)
+        killed = first.wait_for("exec_child_killed", SLACK)
         assert (killed["pid"], killed["reason"]) == (frozen_child, "trust_expired")
         assert killed["dead_at"] < took_over["at"]
         assert not alive(frozen_child)
@@ -161,11 +163,8 @@ def test_a_frozen_leader_s_command_is_killed_before_the_next_leader_s_command_st
 def test_a_command_that_exits_on_its_own_makes_its_instance_resign(
     dsn: str, spawn: Spawn, records: Records
 ) -> None:
-    first = leader(spawn, dsn, records, "a")
-    first.wait_for("leadership_acquired", SLACK, term=1)
-    child = records.wait_for("started", instance_id="a")["pid"]
-    second = leader(spawn, dsn, records, "b")
-    second.wait_for("coordinator_started", SLACK)
+    first, second, started = leader_and_follower(spawn, dsn, records)
+    child = started["pid"]
 
     os.kill(child, signal.SIGUSR1)  # exits with status 3
     exited = first.wait_for("exec_child_exited", SLACK)

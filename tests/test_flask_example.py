@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -15,7 +14,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from helpers import FAST
+from helpers import FAST, eventually
 
 pytestmark = pytest.mark.slow
 
@@ -65,15 +64,6 @@ def replica(dsn: str) -> Iterator[Callable[[str], Replica]]:
         one.close()
 
 
-def eventually(condition: Callable[[], Any], what: str) -> Any:
-    deadline = time.monotonic() + SLACK
-    while not (result := condition()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {SLACK:g} s waiting for {what}")
-        time.sleep(0.05)
-    return result
-
-
 def ticks(dsn: str) -> list[tuple[str, int]]:
     with psycopg.connect(dsn) as conn:
         rows = conn.execute("SELECT instance_id, term FROM flask_ticks ORDER BY id").fetchall()
@@ -89,18 +79,21 @@ def test_the_job_runs_on_one_replica_and_moves_on_when_it_is_killed(
         lambda: next(
             (s["instance_id"] for s in (first.state(), second.state()) if s["is_leader"]), None
         ),
-        "a leader",
+        SLACK,
+        what="a leader",
     )
     leader = both[leader_id]
     other = second if leader is first else first
-    eventually(lambda: len(ticks(dsn)) >= 3, "the leader's ticks")
+    eventually(lambda: len(ticks(dsn)) >= 3, SLACK, what="the leader's ticks")
     assert {who for who, _ in ticks(dsn)} == {leader_id}, "only the leader runs the job"
     assert other.state()["is_leader"] is False
 
     leader.process.kill()
-    state = eventually(lambda: (s := other.state())["is_leader"] and s, "the other to lead")
+    state = eventually(
+        lambda: (s := other.state())["is_leader"] and s, SLACK, what="the other to lead"
+    )
     assert state["term"] == 2
-    eventually(lambda: (other.instance_id, 2) in ticks(dsn), "ticks of the new term")
+    eventually(lambda: (other.instance_id, 2) in ticks(dsn), SLACK, what="ticks of the new term")
     assert set(ticks(dsn)) == {(leader_id, 1), (other.instance_id, 2)}
 
 
@@ -108,10 +101,10 @@ def test_sigterm_hands_over_after_the_running_tick(
     dsn: str, replica: Callable[[str], Replica]
 ) -> None:
     first = replica("a")
-    eventually(lambda: first.state()["is_leader"], "the first to lead")
+    eventually(lambda: first.state()["is_leader"], SLACK, what="the first to lead")
     second = replica("b")
-    eventually(lambda: len(ticks(dsn)) >= 2, "ticks")
+    eventually(lambda: len(ticks(dsn)) >= 2, SLACK, what="ticks")
     first.process.terminate()
     assert first.process.wait(SLACK) == 0
-    eventually(lambda: second.state()["term"] == 2, "the second to lead")
-    eventually(lambda: ("b", 2) in ticks(dsn), "ticks of the new term")
+    eventually(lambda: second.state()["term"] == 2, SLACK, what="the second to lead")
+    eventually(lambda: ("b", 2) in ticks(dsn), SLACK, what="ticks of the new term")

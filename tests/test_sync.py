@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable, Iterator
-from typing import Any
 
 import pytest
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from coordinator import ConfigurationError, HeartbeatDone, sync
-from helpers import FAST
+from helpers import FAST, eventually
 
 GROUP = "scheduler"
 SLACK = 10.0
@@ -29,15 +27,6 @@ def make(dsn: str) -> Iterator[Callable[[str], sync.Coordinator]]:
     yield build
     for one in made:
         one.stop()
-
-
-def eventually(condition: Callable[[], Any], what: str) -> Any:
-    deadline = time.monotonic() + SLACK
-    while not (result := condition()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {SLACK:g} s waiting for {what}")
-        time.sleep(0.02)
-    return result
 
 
 def test_one_of_two_leads_and_callbacks_run_in_the_pool_not_on_the_loop(
@@ -91,7 +80,9 @@ def test_a_blocking_callback_does_not_stop_the_heartbeat(
     leader.start()
     term = leader.group(GROUP).wait_elected(SLACK)
     # Enough heartbeats to outlast two ttls, while the callback still blocks its thread.
-    eventually(lambda: len(beats) > 2 * FAST["ttl"] / FAST["heartbeat_interval"], "heartbeats")
+    eventually(
+        lambda: len(beats) > 2 * FAST["ttl"] / FAST["heartbeat_interval"], SLACK, what="heartbeats"
+    )
     assert not release.is_set()
     assert leader.group(GROUP).term == term
     release.set()
@@ -114,7 +105,7 @@ def test_leader_only_jobs_of_a_background_scheduler_run_only_while_leading(
     try:
         assert scheduler.get_job("tick").next_run_time is None, "added paused: not leading yet"
         leader.start()
-        eventually(lambda: len(runs) >= 2, "runs")
+        eventually(lambda: len(runs) >= 2, SLACK, what="runs")
         assert {term for term, _ in runs} == {1}
         assert all(name.startswith("coordinator-callback") for _, name in runs)
         leader.stop()
