@@ -154,7 +154,7 @@ def add_exec_options(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="run the command after -- only while this instance leads its one --group",
     )
-    parser.add_argument("command", nargs="*", metavar="-- CMD ARGS", help=argparse.SUPPRESS)
+    parser.add_argument("exec_command", nargs="*", metavar="-- CMD ARGS", help=argparse.SUPPRESS)
     parser.add_argument(
         "--exec-grace",
         type=float,
@@ -172,13 +172,13 @@ def add_exec_options(parser: argparse.ArgumentParser) -> None:
 def leader_command(coordinator: Coordinator, args: argparse.Namespace) -> LeaderCommand | None:
     """The :class:`LeaderCommand` that ``--exec`` asks for, if it does."""
     if not args.exec:
-        if args.command:
+        if args.exec_command:
             raise ConfigurationError(
-                f"unexpected argument {args.command[0]!r}: to run a command while leading, "
+                f"unexpected argument {args.exec_command[0]!r}: to run a command while leading, "
                 "put it after --exec --, as in: coordinator run --group NAME --exec -- CMD ARGS"
             )
         return None
-    command = args.command
+    command = args.exec_command
     groups = list(coordinator.groups.values())
     if len(groups) != 1:
         raise ConfigurationError(

@@ -5,6 +5,8 @@ With ``--http HOST:PORT`` it also serves the probe and metrics endpoints
 application beside it asks ``/leader/{group}`` instead of electing itself.
 The HTTP server starts first, so that a taken port fails before anything
 connects, and stops last, so that probes answer while leadership is resigned.
+With ``--exec -- CMD`` the command runs only while this instance leads
+(:mod:`coordinator._exec`).
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ def register(subparsers: Subparsers) -> None:
 
 
 def handle(args: argparse.Namespace) -> int:
-    # Before any logger is bound: a bound logger keeps the configuration it was made with.
+    # First, so that every event of the command, even a refusal, has its format.
     configure_logging(args.log_format)
     if not args.groups:
         raise ConfigurationError(
