@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from docs import blocks
+from snippets import blocks
 
 PAGES = ["sync.md", "drivers.md", "logging.md"]
 

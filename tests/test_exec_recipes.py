@@ -15,8 +15,8 @@ import asyncpg
 import pytest
 
 from coordinator.testing import CoordinatorProcess
-from docs import block
 from helpers import FAST, connected
+from snippets import block
 
 pytestmark = pytest.mark.slow
 

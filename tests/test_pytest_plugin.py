@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from docs import block
+from snippets import block
 
 pytestmark = pytest.mark.slow
 
