@@ -91,6 +91,7 @@ class Coordinator:
         self._shared: SharedSession | None = None
         self._background: set[asyncio.Task[None]] = set()
         self._last_heartbeat_job: float | None = None
+        self._squatters: dict[str, frozenset[int]] = {}  # group: backends, as last seen
 
     @property
     def instance_id(self) -> str:
@@ -132,6 +133,11 @@ class Coordinator:
     @property
     def running(self) -> bool:
         return self._state is RunState.RUNNING
+
+    @property
+    def squatters(self) -> dict[str, frozenset[int]]:
+        """Backends holding a group's lock that are no coordinator's, as the monitor last saw."""
+        return dict(self._squatters)
 
     @property
     def seconds_since_heartbeat_job(self) -> float | None:
@@ -284,6 +290,7 @@ class Coordinator:
                 rows = await self._on_control(
                     lambda conn: conn.fetch(self._sql.fence_stale_leaders, self.instance_id)
                 )
+                squatted = await self._on_control(lambda conn: conn.fetch(self._sql.squatted_locks))
                 leading = any(g.role is Role.LEADER for g in self._groups.values())
                 # Housekeeping is a leader's chore: one instance per group, not every member.
                 if leading and time.monotonic() - self._last_prune > _PRUNE_EVERY_S:
@@ -309,6 +316,26 @@ class Coordinator:
                 event, group=row["group_name"], term=row["term"], holder=row["instance_id"]
             )
             self.emit(Fenced(row["group_name"], row["term"], row["instance_id"], row["kind"]))
+        self._report_squatters(squatted)
+
+    def _report_squatters(self, rows: list[asyncpg.Record]) -> None:
+        """Log each backend that holds a group's lock without being a coordinator, once."""
+        seen: dict[str, set[int]] = {}
+        for row in rows:
+            group, pid = row["group_name"], row["squatter_pid"]
+            seen.setdefault(group, set()).add(pid)
+            if pid in self._squatters.get(group, ()):
+                continue
+            self._log.error(
+                "lock_squatted",
+                group=group,
+                pid=pid,
+                user=row["squatter_user"],
+                application_name=row["squatter_application"],
+                fix="nobody can lead this group while that backend holds its advisory lock: "
+                "end it (pg_terminate_backend), and keep other roles from connecting",
+            )
+        self._squatters = {group: frozenset(pids) for group, pids in seen.items()}
 
     async def _prune(self, conn: asyncpg.Connection) -> None:
         await conn.execute(self._sql.prune_events, self.config.events_retention)

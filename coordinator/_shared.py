@@ -33,7 +33,7 @@ import asyncpg
 from coordinator._config import CoordinatorConfig
 from coordinator._connect import TRANSIENT_ERRORS, connect
 from coordinator._logging import get_logger
-from coordinator._session import resign_and_unlock
+from coordinator._session import log_ended_transactions, resign_and_unlock
 from coordinator._signals import HeartbeatDone, Signal
 from coordinator._sql import Statements, notify_channel
 
@@ -344,6 +344,8 @@ class SharedSession:
                 os.getpid(),
                 self._config.ttl,
             )
+        for row in rows:
+            log_ended_transactions(row["group_name"], row)
         return [(row["group_name"], row["term"]) for row in rows]
 
     async def _fair_share(self, conn: asyncpg.Connection) -> int:
