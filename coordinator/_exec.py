@@ -119,13 +119,12 @@ class LeaderCommand:
         if self._leash is not leash:
             return  # stopped by _stop, which logs it
         self._leash = None
-        again = self._restart and self._group.term == term
-        self._log.warning(
-            "exec_child_exited", exit_code=code, term=term, then="restart" if again else "resign"
-        )
-        if again:
+        leading = self._group.term == term
+        then = ("restart" if self._restart else "resign") if leading else "none"
+        self._log.warning("exec_child_exited", exit_code=code, term=term, then=then)
+        if then == "restart":
             await self._start(term)
-        else:
+        elif then == "resign":
             self._group.request_resign()
 
     def _heard(self, signal: Signal) -> None:
