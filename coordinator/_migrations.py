@@ -95,18 +95,27 @@ async def migrate(
             DEFAULT_LOCK_NAMESPACE,
             group_lock_key(f"migrations:{schema}"),
         )
-        await conn.execute(f"""
+        # The bookkeeping table is created in the transaction of the first
+        # migration, so that a migration that fails leaves nothing behind.
+        bookkeeping = f"""
             CREATE SCHEMA IF NOT EXISTS "{schema}";
             CREATE TABLE IF NOT EXISTS "{schema}".schema_migrations (
                 version    integer     PRIMARY KEY,
                 name       text        NOT NULL,
                 checksum   text        NOT NULL,
                 applied_at timestamptz NOT NULL DEFAULT now()
-            )""")
+            )"""
+        exists = await conn.fetchval(
+            "SELECT to_regclass($1) IS NOT NULL", f'"{schema}".schema_migrations'
+        )
         applied = {
             row["version"]: row
-            for row in await conn.fetch(
-                f'SELECT version, name, checksum FROM "{schema}".schema_migrations'
+            for row in (
+                await conn.fetch(
+                    f'SELECT version, name, checksum FROM "{schema}".schema_migrations'
+                )
+                if exists
+                else []
             )
         }
         _check_applied(applied, migrations)
@@ -115,6 +124,7 @@ async def migrate(
             if migration.version in applied:
                 continue
             async with conn.transaction():
+                await conn.execute(bookkeeping)
                 await conn.execute(migration.sql_for(schema))
                 await conn.execute(
                     f'INSERT INTO "{schema}".schema_migrations (version, name, checksum) '

@@ -165,5 +165,10 @@ async def _grant(dsn: str, schema: str, role: str, sql: str, password: str | Non
             f"the DSN's role may not grant in schema {schema} or create roles ({error}): "
             "run grant as the schema's owner, with CREATEROLE, or as a superuser"
         ) from None
+    except asyncpg.ReadOnlySQLTransactionError:
+        raise CoordinatorError(
+            f"the database at {config.redacted_dsn} is read-only (a standby, or "
+            "default_transaction_read_only is on): run grant against the primary"
+        ) from None
     finally:
         await conn.close()
