@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 import asyncpg
+import psycopg
 
 from coordinator import Coordinator
 
@@ -113,3 +114,12 @@ def coordinator_cli(
         timeout=60,
         env={**(os.environ if inherit else {}), **(env or {})},
     )
+
+
+def lock_waiters_now(dsn: str) -> int:
+    """:func:`lock_waiters` for threads, on a psycopg connection."""
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+        ).fetchone()
+    return int(row[0]) if row else 0

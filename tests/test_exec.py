@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from coordinator.testing import CoordinatorProcess
-from helpers import FAST
+from helpers import FAST, eventually, lock_waiters_now
 
 GROUP = "scheduler"
 SLACK = 15.0
@@ -80,12 +80,13 @@ def leader(
 def leader_and_follower(
     spawn: Spawn, dsn: str, records: Records, *leader_args: str
 ) -> tuple[CoordinatorProcess, CoordinatorProcess, dict[str, Any]]:
-    """Instance a leads and its command has started (that record returned); b follows."""
+    """Instance a leads and its command has started (that record returned); b waits for the lock."""
     first = leader(spawn, dsn, records, "a", *leader_args)
     first.wait_for("leadership_acquired", SLACK, term=1)
     started = records.wait_for("started", instance_id="a")
     second = leader(spawn, dsn, records, "b")
     second.wait_for("coordinator_started", SLACK)
+    eventually(lambda: lock_waiters_now(dsn), SLACK, what="b in the lock's queue")
     return first, second, started
 
 

@@ -9,7 +9,7 @@ import pytest
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from coordinator import ConfigurationError, HeartbeatDone, sync
-from helpers import FAST, eventually
+from helpers import FAST, eventually, lock_waiters_now
 
 GROUP = "scheduler"
 SLACK = 10.0
@@ -30,7 +30,7 @@ def make(dsn: str) -> Iterator[Callable[[str], sync.Coordinator]]:
 
 
 def test_one_of_two_leads_and_callbacks_run_in_the_pool_not_on_the_loop(
-    make: Callable[[str], sync.Coordinator],
+    dsn: str, make: Callable[[str], sync.Coordinator]
 ) -> None:
     first, second = make("a"), make("b")
     seen: list[tuple[str, str, object]] = []
@@ -49,6 +49,7 @@ def test_one_of_two_leads_and_callbacks_run_in_the_pool_not_on_the_loop(
     first.start()
     assert first.group(GROUP).wait_elected(SLACK) == 1
     second.start()
+    eventually(lambda: lock_waiters_now(dsn), SLACK, what="the second in the lock's queue")
     assert first.group(GROUP).is_leader
     assert first.group(GROUP).term == 1
     assert not second.group(GROUP).is_leader
