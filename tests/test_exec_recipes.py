@@ -45,7 +45,8 @@ def wait_for_line(instance: CoordinatorProcess, text: str) -> None:
 
 
 def test_celery_beat_runs_on_the_leader(dsn: str, spawn: Spawn, tmp_path: Path) -> None:
-    beat = run_recipe(spawn, dsn, "celery-beat", REPORT_EVERY="0.2")
+    schedule = str(tmp_path / "celerybeat-schedule")
+    beat = run_recipe(spawn, dsn, "celery-beat", REPORT_EVERY="0.2", BEAT_SCHEDULE_FILE=schedule)
     beat.wait_for("leadership_acquired", SLACK, term=1)
     wait_for_line(beat, "Sending due task report (recipe.report)")
     beat.terminate()

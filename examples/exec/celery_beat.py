@@ -10,6 +10,8 @@ import os
 from celery import Celery
 
 app = Celery("recipe", broker=os.environ.get("CELERY_BROKER_URL", "memory://"))
+# Where beat keeps the last run of each entry (its --schedule option).
+app.conf.beat_schedule_filename = os.environ.get("BEAT_SCHEDULE_FILE", "celerybeat-schedule")
 app.conf.beat_schedule = {
     "report": {"task": "recipe.report", "schedule": float(os.environ.get("REPORT_EVERY", "60"))},
 }
