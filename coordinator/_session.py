@@ -30,6 +30,7 @@ log = get_logger(__name__)
 class _Prepared:
     take_office: asyncpg.prepared_stmt.PreparedStatement
     heartbeat: asyncpg.prepared_stmt.PreparedStatement
+    resign_and_unlock: asyncpg.prepared_stmt.PreparedStatement
 
 
 async def resign_and_unlock(
@@ -40,20 +41,26 @@ async def resign_and_unlock(
     term: int,
     reason: str,
     lock: tuple[int, int],
+    prepared: asyncpg.prepared_stmt.PreparedStatement | None = None,
 ) -> None:
-    """Clear the holder, record why, notify; then unlock: the next waiter wakes at once.
+    """Clear the holder, record why, notify and unlock, in one round trip: the
+    next waiter wakes at once (``prepared`` is that statement on ``conn``).
 
     The session's lock_timeout bounds the wait on open fenced transactions of
-    this term; if they outlast it, the record is skipped and the next leader's
-    term update waits for them instead.
+    this term; if they outlast it, the record is skipped, the lock released
+    alone, and the next leader's term update waits for them instead.
     """
+    args = (group, instance_id, term, reason, *lock)
     try:
-        await conn.execute(sql.resign, group, instance_id, term, reason)
+        if prepared is not None:
+            await prepared.fetchrow(*args)
+        else:
+            await conn.fetchrow(sql.resign_and_unlock, *args)
     except asyncpg.LockNotAvailableError:
         log.warning(
             "resign_record_skipped", group=group, term=term, reason="fenced transactions still open"
         )
-    await conn.execute(sql.unlock, *lock)
+        await conn.execute(sql.unlock, *lock)
 
 
 def log_ended_transactions(group: str, office: asyncpg.Record) -> None:
@@ -106,10 +113,14 @@ class LockSession:
         try:
             await conn.execute(sql.no_statement_timeout)
             # Parsed and planned now, while following, so that taking office
-            # after a crash costs execution only.
+            # after a crash, and handing over later, cost execution only.
             prepared = _Prepared(
                 take_office=await conn.prepare(sql.take_office),
                 heartbeat=await conn.prepare(sql.leader_heartbeat),
+                resign_and_unlock=await conn.prepare(sql.resign_and_unlock),
+            )
+            await conn.execute(
+                sql.rehearse_office, config.instance_id, HOST, os.getpid(), config.ttl, group
             )
         except BaseException:
             conn.terminate()
@@ -188,7 +199,7 @@ class LockSession:
         return row is not None
 
     async def resign(self, term: Term, reason: str) -> None:
-        """Clear the holder, record why, notify, then unlock: the next waiter wakes at once.
+        """Clear the holder, record why, notify and unlock: the next waiter wakes at once.
 
         If that fails, the lock's state is in doubt: the session is dropped,
         and the campaign's next ``win()`` starts on a fresh one.
@@ -204,6 +215,7 @@ class LockSession:
                     term.number,
                     reason,
                     self._lock,
+                    self._prepared.resign_and_unlock,
                 )
         except BaseException:
             self.abort()
