@@ -166,6 +166,5 @@ _POINTS: dict[Fault, list[tuple[str, Point]]] = {
         ("resign and unlock sent", _report("old", "query", "resign", sent=True)),
         ("resign commit recorded", _committed("resigned", _old_term)),
         *_HANDED_OVER,
-        ("the old leader's resign answered", _report("old", "query", "resign")),
     ],
 }

@@ -170,8 +170,8 @@ class Statements:
     # for this transaction's row lock on the leader row, so it sees the
     # resignation. This commit is asynchronous: nothing it writes is a term,
     # and it is durable by the time the next leader's term is (that commit
-    # is forced durable and flushes the WAL in order), or within the WAL
-    # writer's delay when nobody takes over. If this term's fenced
+    # is forced durable and flushes the WAL in order), or within three
+    # wal_writer_delay when nobody takes over. If this term's fenced
     # transactions outlast the lock_timeout, the statement fails before the
     # unlock (lock_not_available): the caller unlocks on its own.
     resign_and_unlock: str = """
