@@ -46,7 +46,8 @@ test-pg15: $(STAMP) ## the core election tests on the system PostgreSQL 15
 chaos: $(STAMP) ## random real faults for CHAOS_DURATION seconds (300), then check the guarantees
 	$(BIN)/python -m chaos --duration $(CHAOS_DURATION)
 
-bench: $(VENV)/.installed-bench ## failover, floor, peers, overhead, then scale (15-20 min; BENCH_ARGS=--quick): bench/RESULTS.md
+bench: $(VENV)/.installed-bench ## failover, floor, trace, peers, overhead, then scale (about 45 min; BENCH_ARGS=--quick): bench/RESULTS.md
+	sh bench/setup.sh
 	$(BIN)/python -m bench $(BENCH_ARGS)
 	$(BIN)/python -m bench.scale
 

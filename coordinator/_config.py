@@ -92,7 +92,7 @@ class CoordinatorConfig:
     callback_timeout: float = 10.0
     #: How long taking office may wait for fenced transactions of the old term, per attempt.
     take_office_timeout: float = 5.0
-    #: Events older than this are pruned.
+    #: Events older than this are pruned (never below the database's own retention floor).
     events_retention: float = 7 * 24 * 3600.0
     #: Members whose heartbeat is older than this (and who lead nothing) are pruned.
     members_retention: float = 3600.0

@@ -154,6 +154,11 @@ class Coordinator:
         return self._state is RunState.RUNNING
 
     @property
+    def squatters(self) -> dict[str, frozenset[int]]:
+        """Backends holding a group's lock that are no coordinator's, as the monitor last saw."""
+        return self._monitor.squatters
+
+    @property
     def seconds_since_heartbeat_job(self) -> float | None:
         """Monotonic seconds since the heartbeat job last finished; None before the first run."""
         if self._last_heartbeat_job is None:

@@ -45,7 +45,13 @@ class Monitor:
         self._leading = leading
         self._last_prune = 0.0
         self._warned_privilege = False
+        self._squatters: dict[str, frozenset[int]] = {}  # group: backends, as last seen
         self._log = log.bind(instance_id=config.instance_id)
+
+    @property
+    def squatters(self) -> dict[str, frozenset[int]]:
+        """Backends holding a group's lock that are no coordinator's, as last seen."""
+        return dict(self._squatters)
 
     async def run(self) -> list[Fenced]:
         """Fence and vacate what is stale; prune when due. Returns what was dealt with."""
@@ -62,6 +68,9 @@ class Monitor:
         for one in fenced:
             event = "leader_fenced" if one.kind == "fenced" else "leader_expired"
             self._log.warning(event, group=one.group, term=one.term, holder=one.holder)
+        self._report_squatters(
+            await self._control.run(lambda conn: conn.fetch(self._sql.squatted_locks))
+        )
         if self._leading() and time.monotonic() - self._last_prune > _PRUNE_EVERY_S:
             try:
                 await self._control.run(self._prune)
@@ -73,6 +82,25 @@ class Monitor:
     async def _prune(self, conn: asyncpg.Connection) -> None:
         await conn.execute(self._sql.prune_events, self._config.events_retention)
         await conn.execute(self._sql.prune_members, self._config.members_retention)
+
+    def _report_squatters(self, rows: list[asyncpg.Record]) -> None:
+        """Log each backend that holds a group's lock without being a coordinator, once."""
+        seen: dict[str, set[int]] = {}
+        for row in rows:
+            group, pid = row["group_name"], row["squatter_pid"]
+            seen.setdefault(group, set()).add(pid)
+            if pid in self._squatters.get(group, ()):
+                continue
+            self._log.error(
+                "lock_squatted",
+                group=group,
+                pid=pid,
+                user=row["squatter_user"],
+                application_name=row["squatter_application"],
+                fix="nobody can lead this group while that backend holds its advisory lock: "
+                "end it (pg_terminate_backend), and keep other roles from connecting",
+            )
+        self._squatters = {group: frozenset(pids) for group, pids in seen.items()}
 
     def _warn_privilege(self, error: asyncpg.InsufficientPrivilegeError) -> None:
         if self._warned_privilege:

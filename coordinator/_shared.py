@@ -44,7 +44,7 @@ from coordinator._campaign import Seat, Trouble
 from coordinator._config import HOST, CoordinatorConfig
 from coordinator._connect import connect
 from coordinator._describe import describe_error
-from coordinator._session import resign_and_unlock
+from coordinator._session import log_ended_transactions, resign_and_unlock
 from coordinator._signals import HeartbeatDone
 from coordinator._sql import Statements, notify_channel
 from coordinator._term import DemotionReason, Term
@@ -325,6 +325,8 @@ class SharedCampaign:
                 os.getpid(),
                 self._config.ttl,
             )
+        for row in rows:
+            log_ended_transactions(row["group_name"], row)
         return [(row["group_name"], row["term"]) for row in rows]
 
     async def _fair_share(self, conn: asyncpg.Connection) -> int:

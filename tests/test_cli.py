@@ -115,6 +115,7 @@ async def test_status_json_has_exactly_the_documented_keys(dsn: str) -> None:
         "heartbeat_age_s",
         "stale",
         "lock_held",
+        "squatter_pid",
     ]
     assert row["group"] == "scheduler"
     assert row["leader"] is None
