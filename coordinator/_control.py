@@ -43,6 +43,12 @@ class ControlConnection:
         self._config = config
         self._conn: asyncpg.Connection | None = None
         self._turn = asyncio.Lock()
+        self._listeners: dict[str, Callable[..., None]] = {}
+        self._listening: asyncpg.Connection | None = None  # the connection they are added to
+
+    def listen(self, channel: str, callback: Callable[..., None]) -> None:
+        """LISTEN on ``channel`` from the next operation on, on every connection after."""
+        self._listeners[channel] = callback
 
     def adopt(self, conn: asyncpg.Connection) -> None:
         """Use ``conn``, already open and checked (start-up's connection)."""
@@ -63,6 +69,10 @@ class ControlConnection:
             if conn is None or conn.is_closed():
                 conn = self._conn = await connect(self._config.connection)
             try:
+                if self._listening is not conn:
+                    for channel, callback in self._listeners.items():
+                        await conn.add_listener(channel, callback)
+                    self._listening = conn
                 return await operation(conn)
             except BaseException as error:
                 if not isinstance(error, _STATEMENT_REFUSED):

@@ -38,6 +38,8 @@ from coordinator._monitor import Monitor
 from coordinator._shared import SharedCampaign
 from coordinator._signals import HeartbeatDone, Listener, Signal
 from coordinator._sql import Statements
+from coordinator._switchover import HandOvers
+from coordinator._term import Term
 
 __all__ = ["Coordinator"]
 
@@ -100,6 +102,7 @@ class Coordinator:
         self._control = ControlConnection(config)
         self._lost = LostEvents(config, self._sql, self._control)
         self._monitor = Monitor(config, self._sql, self._control, self._leads_any)
+        self._handovers = HandOvers(config, self._sql, self._control, self._terms)
         self._members: Members | None = None
         self._shared: SharedCampaign | None = None
         self._beating: list[Heartbeating] = []
@@ -256,6 +259,7 @@ class Coordinator:
             for beat in await asyncio.gather(*sources, self._member_heartbeat()):
                 if beat is not None:
                     self._listeners.emit(beat)
+            await self._handovers.check()  # a notification is only a hint: read again
         finally:
             self._last_heartbeat_job = time.monotonic()
 
@@ -281,6 +285,9 @@ class Coordinator:
 
     def _following(self) -> list[str]:
         return [name for name, e in self._electors.items() if e.role is Role.FOLLOWER]
+
+    def _terms(self) -> dict[str, Term]:
+        return {name: e.term for name, e in self._electors.items() if e.term is not None}
 
     def _keys(self) -> dict[str, int]:
         return {name: group.lock_key for name, group in self._groups.items()}
