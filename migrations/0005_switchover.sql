@@ -47,7 +47,6 @@ AS $$
 #variable_conflict use_column
 DECLARE
     office record;
-    target_live boolean;
     others integer;
 BEGIN
     SELECT s.leader, s.term, l.ttl INTO office
