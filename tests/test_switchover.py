@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import sys
 from collections.abc import Awaitable, Callable
 
@@ -10,7 +11,7 @@ import asyncpg
 import pytest
 from test_least_privilege import Role, make_role  # noqa: F401 - the fixture, for one test
 
-from coordinator import SwitchoverFailed, request_switchover
+from coordinator import SwitchoverFailed, read_history, request_switchover
 from coordinator.testing import CoordinatorProcess
 from helpers import (
     FAST,
@@ -192,7 +193,25 @@ async def test_the_least_privileged_role_switches_over(
         assert await a.group(GROUP).wait_elected(WAIT) == 1
         async with b:
             await wait_until(lambda: followers_ready(dsn, wait), WAIT, what="b following")
-            code, out, err = await resign_cli("--dsn", role.dsn, "--group", GROUP, "--to", "b")
+            code, out, err = await resign_cli(
+                "--dsn", role.dsn, "--group", GROUP, "--to", "b", "--json"
+            )
             assert code == 0, err
-            assert "b leads in term 2" in out
+            assert json.loads(out) == {
+                "group": GROUP,
+                "previous_leader": "a",
+                "previous_term": 1,
+                "leader": "b",
+                "term": 2,
+            }
             assert await b.group(GROUP).wait_elected(WAIT) == 2
+    # The history shows the hand-over, to whoever may read it.
+    history = [
+        (event.kind, event.term, event.instance_id, event.reason)
+        for event in await read_history(role.dsn, group=GROUP)
+    ]
+    assert history[:3] == [
+        ("elected", 1, "a", None),
+        ("resigned", 1, "a", "switchover to b"),
+        ("elected", 2, "b", None),
+    ]
