@@ -1,8 +1,9 @@
 """The control connection, and the history written on it after a loss.
 
 Each coordinator keeps one connection beside its lock sessions, for
-everything that is not a lock: member heartbeats, the monitor, pruning, and
-the ``lost`` events of leaderships whose session is gone. It is opened
+everything that is not a lock: member heartbeats, the monitor, pruning, the
+``lost`` events of leaderships whose session is gone, and listening for
+switchover requests. It is opened
 again on demand, through the same checks as every connection (a reconnect
 that lands on a standby is refused, not used).
 """
