@@ -52,17 +52,15 @@ async def connect(options: ConnectionOptions) -> asyncpg.Connection:
     return conn
 
 
-async def _open(options: ConnectionOptions) -> asyncpg.Connection:
+async def _open(options: ConnectionOptions, *, cache: bool = True) -> asyncpg.Connection:
+    """Connect; ``cache=False`` for unnamed statements only (safe behind any pooler)."""
     where = options.redacted_dsn
     kwargs: dict[str, Any] = {
         "timeout": options.connect_timeout,
         # Only application_name in the startup packet: poolers such as PgBouncer
         # refuse unknown startup parameters. The keepalives are SET afterwards.
         "server_settings": {"application_name": options.application_name[:63]},
-        # Unnamed statements only, so that the checks also run safely behind a
-        # transaction pooler before we refuse it. Hot statements are prepared
-        # explicitly by the lock session.
-        "statement_cache_size": 0,
+        "statement_cache_size": 100 if cache else 0,
     }
     try:
         return await asyncpg.connect(options.dsn, **kwargs)
@@ -102,6 +100,10 @@ async def _check_server(options: ConnectionOptions, conn: asyncpg.Connection) ->
     client tells the modes apart: in session mode each client keeps its own
     backend, while in transaction mode the backend that the first client
     just released is handed to the next one.
+
+    The first statement runs on ``conn`` itself: through a transaction pooler
+    a whole prepare-and-execute up to its Sync is one transaction, so it
+    answers before we refuse.
     """
     facts = await conn.fetchrow(Statements.server_facts)
     if facts["in_recovery"]:
@@ -111,12 +113,18 @@ async def _check_server(options: ConnectionOptions, conn: asyncpg.Connection) ->
         )
     if conn.get_server_pid() == facts["backend_pid"]:
         return
-    other = await _open(options)
+    # Behind a pooler. Two more clients, with unnamed statements only (a named
+    # one would not exist on the backend a transaction pooler hands out next).
+    first_client = await _open(options, cache=False)
     try:
-        first = (await conn.fetchrow(Statements.server_facts))["backend_pid"]
-        second = (await other.fetchrow(Statements.server_facts))["backend_pid"]
+        second_client = await _open(options, cache=False)
+        try:
+            first = (await first_client.fetchrow(Statements.server_facts))["backend_pid"]
+            second = (await second_client.fetchrow(Statements.server_facts))["backend_pid"]
+        finally:
+            await second_client.close()
     finally:
-        await other.close()
+        await first_client.close()
     if first == second:
         raise UnsupportedDatabase(
             f"{options.redacted_dsn} goes through a connection pooler in transaction or statement "

@@ -159,7 +159,7 @@ class Coordinator:
     @property
     def squatters(self) -> dict[str, frozenset[int]]:
         """Backends holding a group's lock that are no coordinator's, as the monitor last saw."""
-        return self._monitor.squatters
+        return dict(self._monitor.squatters)
 
     @property
     def seconds_since_heartbeat_job(self) -> float | None:

@@ -4,7 +4,9 @@ One statement finds every group whose leader's heartbeat is older than its
 ttl on the database clock. A holder whose backend still holds the lock is
 terminated (once per backend: a shared session holds many groups) and each
 of its groups gets a ``fenced`` event; a row whose lock nobody holds is
-marked vacant (``expired``). Pruning old events and members is a leader's
+marked vacant (``expired``). A lock held by a backend that is no
+coordinator's (a squatter: nobody can be elected while it holds it) is
+logged once and counted. Pruning old events and members is a leader's
 chore, done every few minutes by instances that lead something.
 """
 
@@ -45,13 +47,9 @@ class Monitor:
         self._leading = leading
         self._last_prune = 0.0
         self._warned_privilege = False
-        self._squatters: dict[str, frozenset[int]] = {}  # group: backends, as last seen
+        #: Backends holding a group's lock that are no coordinator's, as last seen.
+        self.squatters: dict[str, frozenset[int]] = {}
         self._log = log.bind(instance_id=config.instance_id)
-
-    @property
-    def squatters(self) -> dict[str, frozenset[int]]:
-        """Backends holding a group's lock that are no coordinator's, as last seen."""
-        return dict(self._squatters)
 
     async def run(self) -> list[Fenced]:
         """Fence and vacate what is stale; prune when due. Returns what was dealt with."""
@@ -68,9 +66,12 @@ class Monitor:
         for one in fenced:
             event = "leader_fenced" if one.kind == "fenced" else "leader_expired"
             self._log.warning(event, group=one.group, term=one.term, holder=one.holder)
-        self._report_squatters(
-            await self._control.run(lambda conn: conn.fetch(self._sql.squatted_locks))
-        )
+        try:
+            self._report_squatters(
+                await self._control.run(lambda conn: conn.fetch(self._sql.squatted_locks))
+            )
+        except Exception as error:  # noqa: BLE001 - the next run looks again
+            self._log.warning("squatter_check_failed", error=describe_error(error))
         if self._leading() and time.monotonic() - self._last_prune > _PRUNE_EVERY_S:
             try:
                 await self._control.run(self._prune)
@@ -79,17 +80,13 @@ class Monitor:
                 self._log.warning("prune_failed", error=describe_error(error))
         return fenced
 
-    async def _prune(self, conn: asyncpg.Connection) -> None:
-        await conn.execute(self._sql.prune_events, self._config.events_retention)
-        await conn.execute(self._sql.prune_members, self._config.members_retention)
-
     def _report_squatters(self, rows: list[asyncpg.Record]) -> None:
         """Log each backend that holds a group's lock without being a coordinator, once."""
         seen: dict[str, set[int]] = {}
         for row in rows:
             group, pid = row["group_name"], row["squatter_pid"]
             seen.setdefault(group, set()).add(pid)
-            if pid in self._squatters.get(group, ()):
+            if pid in self.squatters.get(group, ()):
                 continue
             self._log.error(
                 "lock_squatted",
@@ -100,7 +97,11 @@ class Monitor:
                 fix="nobody can lead this group while that backend holds its advisory lock: "
                 "end it (pg_terminate_backend), and keep other roles from connecting",
             )
-        self._squatters = {group: frozenset(pids) for group, pids in seen.items()}
+        self.squatters = {group: frozenset(pids) for group, pids in seen.items()}
+
+    async def _prune(self, conn: asyncpg.Connection) -> None:
+        await conn.execute(self._sql.prune_events, self._config.events_retention)
+        await conn.execute(self._sql.prune_members, self._config.members_retention)
 
     def _warn_privilege(self, error: asyncpg.InsufficientPrivilegeError) -> None:
         if self._warned_privilege:

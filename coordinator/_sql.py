@@ -170,19 +170,21 @@ class Statements:
 
     # Written from the control connection after leaderships lost their
     # session, so the history says what happened: one statement for any
-    # number of them (a shared session takes thousands down at once). Best
-    # effort: the database may be gone, and each is refused while that term's
-    # backend still holds the lock. $1 group names, $2 their terms,
+    # number of them (a shared session takes thousands down at once).
+    # Best effort: the database may be gone, and each is refused while that
+    # term's backend still holds the lock. $1 group names, $2 their terms,
     # $3 reasons, $4 instance.
     record_lost: str = """
-        SELECT count(*)
-          FROM unnest($1::text[], $2::bigint[], $3::text[]) AS t(group_name, term, reason),
-               LATERAL {schema}.record_lost(t.group_name, $4, t.term, t.reason)
+        SELECT lost.group_name, recorded.lost_term
+          FROM unnest($1::text[], $2::bigint[], $3::text[]) AS lost(group_name, term, reason),
+               LATERAL {schema}.record_lost(lost.group_name, $4, lost.term, lost.reason)
+                       AS recorded
     """
 
     # The monitor, in one statement. A stale holder (heartbeat older than its
     # ttl on the database clock) whose recorded backend still holds the lock is
-    # terminated; one whose lock is held by nobody is marked vacant.
+    # terminated, once per backend (migration 0005); one whose lock is held by
+    # nobody is marked vacant. Every group gets its own event.
     fence_stale_leaders: str = """
         SELECT group_name, kind, term, instance_id FROM {schema}.fence_stale_leaders($1)
     """
@@ -306,7 +308,7 @@ class Statements:
         END
         $$"""
 
-    # -- switchover (migration 0005) ------------------------------------------
+    # -- switchover (migration 0006) ------------------------------------------
 
     # $1 group, $2 target instance or NULL for any other live member. The
     # function refuses with SQLSTATE LT004 and the cause, writing nothing.

@@ -1,6 +1,6 @@
 """Switchover: an operator's hand-over, carried out by the leader itself.
 
-Both sides meet in the database (migration 0005). The requester calls
+Both sides meet in the database (migration 0006). The requester calls
 ``request_switchover``, which checks the group, its live leader and the
 target, records one request and notifies ``<schema>_switchover``; then it
 waits until the new leader has taken office. The leader's control

@@ -226,8 +226,7 @@ async def test_history_lines_up_its_columns_and_limits_to_the_newest(dsn: str) -
 
 async def test_status_members_lists_every_member_with_its_role(dsn: str) -> None:
     """Two live coordinators and a long-gone member: the leader, a candidate, and the gone one."""
-    # Kept longer than the gone member's age, whenever the leader's monitor first prunes.
-    keep = {"members_retention": 7200.0}
+    keep = {"members_retention": 7200.0}  # the leader's first prune must spare the gone one
     a, b = coordinator(dsn, "a", "scheduler", **keep), coordinator(dsn, "b", "scheduler", **keep)
     async with a, b:
         await a.group("scheduler").wait_elected(15)

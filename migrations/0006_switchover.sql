@@ -1,4 +1,4 @@
--- pg-coordinator schema, version 5: switchover, an operator's hand-over.
+-- pg-coordinator schema, version 6: switchover, an operator's hand-over.
 --
 -- request_switchover(group, target) asks the group's live leader to hand
 -- over, to the named member or (target NULL) to any other member. It checks
@@ -23,7 +23,7 @@
 -- may take office. take_office consumes the request of every group it
 -- starts a term in.
 --
--- Rolling upgrade from version 4: instances of the previous release ignore
+-- Rolling upgrade from version 5: instances of the previous release ignore
 -- requests (the request expires unanswered), and take office only through
 -- the new take_office, which honours them.
 
@@ -109,7 +109,7 @@ BEGIN
 END
 $$;
 
--- take_office as in version 4, and: refused (LT003) to anyone a fresh
+-- take_office as in version 4 (and 5), and: refused (LT003) to anyone a fresh
 -- switchover does not name; consumes the request of every group taken.
 CREATE OR REPLACE FUNCTION coordinator.take_office(
     group_names text[], instance_id text, host text, pid integer, ttl_s float8)
@@ -209,7 +209,7 @@ END
 $$;
 
 
--- resign as in version 4, and: a resignation for a switchover records
+-- resign as in version 4 (and 5), and: a resignation for a switchover records
 -- reason 'switchover to <target>' and starts the request's last ttl.
 CREATE OR REPLACE FUNCTION coordinator.resign(group_name text, instance_id text, term bigint, reason text)
 RETURNS TABLE (resigned_term bigint)
@@ -248,56 +248,6 @@ AS $$
                                                           ELSE resign.reason END) AS recorded
 $$;
 
-
--- fence_stale_leaders as in version 4, and: a backend is terminated once,
--- however many groups it holds (a shared session holds many), and each of
--- them gets its 'fenced' event. Terminated once per group, all but the first
--- call found the backend already gone and their groups got no event.
-CREATE OR REPLACE FUNCTION coordinator.fence_stale_leaders(fencer text)
-RETURNS TABLE (group_name text, kind text, term bigint, instance_id text)
-LANGUAGE sql
-SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $$
-    WITH stale AS (
-        SELECT l.group_name, l.term, l.holder, l.backend_pid,
-               extract(epoch FROM now() - h.heartbeat_at)::float8 AS heartbeat_age_s,
-               coordinator.lock_holder(l.lock_namespace, l.lock_key) AS lock_pid
-          FROM coordinator.leaders AS l
-          LEFT JOIN coordinator.heartbeats AS h
-                 ON h.group_name = l.group_name AND h.instance_id = l.holder AND h.term = l.term
-         WHERE l.holder IS NOT NULL
-           AND (h.heartbeat_at IS NULL OR h.heartbeat_at < now() - l.ttl)
-           AND l.acquired_at < now() - l.ttl
-           FOR SHARE OF l SKIP LOCKED
-    ), terminated AS MATERIALIZED (
-        SELECT doomed.backend_pid, pg_terminate_backend(doomed.backend_pid) AS ok
-          FROM (SELECT DISTINCT stale.backend_pid FROM stale
-                 WHERE stale.lock_pid = stale.backend_pid) AS doomed
-    ), fenced AS (
-        SELECT stale.* FROM stale JOIN terminated USING (backend_pid) WHERE terminated.ok
-    ), vacated AS (
-        UPDATE coordinator.leaders AS l
-           SET holder = NULL, holder_host = NULL, holder_pid = NULL, backend_pid = NULL
-          FROM stale
-         WHERE l.group_name = stale.group_name AND l.term = stale.term
-           AND stale.lock_pid IS NULL
-        RETURNING l.group_name, stale.term, stale.holder, stale.heartbeat_age_s
-    ), history AS (
-        SELECT group_name, 'fenced' AS kind, term, holder,
-               format('heartbeat %s s old, backend %s terminated by %s',
-                      round(heartbeat_age_s::numeric, 3), backend_pid, fencer) AS reason
-          FROM fenced
-        UNION ALL
-        SELECT group_name, 'expired', term, holder,
-               format('heartbeat %s s old and no lock held', round(heartbeat_age_s::numeric, 3))
-          FROM vacated
-    )
-    SELECT history.group_name, history.kind, history.term, history.holder
-      FROM history, LATERAL coordinator.record_event(history.group_name, history.kind,
-                                                     history.term, history.holder,
-                                                     history.reason) AS recorded
-$$;
 
 REVOKE ALL ON FUNCTION coordinator.request_switchover(text, text) FROM PUBLIC;
 
