@@ -19,7 +19,12 @@ from typing import Any
 import asyncpg
 
 from coordinator._config import ConnectionOptions
-from coordinator._errors import ConnectionFailed, UnsupportedDatabase
+from coordinator._errors import (
+    ConfigurationError,
+    ConnectionFailed,
+    LoginRefused,
+    UnsupportedDatabase,
+)
 from coordinator._sql import Statements
 
 __all__ = ["TRANSIENT_ERRORS", "connect"]
@@ -65,13 +70,13 @@ async def _open(options: ConnectionOptions, *, cache: bool = True) -> asyncpg.Co
     try:
         return await asyncpg.connect(options.dsn, **kwargs)
     except asyncpg.InvalidPasswordError:
-        raise ConnectionFailed(
+        raise LoginRefused(
             f"the database refused the password for {where}: check the user and password in the DSN"
         ) from None
     except asyncpg.InvalidAuthorizationSpecificationError as error:
-        raise ConnectionFailed(f"the database refused the login for {where}: {error}") from None
+        raise LoginRefused(f"the database refused the login for {where}: {error}") from None
     except asyncpg.InvalidCatalogNameError:
-        raise ConnectionFailed(
+        raise LoginRefused(
             f"the database named in {where} does not exist: create it or fix the DSN"
         ) from None
     except TimeoutError:
@@ -86,10 +91,18 @@ async def _open(options: ConnectionOptions, *, cache: bool = True) -> asyncpg.Co
             f"cannot connect to {where} ({error.strerror or error}): "
             "check the DSN (--dsn or COORDINATOR_DSN) and that the server is running"
         ) from None
+    except asyncpg.TargetServerAttributeNotMatched:
+        raise ConnectionFailed(
+            f"no host of {where} matches its target_session_attrs: none is the kind of server "
+            "asked for (a primary for read-write), or it is being promoted; check the hosts"
+        ) from None
     except asyncpg.PostgresError as error:
         raise ConnectionFailed(f"the database at {where} refused the connection: {error}") from None
-    except ValueError as error:  # asyncpg's DSN parser
-        raise ConnectionFailed(f"the DSN {where} is malformed: {error}") from None
+    except ValueError as error:  # asyncpg's DSN parser; its message may quote the DSN
+        raise ConfigurationError(
+            f"the DSN {where} is malformed ({type(error).__name__}): "
+            "check its form, postgresql://user@host:5432/dbname?param=value"
+        ) from None
 
 
 async def _check_server(options: ConnectionOptions, conn: asyncpg.Connection) -> None:

@@ -277,6 +277,8 @@ class Statements:
         )
     """
 
+    migrations_table_exists: str = "SELECT to_regclass('{schema}.schema_migrations') IS NOT NULL"
+
     applied_migrations: str = "SELECT version, name, checksum FROM {schema}.schema_migrations"
 
     record_migration: str = """
