@@ -7,8 +7,10 @@ import asyncio
 import dataclasses
 import json
 
+from coordinator._config import check_seconds
 from coordinator._switchover import request_switchover
 from coordinator.cli._common import Subparsers, add_database_options, require_dsn
+from coordinator.cli._settings import duration
 
 __all__ = ["register"]
 
@@ -27,16 +29,17 @@ def register(subparsers: Subparsers) -> None:
     )
     parser.add_argument(
         "--timeout",
-        type=_seconds,
+        type=duration,
         default=30.0,
-        metavar="SECONDS",
-        help="how long to wait for the new leader (default: 30)",
+        metavar="DURATION",
+        help="how long to wait for the new leader, e.g. 30s or 2m (default: 30s)",
     )
     parser.add_argument("--json", action="store_true", help="print the outcome as JSON")
     parser.set_defaults(handler=handle)
 
 
 def handle(args: argparse.Namespace) -> int:
+    check_seconds("resign --timeout", args.timeout, 0.001, 24 * 3600.0, "")
     done = asyncio.run(
         request_switchover(
             require_dsn(args), args.group, args.to, schema=args.schema, timeout=args.timeout
@@ -50,13 +53,3 @@ def handle(args: argparse.Namespace) -> int:
             f"(handed over by {done.previous_leader}, term {done.previous_term})"
         )
     return 0
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = 0.0
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
-    return value
