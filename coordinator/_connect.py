@@ -19,6 +19,7 @@ from typing import Any
 import asyncpg
 
 from coordinator._config import ConnectionOptions
+from coordinator._dsn import dsn_problem
 from coordinator._errors import (
     ConfigurationError,
     ConnectionFailed,
@@ -60,6 +61,9 @@ async def connect(options: ConnectionOptions) -> asyncpg.Connection:
 async def _open(options: ConnectionOptions, *, cache: bool = True) -> asyncpg.Connection:
     """Connect; ``cache=False`` for unnamed statements only (safe behind any pooler)."""
     where = options.redacted_dsn
+    problem = dsn_problem(options.dsn)  # asyncpg would misread it: say how to write it
+    if problem is not None:
+        raise ConfigurationError(problem)
     kwargs: dict[str, Any] = {
         "timeout": options.connect_timeout,
         # Only application_name in the startup packet: poolers such as PgBouncer
