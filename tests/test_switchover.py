@@ -24,6 +24,8 @@ from helpers import (
     wait_until,
 )
 
+pytestmark = pytest.mark.core
+
 GROUP = "scheduler"
 WAIT = 15.0
 
