@@ -15,8 +15,9 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any
 
+from coordinator._drivers import fenced_async
 from coordinator._elector import DemotedCallback, ElectedCallback, Elector, Role
-from coordinator._fencing import FencedTransaction, fenced_transaction
+from coordinator._fencing import FencedTransaction
 from coordinator._sql import Statements
 from coordinator._term import DemotionReason
 
@@ -90,6 +91,13 @@ class Group:
         """The current term while :attr:`is_leader`, else None."""
         return self.leadership.term
 
+    @property
+    def trusted_until(self) -> float | None:
+        """While :attr:`is_leader`: the ``time.monotonic()`` at which this leadership ends
+        unless a heartbeat extends it (``coordinator run --exec`` hands it to its child's
+        watchdog). Else None."""
+        return self.leadership.trusted_until
+
     async def wait_elected(self, timeout: float | None = None) -> int:
         """Wait until this instance leads; return the term. Raises TimeoutError."""
         elector = self._elector
@@ -110,14 +118,14 @@ class Group:
     def fenced(
         self, conn: Any, *, term: int | None = None
     ) -> AbstractAsyncContextManager[FencedTransaction]:
-        """A transaction on ``conn`` (an asyncpg connection or pool) that commits only in ``term``.
+        """A transaction on ``conn`` that commits only in ``term``.
 
-        ``term`` defaults to the current one. Raises NotLeader or StaleTerm;
-        see :mod:`coordinator._fencing` for what the database guarantees.
+        ``conn`` is an asyncpg connection or pool, a psycopg ``AsyncConnection``,
+        or a SQLAlchemy ``AsyncConnection`` or ``AsyncSession``. ``term``
+        defaults to the current one. Raises NotLeader or StaleTerm; see
+        :mod:`coordinator._fencing` for what the database guarantees.
         """
-        return fenced_transaction(
-            self.name, self._elector.term, conn, self._sql.assert_term, term=term
-        )
+        return fenced_async(self, conn, self._sql.assert_term, term=term)
 
     async def resign(self) -> None:
         """Hand leadership over now, then follow again. A no-op when not leading."""

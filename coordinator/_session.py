@@ -15,10 +15,10 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import asyncpg
-import structlog
 
 from coordinator._config import HOST, CoordinatorConfig
 from coordinator._connect import connect
+from coordinator._logging import get_logger
 from coordinator._sql import Statements
 from coordinator._term import Term
 
@@ -30,7 +30,7 @@ __all__ = [
     "resign_and_unlock",
 ]
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 #: take_office refused: a switchover reserves the group for another member.
 RESERVED_SQLSTATE = "LT003"

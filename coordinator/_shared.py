@@ -38,12 +38,12 @@ import time
 from collections.abc import Mapping
 
 import asyncpg
-import structlog
 
 from coordinator._campaign import Seat, Trouble
 from coordinator._config import HOST, CoordinatorConfig
 from coordinator._connect import connect
 from coordinator._describe import describe_error
+from coordinator._logging import get_logger
 from coordinator._session import (
     Reserved,
     log_ended_transactions,
@@ -56,7 +56,7 @@ from coordinator._term import DemotionReason, Term
 
 __all__ = ["SharedCampaign"]
 
-log = structlog.get_logger("coordinator")
+log = get_logger()
 
 #: Fair spreading takes up to the fair share, but sheds leaderships only above
 #: fair share + this, so that they do not flap.

@@ -22,20 +22,20 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import asyncpg
-import structlog
 
 from coordinator._config import ConnectionOptions, CoordinatorConfig
 from coordinator._connect import connect
 from coordinator._control import ControlConnection
 from coordinator._describe import describe_error
 from coordinator._errors import SwitchoverFailed
+from coordinator._logging import get_logger
 from coordinator._migrations import check_schema
 from coordinator._sql import Statements, notify_channel, switchover_channel
 from coordinator._term import DemotionReason, Term
 
 __all__ = ["HandOver", "HandOvers", "request_switchover"]
 
-log = structlog.get_logger("coordinator")
+log = get_logger()
 
 #: request_switchover refused: unknown group, nobody leads, target not a live member.
 _REFUSED_SQLSTATE = "LT004"
