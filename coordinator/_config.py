@@ -25,6 +25,7 @@ _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
 #: This machine's name, recorded with every leadership and membership.
 HOST = socket.gethostname()
+
 _DAY = 24 * 3600.0
 _MAX_GROUPS = 1_000_000
 _INTERVAL = (0.01, _DAY, "")
@@ -65,6 +66,17 @@ class ConnectionOptions:
     application_name: str = "coordinator"
     #: Unacknowledged data is given up after this long (``tcp_user_timeout``).
     user_timeout: float = 15.0
+
+    def __post_init__(self) -> None:
+        if not self.dsn or not isinstance(self.dsn, str):
+            raise ConfigurationError(
+                "no database given: pass a DSN, e.g. postgresql://user:password@host:5432/dbname"
+            )
+        problem = dsn_problem(self.dsn)
+        if problem is not None:
+            raise ConfigurationError(problem)
+        low, high, why = _SECONDS_BOUNDS["connect_timeout"]
+        check_seconds("connect_timeout", self.connect_timeout, low, high, why)
 
     @property
     def redacted_dsn(self) -> str:

@@ -19,7 +19,6 @@ from typing import Any
 import asyncpg
 
 from coordinator._config import ConnectionOptions
-from coordinator._dsn import dsn_problem
 from coordinator._errors import (
     ConfigurationError,
     ConnectionFailed,
@@ -50,8 +49,8 @@ async def connect(options: ConnectionOptions) -> asyncpg.Connection:
     """
     conn = await _open(options)
     try:
-        await conn.execute(Statements.set_keepalives, *options.keepalive_settings())
-        await _check_server(options, conn)
+        facts = await conn.fetchrow(Statements.set_keepalives, *options.keepalive_settings())
+        await _check_server(options, conn, facts)
     except BaseException:
         conn.terminate()
         raise
@@ -61,9 +60,6 @@ async def connect(options: ConnectionOptions) -> asyncpg.Connection:
 async def _open(options: ConnectionOptions, *, cache: bool = True) -> asyncpg.Connection:
     """Connect; ``cache=False`` for unnamed statements only (safe behind any pooler)."""
     where = options.redacted_dsn
-    problem = dsn_problem(options.dsn)  # asyncpg would misread it: say how to write it
-    if problem is not None:
-        raise ConfigurationError(problem)
     kwargs: dict[str, Any] = {
         "timeout": options.connect_timeout,
         # Only application_name in the startup packet: poolers such as PgBouncer
@@ -109,7 +105,9 @@ async def _open(options: ConnectionOptions, *, cache: bool = True) -> asyncpg.Co
         ) from None
 
 
-async def _check_server(options: ConnectionOptions, conn: asyncpg.Connection) -> None:
+async def _check_server(
+    options: ConnectionOptions, conn: asyncpg.Connection, facts: asyncpg.Record
+) -> None:
     """Refuse a standby and a transaction- or statement-pooling proxy.
 
     Behind any pooler the handshake's backend pid differs from
@@ -118,11 +116,10 @@ async def _check_server(options: ConnectionOptions, conn: asyncpg.Connection) ->
     backend, while in transaction mode the backend that the first client
     just released is handed to the next one.
 
-    The first statement runs on ``conn`` itself: through a transaction pooler
-    a whole prepare-and-execute up to its Sync is one transaction, so it
-    answers before we refuse.
+    ``facts`` come from the connection's first statement: through a
+    transaction pooler a whole prepare-and-execute up to its Sync is one
+    transaction, so it answers before we refuse.
     """
-    facts = await conn.fetchrow(Statements.server_facts)
     if facts["in_recovery"]:
         raise UnsupportedDatabase(
             f"{options.redacted_dsn} is a standby (read-only replica): point the DSN at the "

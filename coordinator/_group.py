@@ -19,7 +19,7 @@ from coordinator._drivers import fenced_async
 from coordinator._elector import DemotedCallback, ElectedCallback, Elector, Role
 from coordinator._fencing import FencedTransaction
 from coordinator._sql import Statements
-from coordinator._term import DemotionReason
+from coordinator._term import DemotionReason, Term
 
 __all__ = ["DemotionReason", "Group", "Leadership", "Role"]
 
@@ -45,6 +45,18 @@ class Leadership:
         if self.trusted_until is None:
             return None
         return max(0.0, self.trusted_until - time.monotonic())
+
+
+@dataclass(frozen=True)
+class _TermOf:
+    """What a fenced transaction sees of one term: its number while it is trusted."""
+
+    name: str
+    held: Term | None
+
+    @property
+    def term(self) -> int | None:
+        return self.held.number if self.held is not None and self.held.trusted else None
 
 
 class Group:
@@ -91,13 +103,6 @@ class Group:
         """The current term while :attr:`is_leader`, else None."""
         return self.leadership.term
 
-    @property
-    def trusted_until(self) -> float | None:
-        """While :attr:`is_leader`: the ``time.monotonic()`` at which this leadership ends
-        unless a heartbeat extends it (``coordinator run --exec`` hands it to its child's
-        watchdog). Else None."""
-        return self.leadership.trusted_until
-
     async def wait_elected(self, timeout: float | None = None) -> int:
         """Wait until this instance leads; return the term. Raises TimeoutError."""
         elector = self._elector
@@ -115,6 +120,13 @@ class Group:
         async with asyncio.timeout(timeout), elector.changed:
             await elector.changed.wait_for(lambda: elector.term is None and not elector.leaving)
 
+    @property
+    def trusted_until(self) -> float | None:
+        """While :attr:`is_leader`: the ``time.monotonic()`` at which this leadership ends
+        unless a heartbeat extends it (``coordinator run --exec`` hands it to its child's
+        watchdog). Else None."""
+        return self.leadership.trusted_until
+
     def fenced(
         self, conn: Any, *, term: int | None = None
     ) -> AbstractAsyncContextManager[FencedTransaction]:
@@ -123,9 +135,13 @@ class Group:
         ``conn`` is an asyncpg connection or pool, a psycopg ``AsyncConnection``,
         or a SQLAlchemy ``AsyncConnection`` or ``AsyncSession``. ``term``
         defaults to the current one. Raises NotLeader or StaleTerm; see
-        :mod:`coordinator._fencing` for what the database guarantees.
+        :mod:`coordinator._fencing` for what the database guarantees. The
+        transaction is bound to the term leading now, not to the group: a later
+        term never makes an earlier transaction commit.
         """
-        return fenced_async(self, conn, self._sql.assert_term, term=term)
+        return fenced_async(
+            _TermOf(self.name, self._elector.term), conn, self._sql.assert_term, term=term
+        )
 
     async def resign(self) -> None:
         """Hand leadership over now, then follow again. A no-op when not leading."""
