@@ -328,9 +328,14 @@ class Statements:
          WHERE from_instance = $1 AND expires_at > now()
     """
 
-    # Who leads $1 now, for the requester that waits for the hand-over.
+    # Who leads $1 now, and until when a request still stands, for the
+    # requester that waits for the hand-over.
     group_leader: str = """
-        SELECT leader, term FROM {schema}.leader_status WHERE group_name = $1
+        SELECT s.leader, s.term, r.expires_at AS request_stands_until
+          FROM {schema}.leader_status AS s
+          LEFT JOIN {schema}.switchovers AS r
+                 ON r.group_name = s.group_name AND r.expires_at > now()
+         WHERE s.group_name = $1
     """
 
     @classmethod

@@ -116,9 +116,13 @@ async def _wait_for_new_leader(
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             now = f"{leader} still leads in term {term}" if leader else "nobody leads it now"
+            stands = row["request_stands_until"] if row is not None else None
+            if stands is not None:  # the leader may still act on it: say until when
+                now += f"; the request stands until {stands:%H:%M:%S} UTC"
             raise SwitchoverFailed(
                 f"group {group!r} got no new leader within {timeout:g} s ({now}): check the "
-                "leader's log for switchover_requested, and that it runs a release with switchover"
+                "leader's log for switchover_handing_over, and that it runs a release with "
+                "switchover"
             )
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(min(remaining, _REREAD_S)):

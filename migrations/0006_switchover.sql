@@ -210,7 +210,8 @@ $$;
 
 
 -- resign as in version 4 (and 5), and: a resignation for a switchover records
--- reason 'switchover to <target>' and starts the request's last ttl.
+-- reason 'switchover to <target>' and starts the request's last ttl (so does
+-- any resignation of the term while the request is fresh).
 CREATE OR REPLACE FUNCTION coordinator.resign(group_name text, instance_id text, term bigint, reason text)
 RETURNS TABLE (resigned_term bigint)
 LANGUAGE sql
@@ -230,6 +231,9 @@ AS $$
           FROM cleared, coordinator.leaders AS l
          WHERE s.group_name = resign.group_name AND s.term = cleared.term
            AND l.group_name = s.group_name
+           -- The leader acted on it while it was fresh, or it still is; a
+           -- lapsed request is never revived by a later resignation.
+           AND (resign.reason = 'switchover' OR s.expires_at > clock_timestamp())
         RETURNING s.target
     ), beat AS (
         UPDATE coordinator.heartbeats AS h

@@ -5,14 +5,23 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-from collections.abc import Awaitable, Callable
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any
 
 import asyncpg
 import pytest
 from test_least_privilege import Role, make_role  # noqa: F401 - the fixture, for one test
 
-from coordinator import SwitchoverFailed, read_history, request_switchover
-from coordinator.testing import CoordinatorProcess
+from coordinator import (
+    Coordinator,
+    NotLeader,
+    SwitchoverFailed,
+    migrate,
+    read_history,
+    request_switchover,
+)
+from coordinator.testing import CoordinatorProcess, LocalPostgres, capture_logs
 from helpers import (
     FAST,
     connected,
@@ -45,6 +54,30 @@ async def resign_cli(*args: str) -> tuple[int, str, str]:
         out, err = await process.communicate()
     assert process.returncode is not None
     return process.returncode, out.decode(), err.decode()
+
+
+@pytest.fixture(scope="module")
+def commit_times_server(pg_server: Any) -> Iterator[LocalPostgres]:
+    """A server of its own with track_commit_timestamp on (only a restart can turn it on)."""
+    if pg_server.local is None:
+        pytest.skip("needs a server the suite runs itself")
+    with LocalPostgres(
+        pg_server.local.bin_dir, settings={"track_commit_timestamp": "on"}
+    ) as server:
+        yield server
+
+
+@pytest.fixture
+async def timed_dsn(commit_times_server: LocalPostgres) -> AsyncIterator[str]:
+    """A fresh, migrated database whose commits carry their commit times."""
+    name = f"test_{uuid.uuid4().hex[:16]}"
+    async with connected(commit_times_server.dsn) as admin:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    dsn = commit_times_server.dsn_for(name)
+    await migrate(dsn)
+    yield dsn
+    async with connected(commit_times_server.dsn) as admin:
+        await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
 
 
 async def written(dsn: str) -> tuple[int, int]:
@@ -230,3 +263,123 @@ async def test_the_least_privileged_role_switches_over(
         ("resigned", 1, "a", "switchover to b"),
         ("elected", 2, "b", None),
     ]
+
+
+async def write_while_leading(coord: Coordinator, dsn: str, stop: asyncio.Event) -> int:
+    """Once elected, commit fenced writes back to back until refused (or ``stop``); the
+    attempts go on through the hand-over. Returns how many were refused: 0 or 1."""
+    group = coord.group(GROUP)
+    term = await group.wait_elected(WAIT)
+    async with connected(dsn) as conn:
+        while not stop.is_set():
+            try:
+                async with group.fenced(conn, term=term) as tx:
+                    await tx.conn.execute(
+                        "INSERT INTO writes (instance_id, term) VALUES ($1, $2)",
+                        coord.instance_id,
+                        tx.term,
+                    )
+            except NotLeader:
+                return 1
+    return 0
+
+
+async def test_the_old_term_commits_no_fenced_write_after_the_new_term(
+    timed_dsn: str, wait: str
+) -> None:
+    """Both leaders write through fenced transactions as fast as they can, the old one
+    on into its hand-over; ordered by commit time, every write of term 1 committed
+    before the resignation and term 2, and the new leader never saw the old one
+    believe it still led."""
+    dsn = timed_dsn
+    async with connected(dsn) as conn:
+        await conn.execute("CREATE TABLE writes (instance_id text NOT NULL, term bigint NOT NULL)")
+    a, b = coordinator(dsn, "a", wait=wait), coordinator(dsn, "b", wait=wait)
+    beliefs: list[bool] = []
+    b.group(GROUP).on_elected(lambda _term: beliefs.append(a.group(GROUP).is_leader))
+    stop = asyncio.Event()
+    async with a:
+        assert await a.group(GROUP).wait_elected(WAIT) == 1
+        old = asyncio.create_task(write_while_leading(a, dsn, stop))
+        async with b:
+            await wait_until(lambda: followers_ready(dsn, wait), WAIT, what="b following")
+            new = asyncio.create_task(write_while_leading(b, dsn, stop))
+            await wait_until(lambda: rows_of_term(dsn, 1), WAIT, what="a writing")
+            done = await request_switchover(dsn, GROUP, to="b", timeout=WAIT)
+            assert (done.leader, done.term) == ("b", 2)
+            await wait_until(lambda: rows_of_term(dsn, 2), WAIT, what="b writing")
+            stop.set()
+            assert await old == 1  # a went on trying until its own term refused it
+            assert await new == 0
+    assert beliefs == [False]
+    async with connected(dsn) as conn:
+        order = await conn.fetchrow(
+            """
+            WITH committed AS (
+                SELECT term, pg_xact_commit_timestamp(xmin) AS at FROM writes
+            ), handover AS (
+                SELECT max(pg_xact_commit_timestamp(xmin))
+                           FILTER (WHERE kind = 'resigned' AND term = 1) AS resigned,
+                       max(pg_xact_commit_timestamp(xmin))
+                           FILTER (WHERE kind = 'elected' AND term = 2) AS elected
+                  FROM coordinator.events
+            )
+            SELECT count(*) FILTER (WHERE term = 1) AS old_writes,
+                   count(*) FILTER (WHERE term = 2) AS new_writes,
+                   count(*) FILTER (WHERE term = 1 AND at >= resigned) AS old_after_resign,
+                   count(*) FILTER (WHERE term = 1 AND at >= elected) AS old_after_new_term,
+                   max(at) FILTER (WHERE term = 1) < min(at) FILTER (WHERE term = 2) AS ordered,
+                   bool_and(resigned < elected) AS resigned_first
+              FROM committed, handover
+            """
+        )
+    assert order["old_writes"] > 0, dict(order)
+    assert order["new_writes"] > 0, dict(order)
+    assert (order["old_after_resign"], order["old_after_new_term"]) == (0, 0), dict(order)
+    assert order["ordered"], dict(order)
+    assert order["resigned_first"], dict(order)
+
+
+async def rows_of_term(dsn: str, term: int) -> bool:
+    async with connected(dsn) as conn:
+        return bool(await conn.fetchval("SELECT count(*) FROM writes WHERE term = $1", term))
+
+
+async def test_a_request_nobody_acts_on_lapses_and_reserves_nothing(
+    dsn: str, wait: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A leader that never reads requests (as a release without switchover would): the
+    command fails in one line after --timeout, the request lapses one ttl after it was
+    made, and then it holds no one off, not even the leader it named."""
+    a, b = coordinator(dsn, "a", wait=wait), coordinator(dsn, "b", wait=wait)
+
+    async def deaf() -> None:
+        """In place of reading the requests addressed to ``a``."""
+
+    monkeypatch.setattr(a._handovers, "check", deaf)
+    async with a:
+        assert await a.group(GROUP).wait_elected(WAIT) == 1
+        async with b:
+            await wait_until(lambda: followers_ready(dsn, wait), WAIT, what="b following")
+            code, out, err = await resign_cli("--dsn", dsn, "--group", GROUP, "--timeout", "300ms")
+        lines = err.strip().splitlines()
+        assert (code, out, len(lines)) == (1, "", 1), err
+        assert "got no new leader within 0.3 s (a still leads in term 1" in lines[0], err
+        async with connected(dsn) as conn:
+            lives = await conn.fetchval(
+                "SELECT extract(epoch FROM expires_at - requested_at) FROM coordinator.switchovers"
+            )
+        assert lives == pytest.approx(FAST["ttl"])
+        await wait_until(lambda: request_lapsed(dsn), WAIT, what="the request to lapse")
+        assert a.group(GROUP).is_leader
+        with capture_logs() as logs:
+            await a.group(GROUP).resign()  # b is gone: a alone may, and does, lead again
+            assert await a.group(GROUP).wait_elected(WAIT) == 2
+    assert "switchover_standing_aside" not in [entry["event"] for entry in logs]
+
+
+async def request_lapsed(dsn: str) -> bool:
+    async with connected(dsn) as conn:
+        return bool(
+            await conn.fetchval("SELECT bool_and(expires_at <= now()) FROM coordinator.switchovers")
+        )
