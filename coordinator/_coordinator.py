@@ -262,10 +262,14 @@ class Coordinator:
         """Leaders beat through their campaigns, followers in one statement; all at once."""
         try:
             sources = (source.heartbeat() for source in self._beating)
-            for beat in await asyncio.gather(*sources, self._member_heartbeat()):
+            # Switchover requests are read again alongside (a notification is only
+            # a hint), so the job lasts no longer than its slowest statement.
+            beats, _ = await asyncio.gather(
+                asyncio.gather(*sources, self._member_heartbeat()), self._handovers.check()
+            )
+            for beat in beats:
                 if beat is not None:
                     self._listeners.emit(beat)
-            await self._handovers.check()  # a notification is only a hint: read again
         finally:
             self._last_heartbeat_job = time.monotonic()
 
