@@ -184,7 +184,6 @@ class Coordinator:
         await self.stop()
 
     @untraced
-    @untraced
     async def start(self) -> None:
         """Connect, check the server and schema, register the groups, start electing.
 
@@ -257,7 +256,6 @@ class Coordinator:
     # -- the jobs -------------------------------------------------------------
 
     @untraced
-    @untraced
     async def _heartbeat_job(self) -> None:
         """Leaders beat through their campaigns, followers in one statement; all at once."""
         try:
@@ -284,7 +282,6 @@ class Coordinator:
             following = tuple(self._following())
             return HeartbeatDone(following, time.monotonic() - started, ok=False, batch=True)
 
-    @untraced
     @untraced
     async def _monitor_job(self) -> None:
         try:
