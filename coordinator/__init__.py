@@ -28,6 +28,7 @@ if TYPE_CHECKING:
         NotLeader,
         SchemaNotMigrated,
         StaleTerm,
+        SwitchoverFailed,
         UnsupportedDatabase,
     )
     from coordinator._fencing import FencedTransaction
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
     from coordinator._observe import LeadershipEvent, observe, read_history
     from coordinator._signals import Demoted, Elected, Fenced, HeartbeatDone, Listener, Signal
     from coordinator._status import GroupStatus, MemberStatus, read_members, read_status
+    from coordinator._switchover import HandOver, request_switchover
     from coordinator._term import DemotionReason
 
 __all__ = [
@@ -58,6 +60,7 @@ __all__ = [
     "FencedTransaction",
     "Group",
     "GroupStatus",
+    "HandOver",
     "Health",
     "HeartbeatDone",
     "KeyCollisionError",
@@ -73,6 +76,7 @@ __all__ = [
     "SchemaNotMigrated",
     "Signal",
     "StaleTerm",
+    "SwitchoverFailed",
     "UnsupportedDatabase",
     "Verdict",
     "default_instance_id",
@@ -83,6 +87,7 @@ __all__ = [
     "read_members",
     "read_status",
     "redact_dsn",
+    "request_switchover",
 ]
 
 #: The private module each public name lives in.
@@ -103,6 +108,9 @@ _HOMES = {
     "NotLeader": "_errors",
     "SchemaNotMigrated": "_errors",
     "StaleTerm": "_errors",
+    "SwitchoverFailed": "_errors",
+    "HandOver": "_switchover",
+    "request_switchover": "_switchover",
     "UnsupportedDatabase": "_errors",
     "FencedTransaction": "_fencing",
     "DemotionReason": "_term",
