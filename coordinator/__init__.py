@@ -28,6 +28,7 @@ if TYPE_CHECKING:
         NotLeader,
         SchemaNotMigrated,
         StaleTerm,
+        TermExhausted,
         UnsupportedDatabase,
     )
     from coordinator._fencing import FencedTransaction
@@ -73,6 +74,7 @@ __all__ = [
     "SchemaNotMigrated",
     "Signal",
     "StaleTerm",
+    "TermExhausted",
     "UnsupportedDatabase",
     "Verdict",
     "default_instance_id",
@@ -103,6 +105,7 @@ _HOMES = {
     "NotLeader": "_errors",
     "SchemaNotMigrated": "_errors",
     "StaleTerm": "_errors",
+    "TermExhausted": "_errors",
     "UnsupportedDatabase": "_errors",
     "FencedTransaction": "_fencing",
     "DemotionReason": "_term",

@@ -288,7 +288,12 @@ class Coordinator:
             self._listeners.emit(signal)
 
     def _following(self) -> list[str]:
-        return [name for name, e in self._electors.items() if e.role is Role.FOLLOWER]
+        """Groups this instance is a candidate in: following, its election loop not failing."""
+        return [
+            name
+            for name, e in self._electors.items()
+            if e.role is Role.FOLLOWER and e.problem is None
+        ]
 
     def _keys(self) -> dict[str, int]:
         return {name: group.lock_key for name, group in self._groups.items()}

@@ -17,6 +17,7 @@ __all__ = [
     "NotLeader",
     "SchemaNotMigrated",
     "StaleTerm",
+    "TermExhausted",
     "UnsupportedDatabase",
 ]
 
@@ -59,3 +60,7 @@ class NotLeader(CoordinatorError, RuntimeError):
 
 class StaleTerm(NotLeader):
     """A fenced write carried a term that is no longer current: a newer leader exists."""
+
+
+class TermExhausted(CoordinatorError, OverflowError):
+    """A group's next term would not fit in a bigint: it can never be led again."""

@@ -43,8 +43,9 @@ from coordinator._campaign import Seat, Trouble
 from coordinator._config import HOST, CoordinatorConfig
 from coordinator._connect import connect
 from coordinator._describe import describe_error
+from coordinator._errors import TermExhausted
 from coordinator._logging import get_logger
-from coordinator._session import log_ended_transactions, resign_and_unlock
+from coordinator._session import log_ended_transactions, resign_and_unlock, terms_must_fit
 from coordinator._signals import HeartbeatDone
 from coordinator._sql import Statements, notify_channel
 from coordinator._term import DemotionReason, Term
@@ -75,6 +76,7 @@ class SharedCampaign:
         self._held: dict[str, Term] = {}  # in the order taken
         self._cooldown: dict[str, float] = {}
         self._trouble = Trouble(config)
+        self._exhausted: dict[str, str] = {}  # group -> why it can never take office
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
         self._lock_timeout = f"{int(config.office_wait * 1000)}ms"
@@ -87,6 +89,10 @@ class SharedCampaign:
     @property
     def problem(self) -> str | None:
         return self._trouble.problem
+
+    def problem_of(self, group: str) -> str | None:
+        """Why ``group`` cannot be won now: the session's trouble, or the group's own."""
+        return self._trouble.problem or self._exhausted.get(group)
 
     @property
     def backend_pid(self) -> int:
@@ -286,7 +292,7 @@ class SharedCampaign:
         started = time.monotonic()
         try:
             offices = await self._office_transaction(conn, won)
-        except asyncpg.LockNotAvailableError:
+        except (asyncpg.LockNotAvailableError, TermExhausted):
             offices = []
             for group in won:
                 try:
@@ -297,6 +303,10 @@ class SharedCampaign:
                         group=group,
                         reason="fenced transactions of the previous term are still open",
                     )
+                except TermExhausted as error:
+                    if group not in self._exhausted:  # said once; tried again every poll
+                        self._log.warning("take_office_failed", group=group, error=str(error))
+                    self._exhausted[group] = describe_error(error)
         taken = dict(offices)
         for group in won:
             if group not in taken:
@@ -305,6 +315,7 @@ class SharedCampaign:
                         self._sql.unlock, self._config.lock_namespace, self._keys[group]
                     )
         for group, number in offices:
+            self._exhausted.pop(group, None)
             term = self._held[group] = Term(number, started, self._config.trust_window)
             future = self._waiting.pop(group, None)
             if future is None or future.done():
@@ -317,14 +328,15 @@ class SharedCampaign:
         self, conn: asyncpg.Connection, groups: list[str]
     ) -> list[tuple[str, int]]:
         async with self._busy:  # one statement, bounded by the session's lock_timeout
-            rows = await conn.fetch(
-                self._sql.take_office,
-                groups,
-                self._config.instance_id,
-                HOST,
-                os.getpid(),
-                self._config.ttl,
-            )
+            with terms_must_fit(groups):
+                rows = await conn.fetch(
+                    self._sql.take_office,
+                    groups,
+                    self._config.instance_id,
+                    HOST,
+                    os.getpid(),
+                    self._config.ttl,
+                )
         for row in rows:
             log_ended_transactions(row["group_name"], row)
         return [(row["group_name"], row["term"]) for row in rows]
@@ -355,7 +367,7 @@ class SharedCandidacy:
 
     @property
     def problem(self) -> str | None:
-        return self._shared.problem
+        return self._shared.problem_of(self._group)
 
     async def win(self) -> tuple[Seat, Term]:
         term = await self._shared.win(self._group)
