@@ -86,7 +86,8 @@ async def fenced_transaction(
             yield FencedTransaction(leadership.name, expected, conn)
             check_still_leading(leadership, expected)
         except Exception as error:
-            if _session_ended(conn):
+            # A term that is over says more than the session it ran on.
+            if not isinstance(error, NotLeader) and _session_ended(conn):
                 raise ConnectionFailed(
                     f"the server ended the session of a fenced transaction of group "
                     f"{leadership.name!r} in term {expected} before it committed (a terminated "

@@ -7,10 +7,16 @@ INFO through ``apscheduler.executors.<alias>``; the coordinator's jobs run
 several times per heartbeat interval, so that logger is set to WARNING
 (unless the application set a level itself): failures and missed runs still
 show, routine runs do not, and the application's own jobs log as before.
+
+Stopping waits for a run in progress (each is bounded by its own timeout)
+instead of letting the scheduler's shutdown cancel it: APScheduler logs a
+cancelled run as a failed job, with a traceback.
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -36,6 +42,7 @@ class Jobs:
         self.scheduler = scheduler
         self._owns_scheduler = scheduler is None
         self._added_executor = False
+        self._runs: set[asyncio.Task[None]] = set()
 
     def start(self, heartbeat: tuple[Job, float], monitor: tuple[Job, float]) -> None:
         if self.scheduler is None:
@@ -51,7 +58,7 @@ class Jobs:
             quiet.setLevel(logging.WARNING)
         for job_id, (func, seconds) in ((HEARTBEAT_JOB_ID, heartbeat), (MONITOR_JOB_ID, monitor)):
             scheduler.add_job(
-                func,
+                functools.partial(self._tracked, func),
                 "interval",
                 seconds=seconds,
                 id=job_id,
@@ -68,13 +75,25 @@ class Jobs:
                 scheduler.start()
             self._owns_scheduler = True
 
-    def stop(self) -> None:
+    async def _tracked(self, func: Job) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._runs.add(task)
+        try:
+            await func()
+        finally:
+            self._runs.discard(task)
+
+    async def stop(self) -> None:
+        """Remove the jobs, let a run in progress finish, then stop what was started here."""
         scheduler = self.scheduler
         if scheduler is None:
             return
         for job_id in (HEARTBEAT_JOB_ID, MONITOR_JOB_ID):
             if scheduler.get_job(job_id) is not None:
                 scheduler.remove_job(job_id)
+        if self._runs:
+            await asyncio.wait(set(self._runs))
         if self._owns_scheduler and scheduler.running:
             scheduler.shutdown(wait=False)
         elif self._added_executor:
