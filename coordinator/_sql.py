@@ -48,11 +48,14 @@ class Statements:
     # Server-side keepalives and tcp_user_timeout: a vanished client's session
     # (and so its lock) dies in seconds instead of after the OS defaults. The
     # same round trip brings the server's facts for the connect checks.
+    # Also read committed, whatever the database's default: the protocol's
+    # statements wait for row locks where serializable would fail them.
     set_keepalives: str = """
         SELECT set_config('tcp_keepalives_idle', $1, false),
                set_config('tcp_keepalives_interval', $2, false),
                set_config('tcp_keepalives_count', $3, false),
                set_config('tcp_user_timeout', $4, false),
+               set_config('default_transaction_isolation', 'read committed', false),
                pg_is_in_recovery() AS in_recovery,
                pg_backend_pid() AS backend_pid
     """
