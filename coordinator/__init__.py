@@ -28,6 +28,7 @@ if TYPE_CHECKING:
         NotLeader,
         SchemaNotMigrated,
         StaleTerm,
+        SwitchoverFailed,
         TermExhausted,
         UnsupportedDatabase,
     )
@@ -40,6 +41,7 @@ if TYPE_CHECKING:
     from coordinator._observe import LeadershipEvent, observe, read_history
     from coordinator._signals import Demoted, Elected, Fenced, HeartbeatDone, Listener, Signal
     from coordinator._status import GroupStatus, MemberStatus, read_members, read_status
+    from coordinator._switchover import HandOver, request_switchover
     from coordinator._term import DemotionReason
 
 __all__ = [
@@ -59,6 +61,7 @@ __all__ = [
     "FencedTransaction",
     "Group",
     "GroupStatus",
+    "HandOver",
     "Health",
     "HeartbeatDone",
     "KeyCollisionError",
@@ -74,6 +77,7 @@ __all__ = [
     "SchemaNotMigrated",
     "Signal",
     "StaleTerm",
+    "SwitchoverFailed",
     "TermExhausted",
     "UnsupportedDatabase",
     "Verdict",
@@ -85,6 +89,7 @@ __all__ = [
     "read_members",
     "read_status",
     "redact_dsn",
+    "request_switchover",
 ]
 
 #: The private module each public name lives in.
@@ -105,6 +110,9 @@ _HOMES = {
     "NotLeader": "_errors",
     "SchemaNotMigrated": "_errors",
     "StaleTerm": "_errors",
+    "SwitchoverFailed": "_errors",
+    "HandOver": "_switchover",
+    "request_switchover": "_switchover",
     "TermExhausted": "_errors",
     "UnsupportedDatabase": "_errors",
     "FencedTransaction": "_fencing",

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 
 import asyncpg
@@ -23,12 +23,36 @@ from coordinator._logging import get_logger
 from coordinator._sql import Statements
 from coordinator._term import Term
 
-__all__ = ["LockSession", "log_ended_transactions", "resign_and_unlock", "terms_must_fit"]
+__all__ = [
+    "LockSession",
+    "Reserved",
+    "log_ended_transactions",
+    "refused_as_reserved",
+    "resign_and_unlock",
+    "terms_must_fit",
+]
 
 log = get_logger(__name__)
 
+#: take_office refused: a switchover reserves the group for another member.
+RESERVED_SQLSTATE = "LT003"
 #: The largest term: the term column is a bigint.
 LAST_TERM = 2**63 - 1
+
+
+class Reserved(Exception):
+    """A switchover reserves the group for another member: unlock and wait again."""
+
+
+@contextlib.asynccontextmanager
+async def refused_as_reserved() -> AsyncIterator[None]:
+    """Raise take_office's refusal (SQLSTATE LT003) as :class:`Reserved`."""
+    try:
+        yield
+    except asyncpg.PostgresError as error:
+        if error.sqlstate == RESERVED_SQLSTATE:
+            raise Reserved(error.message) from None
+        raise
 
 
 @dataclass(frozen=True)
@@ -73,8 +97,8 @@ def log_ended_transactions(group: str, office: asyncpg.Record) -> None:
         )
 
 
-@contextlib.contextmanager
-def terms_must_fit(groups: Sequence[str]) -> Iterator[None]:
+@contextlib.asynccontextmanager
+async def terms_must_fit(groups: Sequence[str]) -> AsyncIterator[None]:
     """Taking office past the largest term raises TermExhausted, which names the fix."""
     try:
         yield
@@ -170,7 +194,8 @@ class LockSession:
 
     async def take_office(self, instance_id: str) -> int | None:
         """Holding the lock, start the next term and return it; None while fenced
-        transactions of the old term still hold the leader row.
+        transactions of the old term still hold the leader row. Raises
+        :class:`Reserved` while a switchover reserves the group for another.
 
         The term update waits for in-flight fenced transactions of the old
         term (they hold FOR SHARE on the leader row). The wait is bounded by
@@ -179,9 +204,9 @@ class LockSession:
         """
         args = ([self._group], instance_id, HOST, os.getpid(), self._config.ttl)
         try:
-            async with self._busy:  # lock_timeout was set when the lock was granted
-                with terms_must_fit([self._group]):
-                    row = await self._prepared.take_office.fetchrow(*args)
+            # lock_timeout was set when the lock was granted.
+            async with self._busy, refused_as_reserved(), terms_must_fit([self._group]):
+                row = await self._prepared.take_office.fetchrow(*args)
                 if row is None:
                     await self._conn.execute(
                         self._sql.register_groups,
@@ -198,6 +223,11 @@ class LockSession:
             raise RuntimeError(f"group {self._group!r} has no leader row and cannot get one")
         log_ended_transactions(self._group, row)
         return int(row["term"])
+
+    async def unlock(self) -> None:
+        """Give the lock back without taking office (a switchover reserves the group)."""
+        async with self._busy:
+            await self._conn.execute(self._sql.unlock, *self._lock)
 
     async def heartbeat(self, instance_id: str, term: int) -> bool:
         """Refresh our heartbeat; False means the lock or the term is no longer ours."""

@@ -45,7 +45,13 @@ from coordinator._connect import connect
 from coordinator._describe import describe_error
 from coordinator._errors import TermExhausted
 from coordinator._logging import get_logger
-from coordinator._session import log_ended_transactions, resign_and_unlock, terms_must_fit
+from coordinator._session import (
+    Reserved,
+    log_ended_transactions,
+    refused_as_reserved,
+    resign_and_unlock,
+    terms_must_fit,
+)
 from coordinator._signals import HeartbeatDone
 from coordinator._sql import Statements, notify_channel
 from coordinator._term import DemotionReason, Term
@@ -122,7 +128,7 @@ class SharedCampaign:
         """Clear the holder, record why, notify, unlock; then stay away for a while."""
         conn = self._conn
         self._held.pop(group, None)
-        if reason is DemotionReason.RESIGNED:
+        if reason in (DemotionReason.RESIGNED, DemotionReason.SWITCHOVER):
             self._cool_down(group)  # handing over means letting someone else take it
         if conn is None or conn.is_closed():
             return
@@ -292,7 +298,7 @@ class SharedCampaign:
         started = time.monotonic()
         try:
             offices = await self._office_transaction(conn, won)
-        except (asyncpg.LockNotAvailableError, TermExhausted):
+        except (asyncpg.LockNotAvailableError, Reserved, TermExhausted):
             offices = []
             for group in won:
                 try:
@@ -303,6 +309,9 @@ class SharedCampaign:
                         group=group,
                         reason="fenced transactions of the previous term are still open",
                     )
+                except Reserved as reserved:
+                    self._cool_down(group)  # the member a switchover names goes first
+                    self._log.info("switchover_standing_aside", group=group, reason=str(reserved))
                 except TermExhausted as error:
                     if group not in self._exhausted:  # said once; tried again every poll
                         self._log.warning("take_office_failed", group=group, error=str(error))
@@ -327,16 +336,16 @@ class SharedCampaign:
     async def _office_transaction(
         self, conn: asyncpg.Connection, groups: list[str]
     ) -> list[tuple[str, int]]:
-        async with self._busy:  # one statement, bounded by the session's lock_timeout
-            with terms_must_fit(groups):
-                rows = await conn.fetch(
-                    self._sql.take_office,
-                    groups,
-                    self._config.instance_id,
-                    HOST,
-                    os.getpid(),
-                    self._config.ttl,
-                )
+        # One statement, bounded by the session's lock_timeout.
+        async with self._busy, refused_as_reserved(), terms_must_fit(groups):
+            rows = await conn.fetch(
+                self._sql.take_office,
+                groups,
+                self._config.instance_id,
+                HOST,
+                os.getpid(),
+                self._config.ttl,
+            )
         for row in rows:
             log_ended_transactions(row["group_name"], row)
         return [(row["group_name"], row["term"]) for row in rows]
