@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -24,7 +25,9 @@ from coordinator import (
     ConnectionFailed,
     Coordinator,
     Group,
+    GroupStatus,
     Health,
+    MemberStatus,
     migrate,
     read_members,
     read_status,
@@ -299,3 +302,25 @@ async def _write_after_the_server_ended_it(group: Group, pool: asyncpg.Pool, dsn
 async def _backend_gone(dsn: str, pid: int) -> bool:
     async with connected(dsn) as conn:
         return not await conn.fetchval("SELECT count(*) FROM pg_stat_activity WHERE pid = $1", pid)
+
+
+def test_status_tells_an_election_to_come_from_no_healthy_candidate() -> None:
+    now = datetime.now(UTC)
+
+    def group(name: str, leader: str | None) -> GroupStatus:
+        return GroupStatus(name, leader, 3, None, None, None, False, leader is not None)
+
+    def member(name: str, instance_id: str, live: bool) -> MemberStatus:
+        return MemberStatus(
+            name, instance_id, "follower", None, "h", 1, now, now, 0.1, live, candidate=live
+        )
+
+    notes = format_leaderless(
+        [group("led", "a"), group("waiting", None), group("stuck", None)],
+        [member("waiting", "b", live=True), member("stuck", "c", live=False)],
+    )
+    assert notes.splitlines() == [
+        "waiting: nobody leads yet; live candidates: b",
+        "stuck: no candidate is healthy: no member heartbeats within the ttl "
+        "(see the instances' /readyz and logs)",
+    ]
