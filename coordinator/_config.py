@@ -44,7 +44,8 @@ class CoordinatorConfig:
     instance_id: str = field(default_factory=default_instance_id)
     ttl: float = 15.0
     heartbeat_interval: float = 5.0
-    heartbeat_timeout: float = 5.0
+    #: 0 (the default): the heartbeat interval, at most 5 s.
+    heartbeat_timeout: float = 0.0
     #: Defaults to 1 s, or less when the ttl leaves less room (short test ttls).
     safety_margin: float | None = None
     #: How often this instance looks for stale leaders; defaults to the heartbeat interval.
@@ -91,6 +92,8 @@ class CoordinatorConfig:
                 f"instance id {self.instance_id!r} is empty, too long or not printable: "
                 "use up to 200 printable characters, or leave it unset for host-pid-random"
             )
+        if self.heartbeat_timeout == 0 and isinstance(self.heartbeat_interval, int | float):
+            object.__setattr__(self, "heartbeat_timeout", min(self.heartbeat_interval, 5.0))
         for name in (
             "ttl",
             "heartbeat_interval",

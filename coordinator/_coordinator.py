@@ -306,6 +306,7 @@ class Coordinator:
 
     async def _prune(self, conn: asyncpg.Connection) -> None:
         await conn.execute(self._sql.prune_events, self.config.events_retention)
+        await conn.execute(self._sql.prune_job_runs, self.config.events_retention)
         await conn.execute(self._sql.prune_members, self.config.members_retention)
 
     # -- the control connection ----------------------------------------------

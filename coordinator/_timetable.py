@@ -1,0 +1,147 @@
+"""The shared timetable of leader-only jobs: what a leader reads and writes.
+
+The rows live in ``{schema}.jobs`` and ``{schema}.job_runs``
+(``migrations/0003_jobs.sql``). Every write goes through a function that
+checks the term first, the way ``assert_term`` does for an application's
+fenced transaction: a claim of an old term never commits after a newer
+term exists. This module only talks to the database; when to claim what is
+decided by :mod:`coordinator.integrations.apscheduler`.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from coordinator._errors import StaleTerm
+from coordinator._fencing import STALE_TERM_SQLSTATE
+from coordinator._sql import Statements
+
+__all__ = ["Mode", "OpenTick", "Outcome", "Timetable", "TimetableRow"]
+
+
+class Mode(enum.StrEnum):
+    """How a job's ticks are finished, and so what "once" means for it."""
+
+    FENCED = "fenced"  # its run's fenced transaction marks the tick done: effects exactly once
+    PLAIN = "plain"  # claimed before it runs: at most once
+
+
+class Outcome(enum.StrEnum):
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    STALE = "stale"  # the run met NotLeader or StaleTerm: its term was over
+    INTERRUPTED = "interrupted"  # a fenced run ended without committing; may run again
+    SKIPPED = "skipped"  # missed by more than the job's misfire_grace_time
+    ABANDONED = "abandoned"  # its leader went away mid-run; closed by the next leader
+
+
+@dataclass(frozen=True)
+class TimetableRow:
+    job_id: str
+    trigger: str
+    last_fire_at: datetime | None
+    next_fire_at: datetime | None
+
+
+@dataclass(frozen=True)
+class OpenTick:
+    """A run that an older term claimed and never finished."""
+
+    job_id: str
+    scheduled_at: datetime
+    term: int
+    mode: Mode
+
+
+class Timetable:
+    """One group's timetable, read and written on ``pool`` (the application's)."""
+
+    def __init__(self, group: str, sql: Statements, pool: Any) -> None:
+        self.group = group
+        self._sql = sql
+        self.pool = pool
+
+    async def rows(self) -> dict[str, TimetableRow]:
+        records = await self.pool.fetch(self._sql.timetable, self.group)
+        return {r["job_id"]: TimetableRow(**dict(r)) for r in records}
+
+    async def sync(
+        self, term: int, jobs: Sequence[tuple[str, str, datetime | None]]
+    ) -> list[OpenTick]:
+        """List exactly these ``(job id, trigger text, next fire time)``; return the open runs."""
+        ids = [job_id for job_id, _, _ in jobs]
+        triggers = [trigger for _, trigger, _ in jobs]
+        nexts = [next_fire_at for _, _, next_fire_at in jobs]
+        await self._fenced(self._sql.sync_jobs, term, ids, triggers, nexts)
+        records = await self.pool.fetch(self._sql.open_ticks, self.group, term)
+        return [
+            OpenTick(r["job_id"], r["scheduled_at"], r["term"], Mode(r["mode"])) for r in records
+        ]
+
+    async def claim(
+        self,
+        term: int,
+        job_id: str,
+        scheduled_at: datetime,
+        instance_id: str,
+        mode: Mode,
+        next_fire_at: datetime | None,
+        *,
+        skipped: bool = False,
+    ) -> int | None:
+        """Claim a tick: its attempt number, or None if it is taken. Raises StaleTerm."""
+        outcome = Outcome.SKIPPED if skipped else Outcome.RUNNING
+        attempt: int | None = await self._fenced(
+            self._sql.claim_tick,
+            term,
+            job_id,
+            scheduled_at,
+            instance_id,
+            mode.value,
+            outcome.value,
+            next_fire_at,
+        )
+        return attempt
+
+    async def abandon_open(self, term: int) -> int:
+        """Close the runs of older terms that this term did not claim again."""
+        count: int = await self._fenced(self._sql.abandon_ticks, term)
+        return count
+
+    async def finish(
+        self,
+        term: int,
+        job_id: str,
+        scheduled_at: datetime,
+        outcome: Outcome,
+        duration_s: float,
+        conn: Any = None,
+    ) -> bool:
+        """Record how a run ended, on ``conn`` (a fenced transaction) or the pool."""
+        target = self.pool if conn is None else conn
+        done: bool = await target.fetchval(
+            self._sql.finish_tick,
+            self.group,
+            term,
+            job_id,
+            scheduled_at,
+            outcome.value,
+            duration_s,
+        )
+        return done
+
+    async def _fenced(self, statement: str, term: int, *args: Any) -> Any:
+        try:
+            return await self.pool.fetchval(statement, self.group, term, *args)
+        except asyncpg.PostgresError as error:
+            if getattr(error, "sqlstate", None) == STALE_TERM_SQLSTATE:
+                raise StaleTerm(f"{error.args[0] if error.args else error}") from None
+            raise
