@@ -426,8 +426,8 @@ class LeaderOnlyJobs:
         code, failure, outcome = EVENT_JOB_EXECUTED, None, Outcome.DONE
         try:
             await job.func(*job.args, **job.kwargs, **extra)
-        except (NotLeader, StaleTerm):
-            self._stale(job.id, term, scheduled_at)
+        except (NotLeader, StaleTerm) as error:
+            self._stale(job.id, term, scheduled_at, error)
             outcome = Outcome.STALE
         except asyncio.CancelledError:
             outcome = Outcome.CANCELLED
@@ -439,10 +439,19 @@ class LeaderOnlyJobs:
                 reason="leadership ended",
             )
         except Exception as error:  # noqa: BLE001 - the job's own failure, reported like APScheduler does
-            code, failure, outcome = EVENT_JOB_ERROR, error, Outcome.FAILED
-            self._log.exception(
-                "leader_job_failed", job=job.id, term=term, scheduled_at=scheduled_at.isoformat()
-            )
+            if _RunLeadership(self, term).term is None:
+                # Whatever broke, it broke after the term ended (a connection
+                # cut while frozen, say): that is a stale run, not a bug.
+                self._stale(job.id, term, scheduled_at, error)
+                outcome = Outcome.STALE
+            else:
+                code, failure, outcome = EVENT_JOB_ERROR, error, Outcome.FAILED
+                self._log.exception(
+                    "leader_job_failed",
+                    job=job.id,
+                    term=term,
+                    scheduled_at=scheduled_at.isoformat(),
+                )
         finally:
             self._running.pop(asyncio.current_task(), None)  # type: ignore[arg-type]
         duration = time.monotonic() - started
@@ -476,11 +485,17 @@ class LeaderOnlyJobs:
                 error=_describe(error),
             )
 
-    def _stale(self, job_id: str, term: int, scheduled_at: datetime) -> None:
+    def _stale(
+        self, job_id: str, term: int, scheduled_at: datetime, error: BaseException | None = None
+    ) -> None:
         """The one line a run of an ended term leaves: no traceback."""
         self.stale_runs[job_id] += 1
         self._log.warning(
-            "leader_job_stale", job=job_id, term=term, scheduled_at=scheduled_at.isoformat()
+            "leader_job_stale",
+            job=job_id,
+            term=term,
+            scheduled_at=scheduled_at.isoformat(),
+            **({"error": _describe(error)} if error is not None else {}),
         )
 
 
