@@ -1,0 +1,155 @@
+"""The shared timetable of leader-only jobs, in process: continuity, changes, drain, stale runs."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from structlog.testing import capture_logs
+from test_apscheduler_integration import SLACK, Replica, leader_of, replicas
+
+from coordinator import StaleTerm
+from coordinator.integrations.apscheduler import RunContext
+from helpers import connected, wait_until
+
+
+async def timetable(dsn: str) -> dict[str, Any]:
+    async with connected(dsn) as conn:
+        rows = await conn.fetch("SELECT job_id, trigger, next_fire_at FROM coordinator.jobs")
+    return {row["job_id"]: row for row in rows}
+
+
+async def placed(replica: Replica, *job_ids: str) -> bool:
+    return all(replica.next_run_time(job_id) is not None for job_id in job_ids)
+
+
+def _draining(replica: Replica) -> Any:
+    async def draining() -> bool:
+        return replica.jobs.draining is not None
+
+    return draining
+
+
+async def nothing(*, term: int) -> None:
+    """A leader-only job that does nothing."""
+
+
+async def test_a_new_leader_continues_the_shared_timetable_not_its_own(dsn: str) -> None:
+    async with replicas(dsn, "a") as (first,):
+        first.jobs.add_job(nothing, "interval", hours=1, id="hourly", misfire_grace_time=None)
+        await first.group.wait_elected(SLACK)
+        await wait_until(lambda: placed(first, "hourly"), SLACK, what="the job placed")
+        job = first.scheduler.get_job("hourly")
+        fired_at = job.next_run_time - timedelta(minutes=20)  # "the last tick ran at 10:00"
+        await first.jobs.run_ticks(job, [fired_at])
+    async with replicas(dsn, "b") as (second,):
+        second.jobs.add_job(nothing, "interval", hours=1, id="hourly", misfire_grace_time=None)
+        await second.group.wait_elected(SLACK)
+        await wait_until(lambda: placed(second, "hourly"), SLACK, what="the job placed")
+        # "... next runs at 11:00 on whoever leads then", not an hour after b started.
+        assert second.next_run_time("hourly") == fired_at + timedelta(hours=1)
+        assert (await timetable(dsn))["hourly"]["next_fire_at"] == fired_at + timedelta(hours=1)
+
+
+async def test_the_next_leader_picks_up_a_changed_trigger_and_drops_removed_jobs(
+    dsn: str,
+) -> None:
+    async with replicas(dsn, "a") as (first,):
+        first.jobs.add_job(nothing, "interval", hours=1, id="kept")
+        first.jobs.add_job(nothing, "interval", hours=1, id="dropped")
+        await first.group.wait_elected(SLACK)
+        await wait_until(lambda: placed(first, "kept", "dropped"), SLACK, what="both placed")
+        assert set(await timetable(dsn)) == {"kept", "dropped"}
+    async with replicas(dsn, "b") as (second,):  # the next release: one job changed, one gone
+        second.jobs.add_job(nothing, "cron", minute="*/5", id="kept")
+        await second.group.wait_elected(SLACK)
+        await wait_until(lambda: placed(second, "kept"), SLACK, what="the job placed")
+        rows = await timetable(dsn)
+        assert set(rows) == {"kept"}
+        assert rows["kept"]["trigger"] == str(second.scheduler.get_job("kept").trigger)
+        assert rows["kept"]["next_fire_at"] == second.next_run_time("kept")
+        assert second.next_run_time("kept").minute % 5 == 0
+
+
+async def test_resign_drains_a_run_in_progress_which_commits_in_its_term(dsn: str) -> None:
+    started = asyncio.Event()
+    release = asyncio.Event()
+    async with replicas(dsn, "a", "b") as both:
+        for replica in both:
+
+            async def slow(run: RunContext) -> None:
+                async with run.fenced() as tx:
+                    started.set()
+                    await release.wait()
+                    await tx.conn.execute("SELECT 1")
+
+            replica.jobs.add_job(slow, "interval", seconds=0.2, id="slow", max_instances=1)
+        first = await leader_of(both)
+        await asyncio.wait_for(started.wait(), SLACK)
+        with capture_logs() as logs:
+            resigning = asyncio.create_task(first.group.resign())
+            await wait_until(_draining(first), SLACK, what="the hand-over to drain")
+            release.set()
+            await asyncio.wait_for(resigning, SLACK)
+        async with connected(dsn) as conn:
+            run = await conn.fetchrow(
+                "SELECT term, outcome FROM coordinator.job_runs WHERE job_id = 'slow' "
+                "ORDER BY scheduled_at LIMIT 1"
+            )
+        assert (run["term"], run["outcome"]) == (1, "done")
+        paused = next(log for log in logs if log["event"] == "leader_jobs_paused")
+        assert (paused["drained"], paused["cancelled"]) == (1, 0)
+
+
+async def test_a_stale_run_ends_with_one_line_and_no_traceback(dsn: str) -> None:
+    async with replicas(dsn, "a") as (only,):
+
+        async def refused(ctx: RunContext) -> None:  # asks for the run context by annotation
+            raise StaleTerm(f"term {ctx.term} is over")
+
+        only.jobs.add_job(refused, "interval", hours=1, id="refused")
+        await only.group.wait_elected(SLACK)
+        await wait_until(lambda: placed(only, "refused"), SLACK, what="the job placed")
+        job = only.scheduler.get_job("refused")
+        with capture_logs() as logs:
+            await only.jobs.run_ticks(job, [job.next_run_time - timedelta(hours=1, seconds=-0.5)])
+        stale = [log for log in logs if log["event"] == "leader_job_stale"]
+        assert [(log["job"], log["term"]) for log in stale] == [("refused", 1)]
+        assert not [log for log in logs if log.get("exc_info") or log["log_level"] == "error"]
+        assert only.jobs.stale_runs["refused"] == 1
+        # A fenced job's run that never committed stays open for the next leader.
+        async with connected(dsn) as conn:
+            outcome = await conn.fetchval(
+                "SELECT outcome FROM coordinator.job_runs WHERE job_id = 'refused'"
+            )
+        assert outcome == "interrupted"
+
+
+@pytest.mark.parametrize("passes", ["run", "term", "nothing"])
+async def test_each_kind_of_job_gets_what_it_asks_for(dsn: str, passes: str) -> None:
+    got: list[Any] = []
+
+    async def wants_run(run: RunContext) -> None:
+        got.append(run)
+
+    async def wants_term(*, term: int) -> None:
+        got.append(term)
+
+    async def wants_nothing() -> None:
+        got.append(None)
+
+    func = {"run": wants_run, "term": wants_term, "nothing": wants_nothing}[passes]
+    async with replicas(dsn, "a") as (only,):
+        only.jobs.add_job(func, "interval", hours=1, id="job")
+        await only.group.wait_elected(SLACK)
+        await wait_until(lambda: placed(only, "job"), SLACK, what="the job placed")
+        job = only.scheduler.get_job("job")
+        tick = job.next_run_time - timedelta(hours=1, seconds=-0.5)
+        await only.jobs.run_ticks(job, [tick])
+    (value,) = got
+    if passes == "run":
+        assert (value.term, value.scheduled_at, value.attempt) == (1, tick, 1)
+    else:
+        assert value == (1 if passes == "term" else None)
