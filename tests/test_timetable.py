@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any
 
+import asyncpg
 import pytest
 from structlog.testing import capture_logs
 from test_apscheduler_integration import SLACK, Replica, leader_of, replicas
+from test_least_privilege import Role, make_role  # noqa: F401 - the fixture
 
 from coordinator import StaleTerm
 from coordinator.integrations.apscheduler import RunContext
@@ -153,3 +156,33 @@ async def test_each_kind_of_job_gets_what_it_asks_for(dsn: str, passes: str) -> 
         assert (value.term, value.scheduled_at, value.attempt) == (1, tick, 1)
     else:
         assert value == (1 if passes == "term" else None)
+
+
+async def test_leader_only_jobs_run_as_the_least_privileged_role(
+    dsn: str,
+    make_role: Callable[..., Awaitable[Role]],  # noqa: F811 - the fixture imported above
+) -> None:
+    role = await make_role()
+    done: list[int] = []
+
+    async def fenced(run: RunContext) -> None:
+        async with run.fenced() as tx:
+            done.append(await tx.conn.fetchval("SELECT $1::bigint", run.term))
+
+    async with replicas(role.dsn, "a") as (only,):
+        only.jobs.add_job(fenced, "interval", hours=1, id="fenced")
+        await only.group.wait_elected(SLACK)
+        await wait_until(lambda: placed(only, "fenced"), SLACK, what="the job placed")
+        job = only.scheduler.get_job("fenced")
+        await only.jobs.run_ticks(job, [job.next_run_time - timedelta(hours=1, seconds=-0.5)])
+        async with connected(role.dsn) as conn:
+            for statement in (
+                "UPDATE coordinator.jobs SET next_fire_at = now()",
+                "UPDATE coordinator.job_runs SET outcome = 'done'",
+                "INSERT INTO coordinator.job_runs (group_name, job_id, scheduled_at, term, "
+                "instance_id, mode, outcome) VALUES ('g', 'j', now(), 1, 'i', 'plain', 'done')",
+            ):
+                with pytest.raises(asyncpg.InsufficientPrivilegeError):
+                    await conn.execute(statement)
+            await conn.execute("DELETE FROM coordinator.job_runs WHERE false")  # pruning
+    assert done == [1]

@@ -49,6 +49,18 @@ GRANT SELECT ON coordinator.leader_status TO coordinator_app;
 -- The fencing token check that fenced transactions call first.
 GRANT EXECUTE ON FUNCTION coordinator.assert_term(text, bigint) TO coordinator_app;
 
+-- Leader-only jobs: the shared timetable is read directly and written only
+-- through its functions, which check the term first; runs are pruned with
+-- the events (migrations/0003_jobs.sql).
+GRANT SELECT ON coordinator.jobs TO coordinator_app;
+GRANT SELECT, DELETE ON coordinator.job_runs TO coordinator_app;
+GRANT EXECUTE ON FUNCTION
+    coordinator.sync_jobs(text, bigint, text[], text[], timestamptz[]),
+    coordinator.claim_tick(text, bigint, text, timestamptz, text, text, text, timestamptz),
+    coordinator.finish_tick(text, bigint, text, timestamptz, text, float8),
+    coordinator.abandon_ticks(text, bigint)
+    TO coordinator_app;
+
 -- Fencing a stale leader terminates its backend (pg_terminate_backend). No
 -- privilege is needed for that while every instance logs in as this same
 -- role. When instances of one group log in as different roles, each needs
