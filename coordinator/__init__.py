@@ -27,6 +27,7 @@ from coordinator._migrations import migrate
 from coordinator._observe import LeadershipEvent, observe, read_history
 from coordinator._signals import Demoted, Elected, Fenced, HeartbeatDone, Listener, Signal
 from coordinator._status import GroupStatus, read_status
+from coordinator._timetable import JobStatus, read_jobs
 
 __all__ = [
     "DEFAULT_LOCK_NAMESPACE",
@@ -46,6 +47,7 @@ __all__ = [
     "GroupStatus",
     "Health",
     "HeartbeatDone",
+    "JobStatus",
     "KeyCollisionError",
     "LeadershipEvent",
     "Listener",
@@ -63,6 +65,7 @@ __all__ = [
     "migrate",
     "observe",
     "read_history",
+    "read_jobs",
     "read_status",
     "redact_dsn",
 ]

@@ -20,9 +20,10 @@ import asyncpg
 
 from coordinator._errors import StaleTerm
 from coordinator._fencing import STALE_TERM_SQLSTATE
+from coordinator._reading import fetch_rows
 from coordinator._sql import Statements
 
-__all__ = ["Mode", "OpenTick", "Outcome", "Timetable", "TimetableRow"]
+__all__ = ["JobStatus", "Mode", "OpenTick", "Outcome", "Timetable", "TimetableRow", "read_jobs"]
 
 
 class Mode(enum.StrEnum):
@@ -145,3 +146,40 @@ class Timetable:
             if getattr(error, "sqlstate", None) == STALE_TERM_SQLSTATE:
                 raise StaleTerm(f"{error.args[0] if error.args else error}") from None
             raise
+
+
+@dataclass(frozen=True)
+class JobStatus:
+    """One leader-only job as the shared timetable has it, with its latest claimed tick."""
+
+    group: str
+    job_id: str
+    trigger: str
+    last_fire_at: datetime | None
+    next_fire_at: datetime | None
+    #: The latest tick claimed: when it was due, by whom, in which term, how it ended.
+    last_scheduled_at: datetime | None
+    last_term: int | None
+    last_instance_id: str | None
+    last_outcome: str | None
+    last_duration_s: float | None
+    last_attempt: int | None
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            name: value.isoformat() if isinstance(value, datetime) else value
+            for name, value in self.__dict__.items()
+        }
+
+
+async def read_jobs(
+    dsn_or_conn: str | asyncpg.Connection, *, group: str | None = None, schema: str = "coordinator"
+) -> list[JobStatus]:
+    """Every leader-only job on the shared timetable (of ``group``), by group and id."""
+    rows = await fetch_rows(dsn_or_conn, schema, lambda sql: sql.jobs, group)
+    return [
+        JobStatus(
+            **{"group" if name == "group_name" else name: value for name, value in row.items()}
+        )
+        for row in rows
+    ]

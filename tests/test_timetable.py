@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any
@@ -11,7 +12,7 @@ import asyncpg
 import pytest
 from structlog.testing import capture_logs
 from test_apscheduler_integration import SLACK, Replica, leader_of, replicas
-from test_least_privilege import Role, make_role  # noqa: F401 - the fixture
+from test_least_privilege import Role, cli, make_role  # noqa: F401 - the fixture
 
 from coordinator import StaleTerm
 from coordinator.integrations.apscheduler import RunContext
@@ -186,3 +187,32 @@ async def test_leader_only_jobs_run_as_the_least_privileged_role(
                     await conn.execute(statement)
             await conn.execute("DELETE FROM coordinator.job_runs WHERE false")  # pruning
     assert done == [1]
+
+
+async def test_jobs_command_lists_last_and_next_fire_and_who_ran_the_last_tick(dsn: str) -> None:
+    async with replicas(dsn, "a") as (only,):
+        only.jobs.add_job(nothing, "interval", hours=1, id="hourly")
+        await only.group.wait_elected(SLACK)
+        await wait_until(lambda: placed(only, "hourly"), SLACK, what="the job placed")
+        job = only.scheduler.get_job("hourly")
+        tick = job.next_run_time - timedelta(hours=1, seconds=-0.5)
+        await only.jobs.run_ticks(job, [tick])
+    listed = cli("jobs", "--dsn", dsn, "--json")
+    assert listed.returncode == 0, listed.stderr
+    (row,) = json.loads(listed.stdout)
+    assert {k: row[k] for k in ("group", "job_id", "last_term", "last_instance_id")} == {
+        "group": "jobs",
+        "job_id": "hourly",
+        "last_term": 1,
+        "last_instance_id": "a",
+    }
+    assert (row["last_outcome"], row["last_attempt"]) == ("done", 1)
+    assert row["last_scheduled_at"] == tick.isoformat()
+    assert row["next_fire_at"] == (tick + timedelta(hours=1)).isoformat()
+    table = cli("jobs", "--dsn", dsn, "--group", "jobs")
+    assert table.returncode == 0, table.stderr
+    assert table.stdout.splitlines()[0].split()[:3] == ["GROUP", "JOB", "TRIGGER"]
+    assert "hourly" in table.stdout
+    assert "done in" in table.stdout
+    other = cli("jobs", "--dsn", dsn, "--group", "elsewhere")
+    assert other.stdout.strip() == "no leader-only jobs on the timetable of group elsewhere"

@@ -15,13 +15,13 @@ from collections.abc import Sequence
 
 from coordinator._errors import CoordinatorError
 from coordinator._logging import configure_logging
-from coordinator.cli import demo, grant, history, migrate, probe, run, status, watch
+from coordinator.cli import demo, grant, history, jobs, migrate, probe, run, status, watch
 from coordinator.cli._settings import resolve_settings
 
 __all__ = ["main"]
 
 #: The subcommands, in the order ``--help`` lists them.
-COMMANDS = (migrate, grant, run, probe, status, history, watch, demo)
+COMMANDS = (migrate, grant, run, probe, status, history, jobs, watch, demo)
 
 
 def build_parser() -> argparse.ArgumentParser:
