@@ -10,12 +10,14 @@ from typing import Any
 
 import asyncpg
 import pytest
+from prometheus_client import CollectorRegistry, generate_latest
 from structlog.testing import capture_logs
 from test_apscheduler_integration import SLACK, Replica, leader_of, replicas
 from test_least_privilege import Role, cli, make_role  # noqa: F401 - the fixture
 
 from coordinator import StaleTerm
 from coordinator.integrations.apscheduler import RunContext
+from coordinator.integrations.job_metrics import LeaderJobMetrics
 from helpers import connected, wait_until
 
 
@@ -216,3 +218,26 @@ async def test_jobs_command_lists_last_and_next_fire_and_who_ran_the_last_tick(d
     assert "done in" in table.stdout
     other = cli("jobs", "--dsn", dsn, "--group", "elsewhere")
     assert other.stdout.strip() == "no leader-only jobs on the timetable of group elsewhere"
+
+
+async def test_runs_are_counted_by_job_id_and_outcome_in_metrics(dsn: str) -> None:
+    registry = CollectorRegistry()
+    async with replicas(dsn, "a") as (only,):
+        LeaderJobMetrics(only.jobs, registry=registry)
+
+        async def refused(*, term: int) -> None:
+            raise StaleTerm(f"term {term} is over")
+
+        only.jobs.add_job(nothing, "interval", hours=1, id="fine")
+        only.jobs.add_job(refused, "interval", hours=1, id="refused")
+        await only.group.wait_elected(SLACK)
+        await wait_until(lambda: placed(only, "fine", "refused"), SLACK, what="jobs placed")
+        for job_id in ("fine", "refused"):
+            job = only.scheduler.get_job(job_id)
+            await only.jobs.run_ticks(job, [job.next_run_time - timedelta(hours=1, seconds=-0.5)])
+    text = generate_latest(registry).decode()
+    assert 'coordinator_leader_job_runs_total{group="jobs",job="fine",outcome="done"} 1.0' in text
+    assert (
+        'coordinator_leader_job_runs_total{group="jobs",job="refused",outcome="stale"} 1.0' in text
+    )
+    assert 'coordinator_leader_job_stale_total{group="jobs",job="refused"} 1.0' in text
