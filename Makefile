@@ -45,9 +45,10 @@ test-pg15: $(STAMP) ## the core election tests on the system PostgreSQL 15
 chaos: $(STAMP) ## random real faults for CHAOS_DURATION seconds (300), then check the guarantees
 	$(BIN)/python -m chaos --duration $(CHAOS_DURATION)
 
-bench: $(VENV)/.installed-bench ## failover, floor, peers, overhead, then scale (15-20 min; BENCH_ARGS=--quick): bench/RESULTS.md
+bench: $(VENV)/.installed-bench ## failover, floor, peers, overhead, scale, then job continuity (35-40 min; BENCH_ARGS=--quick): bench/RESULTS.md
 	$(BIN)/python -m bench $(BENCH_ARGS)
 	$(BIN)/python -m bench.scale
+	$(BIN)/python -m bench.jobs
 
 lint: $(STAMP) ## ruff and strict mypy
 	$(BIN)/ruff check .

@@ -380,8 +380,8 @@ class Statements:
     # $1 group, $2 term, $3 job, $4 fire time, $5 outcome, $6 duration in seconds.
     finish_tick: str = "SELECT {schema}.finish_tick($1, $2, $3, $4, $5, $6)"
 
-    # $1 group, $2 term.
-    abandon_ticks: str = "SELECT {schema}.abandon_ticks($1, $2)"
+    # $1 group, $2 term, $3 the job ids whose open fenced ticks run again.
+    abandon_ticks: str = "SELECT {schema}.abandon_ticks($1, $2, $3)"
 
     # $1 group or NULL for all. Each job with its latest claimed tick.
     jobs: str = """

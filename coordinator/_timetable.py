@@ -112,9 +112,9 @@ class Timetable:
         )
         return attempt
 
-    async def abandon_open(self, term: int) -> int:
-        """Close the runs of older terms that this term did not claim again."""
-        count: int = await self._fenced(self._sql.abandon_ticks, term)
+    async def abandon_open(self, term: int, *, keep: Sequence[str]) -> int:
+        """Close the runs older terms left open, but the fenced ones of the jobs in ``keep``."""
+        count: int = await self._fenced(self._sql.abandon_ticks, term, list(keep))
         return count
 
     async def finish(

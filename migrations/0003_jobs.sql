@@ -73,9 +73,6 @@ BEGIN
            updated_at = clock_timestamp()
      WHERE j.trigger IS DISTINCT FROM excluded.trigger
         OR j.next_fire_at IS DISTINCT FROM excluded.next_fire_at;
-    -- Open runs of older terms: a fenced one may still be claimed again
-    -- (claim_tick below); what the new leader does not take is abandoned by
-    -- abandon_ticks once it has chosen.
 END
 $$;
 
@@ -144,9 +141,10 @@ AS $$
     SELECT EXISTS (SELECT 1 FROM finished)
 $$;
 
--- After a new leader has claimed again what it re-runs: every run still
--- open under an older term is abandoned (its outcome is not known).
-CREATE FUNCTION coordinator.abandon_ticks(group_name text, term bigint)
+-- A new leader's second step: every run still open under an older term is
+-- abandoned (its outcome is not known), except the fenced ticks of the jobs
+-- in keep_job_ids, which the new leader runs again (claim_tick above).
+CREATE FUNCTION coordinator.abandon_ticks(group_name text, term bigint, keep_job_ids text[])
 RETURNS integer
 LANGUAGE plpgsql
 SECURITY DEFINER
@@ -159,7 +157,8 @@ BEGIN
     UPDATE coordinator.job_runs AS r
        SET outcome = 'abandoned', finished_at = clock_timestamp()
      WHERE r.group_name = abandon_ticks.group_name AND r.term < abandon_ticks.term
-       AND r.outcome IN ('running', 'interrupted');
+       AND r.outcome IN ('running', 'interrupted')
+       AND NOT (r.mode = 'fenced' AND r.job_id = ANY (abandon_ticks.keep_job_ids));
     GET DIAGNOSTICS abandoned = ROW_COUNT;
     RETURN abandoned;
 END
@@ -168,4 +167,4 @@ $$;
 REVOKE ALL ON FUNCTION coordinator.sync_jobs(text, bigint, text[], text[], timestamptz[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION coordinator.claim_tick(text, bigint, text, timestamptz, text, text, text, timestamptz) FROM PUBLIC;
 REVOKE ALL ON FUNCTION coordinator.finish_tick(text, bigint, text, timestamptz, text, float8) FROM PUBLIC;
-REVOKE ALL ON FUNCTION coordinator.abandon_ticks(text, bigint) FROM PUBLIC;
+REVOKE ALL ON FUNCTION coordinator.abandon_ticks(text, bigint, text[]) FROM PUBLIC;

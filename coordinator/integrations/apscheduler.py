@@ -254,6 +254,7 @@ class LeaderOnlyJobs:
         rows = await self._timetable.rows()
         now = datetime.now(UTC)
         plan: list[tuple[str, str, datetime | None]] = []
+        unchanged: set[str] = set()
         for job_id in list(self._specs):
             job = self._scheduler.get_job(job_id)
             if job is None:  # removed from the scheduler: removed from the timetable too
@@ -262,9 +263,14 @@ class LeaderOnlyJobs:
             trigger, row = str(job.trigger), rows.get(job_id)
             if row is not None and row.trigger == trigger:
                 plan.append((job_id, trigger, row.next_fire_at))
+                unchanged.add(job_id)
             else:  # new, or its trigger changed
                 plan.append((job_id, trigger, job.trigger.get_next_fire_time(None, now)))
-        reruns = []
+        # A fenced tick that an older term claimed and never committed runs
+        # again: the job restarts from it, so that APScheduler's misfire rules
+        # (misfire_grace_time, max_instances) apply to it as to any tick. With
+        # coalesce, a later tick already due supersedes it: that one runs instead.
+        again: dict[str, datetime] = {}
         for tick in await self._timetable.sync(term, plan):
             job = self._scheduler.get_job(tick.job_id)
             spec = self._specs.get(tick.job_id)
@@ -273,33 +279,25 @@ class LeaderOnlyJobs:
                 or spec is None
                 or spec.mode is not Mode.FENCED
                 or tick.mode is not Mode.FENCED
-                or _missed(job, tick.scheduled_at, now)
+                or tick.job_id not in unchanged
+                or (job.coalesce and _superseded(job, tick.scheduled_at, now))
             ):
                 continue
-            attempt = await self._claim(job, spec, term, tick.scheduled_at)
-            if attempt is not None:
-                reruns.append((job, spec, tick.scheduled_at, attempt))
-        abandoned = await self._timetable.abandon_open(term)
+            earliest = again.get(tick.job_id, tick.scheduled_at)
+            again[tick.job_id] = min(tick.scheduled_at, earliest)
+        abandoned = await self._timetable.abandon_open(term, keep=list(again))
         if self.group.term != term:
             return
-        for job, spec, scheduled_at, attempt in reruns:
-            self._log.info(
-                "leader_job_rerun",
-                job=job.id,
-                term=term,
-                scheduled_at=scheduled_at.isoformat(),
-                attempt=attempt,
-            )
-            task = asyncio.create_task(self._run(job, spec, term, scheduled_at, attempt))
-            self._running[task] = term
         for job_id, _, next_fire_at in plan:
+            if job_id in again:
+                next_fire_at = min(again[job_id], next_fire_at or again[job_id])
             if next_fire_at is not None:
                 self._scheduler.modify_job(job_id, next_run_time=next_fire_at)
         self._log.info(
             "leader_jobs_resumed",
             term=term,
             jobs=len(plan),
-            rerun=len(reruns),
+            again=sorted(again),
             abandoned=abandoned,
         )
 
@@ -530,6 +528,11 @@ def _passed_through(func: JobFunction) -> JobFunction:
         return await func(*args, **kwargs)
 
     return functools.update_wrapper(leader_only, func, updated=())
+
+
+def _superseded(job: Job, scheduled_at: datetime, now: datetime) -> bool:
+    following = job.trigger.get_next_fire_time(scheduled_at, now)
+    return following is not None and following <= now
 
 
 def _missed(job: Job, scheduled_at: datetime, now: datetime) -> bool:

@@ -58,7 +58,7 @@ GRANT EXECUTE ON FUNCTION
     coordinator.sync_jobs(text, bigint, text[], text[], timestamptz[]),
     coordinator.claim_tick(text, bigint, text, timestamptz, text, text, text, timestamptz),
     coordinator.finish_tick(text, bigint, text, timestamptz, text, float8),
-    coordinator.abandon_ticks(text, bigint)
+    coordinator.abandon_ticks(text, bigint, text[])
     TO coordinator_app;
 
 -- Fencing a stale leader terminates its backend (pg_terminate_backend). No
