@@ -98,3 +98,13 @@ def test_config_repr_never_shows_the_dsn() -> None:
 )
 def test_passwords_are_redacted_from_dsns(dsn: str, expected: str) -> None:
     assert redact_dsn(dsn) == expected
+
+
+def test_heartbeat_timeout_follows_the_heartbeat_interval_up_to_5_s() -> None:
+    assert (
+        CoordinatorConfig(dsn="postgresql://x", ttl=3, heartbeat_interval=1).heartbeat_timeout == 1
+    )
+    assert (
+        CoordinatorConfig(dsn="postgresql://x", ttl=30, heartbeat_interval=8).heartbeat_timeout == 5
+    )
+    assert CoordinatorConfig(dsn="postgresql://x", heartbeat_timeout=2).heartbeat_timeout == 2
