@@ -45,6 +45,7 @@ from typing import Any
 import asyncpg
 
 from bench.database import DURABLE, Database
+from bench.scale import write_section
 from bench.stats import Distribution, format_seconds
 from coordinator import migrate
 from coordinator.testing import LocalPostgres
@@ -52,7 +53,6 @@ from coordinator.testing import LocalPostgres
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 SUBJECT = HERE / "job_subject.py"
-RESULTS = HERE / "RESULTS.md"
 SAMPLES = HERE / "jobs.json"
 BEGIN, END = "<!-- jobs:begin -->", "<!-- jobs:end -->"
 KINDS = ("kill between runs", "kill during a run", "stop past the ttl", "term during a run")
@@ -405,17 +405,6 @@ def _label(system: str) -> str:
     return "timetable" if system == "timetable" else "before"
 
 
-def write_section(section: str) -> None:
-    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    if BEGIN in text and END in text:
-        head, _, rest = text.partition(BEGIN)
-        _, _, tail = rest.partition(END)
-        text = head + section + tail
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    RESULTS.write_text(text)
-
-
 async def run(args: argparse.Namespace) -> None:
     settings = {**DURABLE, "track_commit_timestamp": "on"}
     results = []
@@ -429,7 +418,7 @@ async def run(args: argparse.Namespace) -> None:
     section = report(results, args.faults, command)
     print(section)
     if not args.dry_run:
-        write_section(section)
+        write_section(section, BEGIN, END)
         SAMPLES.write_text(json.dumps(results, indent=2) + "\n")
 
 

@@ -56,8 +56,9 @@ class CoordinatorConfig:
     #: Bounds on the jittered wait between reconnection attempts.
     reconnect_min: float = 0.05
     reconnect_max: float = 5.0
-    #: How long ``on_demoted`` callbacks may run when leadership ends.
-    callback_timeout: float = 10.0
+    #: How long ``on_demoted`` callbacks may run when leadership ends: room
+    #: for leader-only jobs to drain (10 s by default) and then be cancelled.
+    callback_timeout: float = 15.0
     #: How long taking office may wait for fenced transactions of the old term, per attempt.
     take_office_timeout: float = 5.0
     #: Events older than this are pruned.

@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Awaitable, Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import asyncpg
 import pytest
+from apscheduler.job import Job
 from prometheus_client import CollectorRegistry, generate_latest
 from structlog.testing import capture_logs
 from test_apscheduler_integration import SLACK, Replica, leader_of, replicas
@@ -38,6 +39,19 @@ def _draining(replica: Replica) -> Any:
     return draining
 
 
+async def placed_job(replica: Replica, job_id: str) -> Job:
+    """Once ``replica`` leads and has placed the job on the timetable: the job."""
+    await replica.group.wait_elected(SLACK)
+    await wait_until(lambda: placed(replica, job_id), SLACK, what="the job placed")
+    return replica.scheduler.get_job(job_id)
+
+
+def soon(job: Job, interval: timedelta) -> datetime:
+    """A fire time half a second from now, on the grid of a job first due in one interval."""
+    fire_time: datetime = job.next_run_time - interval + timedelta(seconds=0.5)
+    return fire_time
+
+
 async def nothing(*, term: int) -> None:
     """A leader-only job that does nothing."""
 
@@ -45,15 +59,12 @@ async def nothing(*, term: int) -> None:
 async def test_a_new_leader_continues_the_shared_timetable_not_its_own(dsn: str) -> None:
     async with replicas(dsn, "a") as (first,):
         first.jobs.add_job(nothing, "interval", hours=1, id="hourly", misfire_grace_time=None)
-        await first.group.wait_elected(SLACK)
-        await wait_until(lambda: placed(first, "hourly"), SLACK, what="the job placed")
-        job = first.scheduler.get_job("hourly")
+        job = await placed_job(first, "hourly")
         fired_at = job.next_run_time - timedelta(minutes=20)  # "the last tick ran at 10:00"
         await first.jobs.run_ticks(job, [fired_at])
     async with replicas(dsn, "b") as (second,):
         second.jobs.add_job(nothing, "interval", hours=1, id="hourly", misfire_grace_time=None)
-        await second.group.wait_elected(SLACK)
-        await wait_until(lambda: placed(second, "hourly"), SLACK, what="the job placed")
+        await placed_job(second, "hourly")
         # "... next runs at 11:00 on whoever leads then", not an hour after b started.
         assert second.next_run_time("hourly") == fired_at + timedelta(hours=1)
         assert (await timetable(dsn))["hourly"]["next_fire_at"] == fired_at + timedelta(hours=1)
@@ -70,8 +81,7 @@ async def test_the_next_leader_picks_up_a_changed_trigger_and_drops_removed_jobs
         assert set(await timetable(dsn)) == {"kept", "dropped"}
     async with replicas(dsn, "b") as (second,):  # the next release: one job changed, one gone
         second.jobs.add_job(nothing, "cron", minute="*/5", id="kept")
-        await second.group.wait_elected(SLACK)
-        await wait_until(lambda: placed(second, "kept"), SLACK, what="the job placed")
+        await placed_job(second, "kept")
         rows = await timetable(dsn)
         assert set(rows) == {"kept"}
         assert rows["kept"]["trigger"] == str(second.scheduler.get_job("kept").trigger)
@@ -116,11 +126,9 @@ async def test_a_stale_run_ends_with_one_line_and_no_traceback(dsn: str) -> None
             raise StaleTerm(f"term {ctx.term} is over")
 
         only.jobs.add_job(refused, "interval", hours=1, id="refused")
-        await only.group.wait_elected(SLACK)
-        await wait_until(lambda: placed(only, "refused"), SLACK, what="the job placed")
-        job = only.scheduler.get_job("refused")
+        job = await placed_job(only, "refused")
         with capture_logs() as logs:
-            await only.jobs.run_ticks(job, [job.next_run_time - timedelta(hours=1, seconds=-0.5)])
+            await only.jobs.run_ticks(job, [soon(job, timedelta(hours=1))])
         stale = [log for log in logs if log["event"] == "leader_job_stale"]
         assert [(log["job"], log["term"]) for log in stale] == [("refused", 1)]
         assert not [log for log in logs if log.get("exc_info") or log["log_level"] == "error"]
@@ -149,10 +157,8 @@ async def test_each_kind_of_job_gets_what_it_asks_for(dsn: str, passes: str) -> 
     func = {"run": wants_run, "term": wants_term, "nothing": wants_nothing}[passes]
     async with replicas(dsn, "a") as (only,):
         only.jobs.add_job(func, "interval", hours=1, id="job")
-        await only.group.wait_elected(SLACK)
-        await wait_until(lambda: placed(only, "job"), SLACK, what="the job placed")
-        job = only.scheduler.get_job("job")
-        tick = job.next_run_time - timedelta(hours=1, seconds=-0.5)
+        job = await placed_job(only, "job")
+        tick = soon(job, timedelta(hours=1))
         await only.jobs.run_ticks(job, [tick])
     (value,) = got
     if passes == "run":
@@ -174,10 +180,8 @@ async def test_leader_only_jobs_run_as_the_least_privileged_role(
 
     async with replicas(role.dsn, "a") as (only,):
         only.jobs.add_job(fenced, "interval", hours=1, id="fenced")
-        await only.group.wait_elected(SLACK)
-        await wait_until(lambda: placed(only, "fenced"), SLACK, what="the job placed")
-        job = only.scheduler.get_job("fenced")
-        await only.jobs.run_ticks(job, [job.next_run_time - timedelta(hours=1, seconds=-0.5)])
+        job = await placed_job(only, "fenced")
+        await only.jobs.run_ticks(job, [soon(job, timedelta(hours=1))])
         async with connected(role.dsn) as conn:
             for statement in (
                 "UPDATE coordinator.jobs SET next_fire_at = now()",
@@ -194,10 +198,8 @@ async def test_leader_only_jobs_run_as_the_least_privileged_role(
 async def test_jobs_command_lists_last_and_next_fire_and_who_ran_the_last_tick(dsn: str) -> None:
     async with replicas(dsn, "a") as (only,):
         only.jobs.add_job(nothing, "interval", hours=1, id="hourly")
-        await only.group.wait_elected(SLACK)
-        await wait_until(lambda: placed(only, "hourly"), SLACK, what="the job placed")
-        job = only.scheduler.get_job("hourly")
-        tick = job.next_run_time - timedelta(hours=1, seconds=-0.5)
+        job = await placed_job(only, "hourly")
+        tick = soon(job, timedelta(hours=1))
         await only.jobs.run_ticks(job, [tick])
     listed = cli("jobs", "--dsn", dsn, "--json")
     assert listed.returncode == 0, listed.stderr
@@ -230,11 +232,9 @@ async def test_runs_are_counted_by_job_id_and_outcome_in_metrics(dsn: str) -> No
 
         only.jobs.add_job(nothing, "interval", hours=1, id="fine")
         only.jobs.add_job(refused, "interval", hours=1, id="refused")
-        await only.group.wait_elected(SLACK)
-        await wait_until(lambda: placed(only, "fine", "refused"), SLACK, what="jobs placed")
         for job_id in ("fine", "refused"):
-            job = only.scheduler.get_job(job_id)
-            await only.jobs.run_ticks(job, [job.next_run_time - timedelta(hours=1, seconds=-0.5)])
+            job = await placed_job(only, job_id)
+            await only.jobs.run_ticks(job, [soon(job, timedelta(hours=1))])
     text = generate_latest(registry).decode()
     assert 'coordinator_leader_job_runs_total{group="jobs",job="fine",outcome="done"} 1.0' in text
     assert (
