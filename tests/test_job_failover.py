@@ -245,6 +245,8 @@ async def test_sigterm_during_a_run_lets_it_finish_and_it_is_not_run_again(
     (run,) = [r for r in await runs(cluster.dsn, "tick") if r["scheduled_at"] == in_flight]
     assert (run["attempt"], run["term"], run["outcome"]) == (1, cluster.term, "done")
     assert (await tick_effects(cluster.dsn))[in_flight] == [cluster.term]
+    # It drained while it still led, then handed over with nothing left to cancel.
+    assert "leader_jobs_drained" in leaving.output()
     assert "cancelled=0" in leaving.output()
     assert_contiguous(sorted(await tick_effects(cluster.dsn)), TICK)
     assert term == cluster.term + 1

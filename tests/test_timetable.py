@@ -241,3 +241,29 @@ async def test_runs_are_counted_by_job_id_and_outcome_in_metrics(dsn: str) -> No
         'coordinator_leader_job_runs_total{group="jobs",job="refused",outcome="stale"} 1.0' in text
     )
     assert 'coordinator_leader_job_stale_total{group="jobs",job="refused"} 1.0' in text
+
+
+async def test_drain_before_a_planned_stop_lets_group_fenced_writes_commit(dsn: str) -> None:
+    started, release = asyncio.Event(), asyncio.Event()
+    async with replicas(dsn, "a") as (only,):
+
+        async def writes(*, term: int) -> None:
+            async with only.group.fenced(only.jobs.pool, term=term) as tx:
+                started.set()
+                await release.wait()
+                await tx.conn.execute("SELECT 1")
+
+        only.jobs.add_job(writes, "interval", seconds=0.2, id="writes", max_instances=1)
+        await asyncio.wait_for(started.wait(), SLACK)
+        draining = asyncio.create_task(only.jobs.drain())
+        await wait_until(lambda: _paused(only, "writes"), SLACK, what="the jobs paused")
+        assert only.group.is_leader  # still leading while it drains
+        release.set()
+        await asyncio.wait_for(draining, SLACK)
+        async with connected(dsn) as conn:
+            outcomes = await conn.fetch("SELECT outcome FROM coordinator.job_runs")
+        assert [row["outcome"] for row in outcomes] == ["done"]
+
+
+async def _paused(replica: Replica, job_id: str) -> bool:
+    return replica.next_run_time(job_id) is None

@@ -154,6 +154,7 @@ class LeaderOnlyJobs:
         self._specs: dict[str, _Spec] = {}  # insertion-ordered
         self._running: dict[asyncio.Task[Any], int] = {}  # run -> its term
         self._adopting: asyncio.Task[None] | None = None
+        self._drained = False  # drain() ran: the hand-over cancels what is left at once
         self._log = log.bind(group=group.name)
         self._executor = f"coordinator.leader_only.{group.name}"
         try:
@@ -301,22 +302,36 @@ class LeaderOnlyJobs:
             abandoned=abandoned,
         )
 
+    async def drain(self) -> None:
+        """Start no more runs, and wait up to ``drain_timeout`` for those in progress.
+
+        For a planned stop while still leading (the FastAPI helper calls it
+        before stopping the coordinator): heartbeats go on, and every run,
+        whether it writes through ``run.fenced()`` or ``group.fenced``, can
+        still commit. Runs still going afterwards are cancelled when the
+        leadership ends.
+        """
+        self._pause_jobs()
+        runs = list(self._running)
+        if runs and self.drain_timeout > 0:
+            finished, _ = await asyncio.wait(runs, timeout=self.drain_timeout)
+            self._log.info("leader_jobs_drained", runs=len(runs), finished=len(finished))
+        self._drained = True
+
     async def _on_demoted(self, reason: str) -> None:
         """Pause every job; drain (graceful) or cancel (lost) the runs in progress."""
-        if self._adopting is not None:
-            self._adopting.cancel()
-            self._adopting = None
-        for job_id in list(self._specs):
-            if self._scheduler.get_job(job_id) is not None:
-                self._scheduler.pause_job(job_id)
+        self._pause_jobs()
         runs = list(self._running)
         drained: set[asyncio.Task[Any]] = set()
         try:
-            if runs and reason in _GRACEFUL and self.drain_timeout > 0:
+            if runs and reason in _GRACEFUL and self.drain_timeout > 0 and not self._drained:
+                # The term has ended here: run.fenced() may still commit in it
+                # (the database holds the lock until after this), group.fenced not.
                 self.draining = self._running[runs[0]]
                 drained, _ = await asyncio.wait(runs, timeout=self.drain_timeout)
         finally:
             self.draining = None
+            self._drained = False
             cancelled = [run for run in runs if run not in drained]
             for run in cancelled:
                 run.cancel()
@@ -328,6 +343,14 @@ class LeaderOnlyJobs:
             drained=len(drained),
             cancelled=len(cancelled),
         )
+
+    def _pause_jobs(self) -> None:
+        if self._adopting is not None:  # a placement under way would resume them
+            self._adopting.cancel()
+            self._adopting = None
+        for job_id in list(self._specs):
+            if self._scheduler.get_job(job_id) is not None:
+                self._scheduler.pause_job(job_id)
 
     # -- one tick ---------------------------------------------------------------
 

@@ -128,7 +128,10 @@ def coordinate(
         leader_jobs.pool = state.pool
         try:
             async with own_lifespan(app) as own_state, run_coordinator(app):
-                yield own_state
+                try:
+                    yield own_state
+                finally:
+                    await leader_jobs.drain()  # while still leading: every run may commit
         finally:
             if opened is not None:
                 await opened.close()
