@@ -81,7 +81,7 @@ _DATABASE_ERRORS: tuple[type[BaseException], ...] = (*TRANSIENT_ERRORS, asyncpg.
 _RECORD_ERRORS: tuple[type[BaseException], ...] = (*_DATABASE_ERRORS, TimeoutError)
 _GRACEFUL = {DemotionReason.RESIGNED.value, DemotionReason.STOPPING.value}
 _RECORD_TIMEOUT_S = 2.0
-_ADOPT_RETRY_S = (0.1, 0.5, 1.0, 2.0)
+_ADOPT_RETRY_MAX_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -237,19 +237,19 @@ class LeaderOnlyJobs:
                 "coordinator starts; until then the leader-only jobs do not run",
             )
             return
-        for delay in (*_ADOPT_RETRY_S, None):
-            if self.group.term != term:
-                return
+        failures = 0
+        while self.group.term == term:  # until placed, or the term is over
             try:
                 await self._place_jobs(term)
                 return
             except StaleTerm:
                 return
             except _DATABASE_ERRORS as error:
-                self._log.warning("leader_jobs_adopt_failed", term=term, error=_describe(error))
-                if delay is None:
-                    return
-                await asyncio.sleep(delay)
+                failures += 1
+                self._log.warning(
+                    "leader_jobs_adopt_failed", term=term, error=_describe(error), attempt=failures
+                )
+                await asyncio.sleep(min(_ADOPT_RETRY_MAX_S, 0.1 * 2**failures))
 
     async def _place_jobs(self, term: int) -> None:
         rows = await self._timetable.rows()
