@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Awaitable, Callable
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -267,3 +267,39 @@ async def test_drain_before_a_planned_stop_lets_group_fenced_writes_commit(dsn: 
 
 async def _paused(replica: Replica, job_id: str) -> bool:
     return replica.next_run_time(job_id) is None
+
+
+async def test_a_date_job_runs_once_whoever_leads_afterwards(dsn: str) -> None:
+    ran: list[str] = []
+    run_date = datetime.now(UTC) + timedelta(seconds=0.5)
+    for name in ("a", "b"):
+        async with replicas(dsn, name) as (replica,):
+
+            async def once(*, term: int, by: str = name) -> None:
+                ran.append(by)
+
+            replica.jobs.add_job(once, "date", run_date=run_date, id="once")
+            with capture_logs() as logs:
+                await replica.group.wait_elected(SLACK)
+                await wait_until(_said(logs, "leader_jobs_resumed"), SLACK, what="jobs placed")
+            await wait_until(lambda: _finished(dsn, "once"), SLACK, what="the tick done")
+            rows = await timetable(dsn)
+            assert rows["once"]["next_fire_at"] is None  # nothing more to run
+    assert ran == ["a"]
+
+
+def _said(logs: list[dict[str, Any]], event: str) -> Callable[[], Awaitable[bool]]:
+    async def said() -> bool:
+        return any(log["event"] == event for log in logs)
+
+    return said
+
+
+async def _finished(dsn: str, job_id: str) -> bool:
+    async with connected(dsn) as conn:
+        return bool(
+            await conn.fetchval(
+                "SELECT count(*) FROM coordinator.job_runs WHERE job_id = $1 AND outcome = 'done'",
+                job_id,
+            )
+        )

@@ -257,11 +257,14 @@ class LeaderOnlyJobs:
         plan: list[tuple[str, str, datetime | None]] = []
         unchanged: set[str] = set()
         for job_id in list(self._specs):
-            job = self._scheduler.get_job(job_id)
+            job, row = self._scheduler.get_job(job_id), rows.get(job_id)
+            if job is None and row is not None and row.next_fire_at is None:
+                plan.append((job_id, row.trigger, None))  # finished (a date job): kept as done
+                continue
             if job is None:  # removed from the scheduler: removed from the timetable too
                 del self._specs[job_id]
                 continue
-            trigger, row = str(job.trigger), rows.get(job_id)
+            trigger = str(job.trigger)
             if row is not None and row.trigger == trigger:
                 plan.append((job_id, trigger, row.next_fire_at))
                 unchanged.add(job_id)
