@@ -15,14 +15,15 @@ BENCH_ARGS ?=
 help: ## list the targets
 	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-15s %s\n", $$1, $$2}'
 
-# .venv/.installed-EXTRA: the package installed with that extra (dev, bench).
+# .venv/.installed-GROUP: the package installed with that dependency group (dev, bench);
+# `--group` needs pip 25.1 or later, hence the upgrade first.
 $(VENV)/.installed-%: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[$*]'
+	$(BIN)/pip install --quiet --upgrade 'pip>=25.1'
+	$(BIN)/pip install --quiet -e . --group $*
 	touch $@
 
-venv: $(STAMP) ## create .venv with the package and its dev extras
+venv: $(STAMP) ## create .venv with the package and its dev dependency group
 
 demo: $(STAMP) ## three instances on an embedded PostgreSQL 18: crash, hang and graceful failover
 	$(BIN)/coordinator demo

@@ -3,31 +3,40 @@
 Replicas elect one leader per named group through a session-level advisory
 lock; a heartbeat table records liveness; every instance's monitor fences
 stale leaders; anyone can ``SELECT`` who leads from ``coordinator.leader_status``.
+
+Every public name is imported from its module on first use, so that a
+command such as ``coordinator probe`` loads neither asyncpg nor APScheduler.
 """
 
-from coordinator._config import CoordinatorConfig, default_instance_id
-from coordinator._coordinator import HEARTBEAT_JOB_ID, MONITOR_JOB_ID, Coordinator
-from coordinator._dsn import redact_dsn
-from coordinator._errors import (
-    ConfigurationError,
-    ConnectionFailed,
-    CoordinatorError,
-    KeyCollisionError,
-    MigrationError,
-    NotLeader,
-    SchemaNotMigrated,
-    StaleTerm,
-    UnsupportedDatabase,
-)
-from coordinator._fencing import FencedTransaction
-from coordinator._group import DemotionReason, Group, Role
-from coordinator._health import Health, ReadyWhen, Verdict
-from coordinator._keys import DEFAULT_LOCK_NAMESPACE, group_lock_key
-from coordinator._migrations import migrate
-from coordinator._observe import LeadershipEvent, observe, read_history
-from coordinator._signals import Demoted, Elected, Fenced, HeartbeatDone, Listener, Signal
-from coordinator._status import GroupStatus, read_status
-from coordinator._timetable import JobStatus, read_jobs
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from coordinator._config import CoordinatorConfig, default_instance_id
+    from coordinator._coordinator import HEARTBEAT_JOB_ID, MONITOR_JOB_ID, Coordinator
+    from coordinator._dsn import redact_dsn
+    from coordinator._errors import (
+        ConfigurationError,
+        ConnectionFailed,
+        CoordinatorError,
+        KeyCollisionError,
+        MigrationError,
+        NotLeader,
+        SchemaNotMigrated,
+        StaleTerm,
+        UnsupportedDatabase,
+    )
+    from coordinator._fencing import FencedTransaction
+    from coordinator._group import DemotionReason, Group, Role
+    from coordinator._health import Health, ReadyWhen, Verdict
+    from coordinator._keys import DEFAULT_LOCK_NAMESPACE, group_lock_key
+    from coordinator._migrations import migrate
+    from coordinator._observe import LeadershipEvent, observe, read_history
+    from coordinator._signals import Demoted, Elected, Fenced, HeartbeatDone, Listener, Signal
+    from coordinator._status import GroupStatus, MemberStatus, read_members, read_status
+    from coordinator._timetable import JobStatus, read_jobs
 
 __all__ = [
     "DEFAULT_LOCK_NAMESPACE",
@@ -51,6 +60,7 @@ __all__ = [
     "KeyCollisionError",
     "LeadershipEvent",
     "Listener",
+    "MemberStatus",
     "MigrationError",
     "NotLeader",
     "ReadyWhen",
@@ -66,6 +76,64 @@ __all__ = [
     "observe",
     "read_history",
     "read_jobs",
+    "read_members",
     "read_status",
     "redact_dsn",
 ]
+
+#: The private module each public name lives in.
+_HOMES = {
+    "CoordinatorConfig": "_config",
+    "default_instance_id": "_config",
+    "HEARTBEAT_JOB_ID": "_coordinator",
+    "MONITOR_JOB_ID": "_coordinator",
+    "Coordinator": "_coordinator",
+    "redact_dsn": "_dsn",
+    "ConfigurationError": "_errors",
+    "ConnectionFailed": "_errors",
+    "CoordinatorError": "_errors",
+    "KeyCollisionError": "_errors",
+    "MigrationError": "_errors",
+    "NotLeader": "_errors",
+    "SchemaNotMigrated": "_errors",
+    "StaleTerm": "_errors",
+    "UnsupportedDatabase": "_errors",
+    "FencedTransaction": "_fencing",
+    "DemotionReason": "_group",
+    "Group": "_group",
+    "Role": "_group",
+    "Health": "_health",
+    "ReadyWhen": "_health",
+    "Verdict": "_health",
+    "DEFAULT_LOCK_NAMESPACE": "_keys",
+    "group_lock_key": "_keys",
+    "migrate": "_migrations",
+    "LeadershipEvent": "_observe",
+    "observe": "_observe",
+    "read_history": "_observe",
+    "Demoted": "_signals",
+    "Elected": "_signals",
+    "Fenced": "_signals",
+    "HeartbeatDone": "_signals",
+    "Listener": "_signals",
+    "Signal": "_signals",
+    "GroupStatus": "_status",
+    "MemberStatus": "_status",
+    "read_members": "_status",
+    "read_status": "_status",
+    "JobStatus": "_timetable",
+    "read_jobs": "_timetable",
+}
+
+
+def __getattr__(name: str) -> object:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module 'coordinator' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"coordinator.{home}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])

@@ -21,11 +21,14 @@ import enum
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from coordinator._coordinator import Coordinator
 from coordinator._errors import ConfigurationError
-from coordinator._group import Role
 from coordinator._signals import Elected, HeartbeatDone, Signal
+
+if TYPE_CHECKING:
+    # Not at run time: the commands read ReadyWhen from here without loading the elector.
+    from coordinator._coordinator import Coordinator
 
 __all__ = ["Health", "ReadyWhen", "Verdict"]
 
@@ -129,6 +132,8 @@ class Health:
         return Verdict(True, "this instance takes part in every group")
 
     def _on_signal(self, signal: Signal) -> None:
+        from coordinator._group import Role  # loaded already: a coordinator sends the signals
+
         if isinstance(signal, Elected):
             self._record(signal.group, ok=True)  # taking office writes the first heartbeat
         elif isinstance(signal, HeartbeatDone):

@@ -8,14 +8,27 @@ passed. Nothing here touches the database: a scrape answers during an outage.
 ``leader_election_master_status{name}`` carries the meaning of client-go's
 gauge of that name (1 while this instance leads the election ``name``, else
 0), so dashboards and alerts written for Kubernetes controllers work as they
-are. The other metrics are prefixed ``coordinator_``.
+are; it carries ``group`` too (the same value), the label of every other
+metric, so that joins need no ``label_replace``. The other metrics are
+prefixed ``coordinator_``. A registry of its own also gets the standard
+``process_*`` and ``python_*`` collectors, and ``coordinator_build_info``.
 """
 
 from __future__ import annotations
 
+import platform
 from collections.abc import Iterator
+from importlib import metadata
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    GCCollector,
+    Histogram,
+    Info,
+    PlatformCollector,
+    ProcessCollector,
+)
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -37,7 +50,9 @@ class CoordinatorMetrics:
 
     Create it after adding the groups and before starting the coordinator.
     One coordinator per registry: the names carry no instance label, since
-    Prometheus adds the target's own.
+    Prometheus adds the target's own. A new registry gets the process,
+    platform and garbage-collector metrics as well (the default registry of
+    prometheus-client has them already).
     """
 
     def __init__(
@@ -47,7 +62,17 @@ class CoordinatorMetrics:
         registry: CollectorRegistry | None = None,
         health: Health | None = None,
     ) -> None:
-        self.registry = registry if registry is not None else CollectorRegistry()
+        if registry is None:
+            registry = CollectorRegistry()
+            ProcessCollector(registry=registry)
+            PlatformCollector(registry=registry)
+            GCCollector(registry=registry)
+        self.registry = registry
+        Info(
+            "coordinator_build",
+            "The version of pg-coordinator, and of Python, that this instance runs.",
+            registry=self.registry,
+        ).info({"version": _version(), "python_version": platform.python_version()})
         self._health = health if health is not None else Health(coordinator)
         self._elections = Counter(
             "coordinator_elections",
@@ -110,6 +135,13 @@ class CoordinatorMetrics:
                 self._heartbeat_failures.labels(kind).inc()
 
 
+def _version() -> str:
+    try:
+        return metadata.version("pg-coordinator")
+    except metadata.PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
+
+
 class _StateCollector(Collector):
     """The gauges, computed from the coordinator's state when Prometheus scrapes."""
 
@@ -123,7 +155,7 @@ class _StateCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         leads, term, heartbeat_age, job_age = self._families()
         for name, group in self._coordinator.groups.items():
-            leads.add_metric([name], 1.0 if group.is_leader else 0.0)
+            leads.add_metric([name, name], 1.0 if group.is_leader else 0.0)
             term.add_metric([name], float(group.term or 0))
             age = self._health.heartbeat_age(name)
             if age is not None:
@@ -139,8 +171,8 @@ class _StateCollector(Collector):
             GaugeMetricFamily(
                 "leader_election_master_status",
                 "1 while this instance leads the election (group) called name, else 0; "
-                "the meaning of client-go's gauge.",
-                labels=["name"],
+                "the meaning of client-go's gauge. group is name again, as on every other metric.",
+                labels=["name", "group"],
             ),
             GaugeMetricFamily(
                 "coordinator_term",

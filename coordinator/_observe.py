@@ -3,7 +3,7 @@
 The history is the ``events`` table (pruned by age by every instance's
 monitor). Live changes are the notifications that every change of leadership
 sends on the channel ``<schema>_leadership`` with a JSON payload
-``{group, kind, term, instance_id}``. A notification sent while nobody
+``{group, kind, term, instance_id, reason}``. A notification sent while nobody
 listens is gone, so :func:`observe` starts, and starts again after every
 reconnect, with the state read from ``leader_status`` after ``LISTEN``:
 between the two nothing can be missed, only seen twice, and what was seen
@@ -48,8 +48,8 @@ class LeadershipEvent:
     ``kind`` is one of ``elected``, ``resigned``, ``lost``, ``fenced`` and
     ``expired`` (as in the ``events`` table), or ``current``: the state when
     :func:`observe` connected or reconnected, whose ``instance_id`` is the
-    live leader or None. ``at`` and ``reason`` come from the history only;
-    live notifications carry neither.
+    live leader or None. ``at`` comes from the history only; live
+    notifications carry the ``reason`` too (none for ``elected``).
     """
 
     group: str
@@ -220,6 +220,7 @@ def _parse(payload: str) -> LeadershipEvent | None:
             kind=str(data["kind"]),
             term=int(data["term"]),
             instance_id=data["instance_id"],
+            reason=data.get("reason"),
         )
     except (ValueError, TypeError, KeyError):
         log.warning("observe_payload_ignored", payload=payload[:200])

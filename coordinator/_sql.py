@@ -222,7 +222,7 @@ class Statements:
         )
         SELECT pg_notify('{channel}', json_build_object(
                    'group', $1::text, 'kind', 'resigned', 'term', cleared.term,
-                   'instance_id', $2::text)::text) AS notified
+                   'instance_id', $2::text, 'reason', $4::text)::text) AS notified
         FROM cleared
     """
 
@@ -239,7 +239,7 @@ class Statements:
         )
         SELECT pg_notify('{channel}', json_build_object(
                    'group', $1::text, 'kind', 'lost', 'term', $3::bigint,
-                   'instance_id', $2::text)::text)
+                   'instance_id', $2::text, 'reason', $4::text)::text)
     """
 
     # The monitor, in one statement. A stale holder (heartbeat older than its
@@ -292,11 +292,11 @@ class Statements:
             SELECT group_name, 'expired', term, holder,
                    format('heartbeat %s s old and no lock held', round(heartbeat_age_s::numeric, 3))
               FROM vacated
-            RETURNING group_name, kind, term, instance_id
+            RETURNING group_name, kind, term, instance_id, reason
         ), notified AS (
             SELECT pg_notify('{channel}', json_build_object(
                        'group', group_name, 'kind', kind, 'term', term,
-                       'instance_id', instance_id)::text)
+                       'instance_id', instance_id, 'reason', reason)::text)
               FROM history
         )
         SELECT history.group_name, history.kind, history.term, history.instance_id,
@@ -327,6 +327,19 @@ class Statements:
                ttl_s, lock_pid, lock_held, is_stale
           FROM {schema}.leader_status
          ORDER BY group_name
+    """
+
+    # Every member of every group, from the heartbeat table, with the verdict
+    # of leader_status on who leads. Live: heartbeat younger than the group's ttl.
+    members: str = """
+        SELECT h.group_name, h.instance_id, h.term, h.host, h.pid, h.joined_at, h.heartbeat_at,
+               extract(epoch FROM now() - h.heartbeat_at)::float8 AS heartbeat_age_s,
+               now() - h.heartbeat_at <= l.ttl AS is_live,
+               coalesce(s.leader = h.instance_id AND s.term = h.term, false) AS is_leader
+          FROM {schema}.heartbeats AS h
+          JOIN {schema}.leaders AS l ON l.group_name = h.group_name
+          JOIN {schema}.leader_status AS s ON s.group_name = h.group_name
+         ORDER BY h.group_name, h.instance_id
     """
 
     # The first statement of a fenced transaction (migrations/0002_fencing.sql):

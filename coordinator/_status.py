@@ -1,4 +1,4 @@
-"""Reading who leads, from any process, leader or not."""
+"""Reading who leads, and who takes part, from any process, leader or not."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import asyncpg
 
 from coordinator._reading import fetch_rows
 
-__all__ = ["GroupStatus", "read_status"]
+__all__ = ["GroupStatus", "MemberStatus", "read_members", "read_status"]
 
 
 @dataclass(frozen=True)
@@ -32,13 +32,47 @@ class GroupStatus:
 
     def as_json(self) -> dict[str, Any]:
         """Exactly the keys of ``coordinator status --json``; times as ISO 8601."""
-        row = asdict(self)
-        for key in ("acquired_at", "heartbeat_at"):
-            if row[key] is not None:
-                row[key] = row[key].isoformat()
-        if row["heartbeat_age_s"] is not None:
-            row["heartbeat_age_s"] = round(row["heartbeat_age_s"], 3)
-        return row
+        return _json(self)
+
+
+@dataclass(frozen=True)
+class MemberStatus:
+    """One instance taking part in one group, from its heartbeat row.
+
+    ``live`` while its heartbeat is younger than the group's ttl; ``role`` is
+    ``leader`` only for the group's live leader by ``leader_status`` (a
+    leader whose lock or heartbeat is gone shows as ``follower``, not live
+    or without the lock). A ``candidate`` is a live member that does not
+    lead: one of those takes over when the leader goes. ``term`` is the
+    term it leads under, else None.
+    """
+
+    group: str
+    instance_id: str
+    role: str
+    term: int | None
+    host: str | None
+    pid: int | None
+    joined_at: datetime
+    heartbeat_at: datetime
+    heartbeat_age_s: float
+    live: bool
+    candidate: bool
+
+    def as_json(self) -> dict[str, Any]:
+        """Exactly the keys of ``coordinator status --members --json`` and ``/members``."""
+        return _json(self)
+
+
+def _json(row: GroupStatus | MemberStatus) -> dict[str, Any]:
+    """The fields as JSON values: times as ISO 8601, ages to the millisecond."""
+    answer = asdict(row)
+    for key, value in answer.items():
+        if isinstance(value, datetime):
+            answer[key] = value.isoformat()
+    if answer["heartbeat_age_s"] is not None:
+        answer["heartbeat_age_s"] = round(answer["heartbeat_age_s"], 3)
+    return answer
 
 
 async def read_status(
@@ -56,6 +90,29 @@ async def read_status(
             heartbeat_age_s=row["heartbeat_age_s"],
             stale=bool(row["is_stale"]),
             lock_held=bool(row["lock_held"]),
+        )
+        for row in rows
+    ]
+
+
+async def read_members(
+    dsn_or_conn: str | asyncpg.Connection, *, schema: str = "coordinator"
+) -> list[MemberStatus]:
+    """Every member of every group, ordered by group and instance id."""
+    rows = await fetch_rows(dsn_or_conn, schema, lambda sql: sql.members)
+    return [
+        MemberStatus(
+            group=row["group_name"],
+            instance_id=row["instance_id"],
+            role="leader" if row["is_leader"] else "follower",
+            term=row["term"] if row["is_leader"] else None,
+            host=row["host"],
+            pid=row["pid"],
+            joined_at=row["joined_at"],
+            heartbeat_at=row["heartbeat_at"],
+            heartbeat_age_s=row["heartbeat_age_s"],
+            live=bool(row["is_live"]),
+            candidate=bool(row["is_live"]) and not row["is_leader"],
         )
         for row in rows
     ]

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from helpers import COLLIDING_NAMES, connected
+from helpers import COLLIDING_NAMES, connected, coordinator, wait_until
 
 PASSWORD_MARK = "pw"
 
@@ -123,3 +126,217 @@ def test_migrate_reports_what_it_did(bare_dsn: str) -> None:
     assert first.stdout.startswith("applied migrations 1")
     again = cli("migrate", "--dsn", bare_dsn)
     assert again.stdout.strip() == "schema coordinator is up to date"
+
+
+def test_unknown_command_and_help_still_list_every_command() -> None:
+    """Only the chosen command's module is imported; the others are still named."""
+    listing = cli("--help")
+    assert listing.returncode == 0
+    for command in ("migrate", "grant", "run", "probe", "status", "history", "watch", "demo"):
+        assert command in listing.stdout
+    assert "show every group's leader" in listing.stdout
+    assert cli("nope").returncode == 2
+    assert "--leader GROUP" in cli("probe", "--help").stdout
+
+
+def test_probe_loads_neither_asyncpg_nor_apscheduler_nor_structlog() -> None:
+    """An exec probe runs often: it imports only what asking an HTTP endpoint needs."""
+    script = (
+        "import sys\n"
+        "from coordinator.cli import main\n"
+        "main(['probe', '--http', '127.0.0.1:1', '--timeout', '0.1'])\n"
+        "print(sorted(m for m in ('asyncpg', 'apscheduler', 'structlog') if m in sys.modules))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
+    )
+    assert result.stdout.splitlines()[-1] == "[]", result
+
+
+async def insert_groups(dsn: str, count: int) -> None:
+    async with connected(dsn) as conn:
+        await conn.execute(
+            "INSERT INTO coordinator.leaders (group_name, lock_namespace, lock_key) "
+            "SELECT 'group-' || i, 1, i FROM generate_series(1, $1) AS i",
+            count,
+        )
+
+
+async def insert_events(dsn: str, rows: list[tuple[str, str, int, str, str | None]]) -> None:
+    async with connected(dsn) as conn:
+        await conn.executemany(
+            "INSERT INTO coordinator.events (group_name, kind, term, instance_id, reason) "
+            "VALUES ($1, $2, $3, $4, $5)",
+            rows,
+        )
+
+
+@pytest.mark.parametrize("command", [["status"], ["history"], ["status", "--members"]])
+async def test_a_reader_closing_the_pipe_early_is_no_error(dsn: str, command: list[str]) -> None:
+    """``coordinator status | head -3``: more output than a pipe holds, reader gone after a line."""
+    await insert_groups(dsn, 3000)
+    await insert_events(dsn, [(f"group-{i}", "elected", 1, "a", None) for i in range(3000)])
+    async with connected(dsn) as conn:
+        await conn.execute(
+            "INSERT INTO coordinator.heartbeats (group_name, instance_id, role) "
+            "SELECT group_name, 'a', 'follower' FROM coordinator.leaders"
+        )
+    process = subprocess.Popen(  # noqa: ASYNC220 - read line by line, then closed early
+        [sys.executable, "-m", "coordinator", *command, "--dsn", dsn],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert process.stdout is not None
+    assert process.stderr is not None
+    assert process.stdout.readline()
+    process.stdout.close()
+    stderr = process.stderr.read().decode()
+    assert process.wait(timeout=60) in (0, 141)
+    assert stderr == ""
+
+
+async def test_history_lines_up_its_columns_and_limits_to_the_newest(dsn: str) -> None:
+    await insert_events(
+        dsn,
+        [
+            ("a", "elected", 1, "first-instance", None),
+            ("a-much-longer-name", "elected", 1, "b", None),
+            ("a", "lost", 1, "first-instance", "connection_lost"),
+            ("a", "elected", 2, "c", None),
+        ],
+    )
+    result = cli("history", "--dsn", dsn)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == 4
+    for column in ("elected", "term", "-instance"):
+        starts = {line.find(column) for line in lines if column in line}
+        assert len(starts) == 1, (column, lines)
+    assert lines[2].endswith("(connection_lost)")
+    newest = cli("history", "--dsn", dsn, "--limit", "2", "--json")
+    assert [(e["kind"], e["term"]) for e in json.loads(newest.stdout)] == [
+        ("lost", 1),
+        ("elected", 2),
+    ]
+    refused = cli("history", "--dsn", dsn, "--limit", "0")
+    assert refused.returncode == 2
+    assert "1 or more" in refused.stderr
+
+
+async def test_status_members_lists_every_member_with_its_role(dsn: str) -> None:
+    """Two live coordinators and a long-gone member: the leader, a candidate, and the gone one."""
+    a, b = coordinator(dsn, "a", "scheduler"), coordinator(dsn, "b", "scheduler")
+    async with a, b:
+        await a.group("scheduler").wait_elected(15)
+        async with connected(dsn) as conn:
+            await conn.execute(
+                "INSERT INTO coordinator.heartbeats (group_name, instance_id, role, host, pid, "
+                "heartbeat_at) VALUES ('scheduler', 'gone', 'follower', 'h', 7, "
+                "now() - interval '1 hour')"
+            )
+        await wait_until(lambda: _both_beat(dsn), 15, what="b's first member heartbeat")
+        result = cli("status", "--dsn", dsn, "--members", "--json")
+        assert result.returncode == 0, result.stderr
+        members = {row["instance_id"]: row for row in json.loads(result.stdout)}
+        table = cli("status", "--dsn", dsn, "--members").stdout
+    assert list(members["a"]) == [
+        "group",
+        "instance_id",
+        "role",
+        "term",
+        "host",
+        "pid",
+        "joined_at",
+        "heartbeat_at",
+        "heartbeat_age_s",
+        "live",
+        "candidate",
+    ]
+    assert {
+        name: (m["role"], m["term"], m["live"], m["candidate"]) for name, m in members.items()
+    } == {
+        "a": ("leader", 1, True, False),
+        "b": ("follower", None, True, True),
+        "gone": ("follower", None, False, False),
+    }
+    assert members["a"]["pid"] == os.getpid()
+    assert members["gone"]["heartbeat_age_s"] >= 3600
+    header, *rows = table.splitlines()
+    assert header.split() == [
+        "GROUP",
+        "INSTANCE",
+        "ROLE",
+        "TERM",
+        "HEARTBEAT",
+        "AGE",
+        "LIVE",
+        "CANDIDATE",
+        "HOST",
+        "PID",
+    ]
+    assert [row.split()[1:3] for row in rows] == [
+        ["a", "leader"],
+        ["b", "follower"],
+        ["gone", "follower"],
+    ]
+
+
+async def _both_beat(dsn: str) -> bool:
+    async with connected(dsn) as conn:
+        count = await conn.fetchval(
+            "SELECT count(*) FROM coordinator.heartbeats WHERE instance_id IN ('a', 'b')"
+        )
+    return bool(count == 2)
+
+
+async def test_watch_lines_up_and_says_why_a_leadership_ended(dsn: str, tmp_path: Path) -> None:
+    a = coordinator(dsn, "a", "scheduler", "a-longer-group")
+    async with a:
+        await a.group("scheduler").wait_elected(15)
+        await a.group("a-longer-group").wait_elected(15)
+        process = await asyncio.create_subprocess_exec(
+            *(sys.executable, "-m", "coordinator", "watch", "--dsn", dsn),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        assert process.stdout is not None
+        try:
+            lines = [await asyncio.wait_for(process.stdout.readline(), 15) for _ in range(2)]
+            await a.group("scheduler").resign()
+            lines.append(await asyncio.wait_for(process.stdout.readline(), 15))
+        finally:
+            process.terminate()
+            await process.wait()
+    current, resigned = lines[0].decode(), lines[2].decode()
+    assert current.index("current") == lines[1].decode().index("current")
+    assert "current" in current
+    assert "resigned" in resigned
+    assert current.index("current") == resigned.index("resigned")
+    assert current.index("term") == resigned.index("term")
+    assert resigned.rstrip().endswith(")"), resigned
+
+
+async def test_history_follow_prints_the_record_then_each_change(dsn: str) -> None:
+    await insert_events(dsn, [("scheduler", "elected", 1, "earlier", None)])
+    process = await asyncio.create_subprocess_exec(
+        *(sys.executable, "-m", "coordinator", "history", "--dsn", dsn, "--follow", "--json"),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    assert process.stdout is not None
+    try:
+        recorded = json.loads(await asyncio.wait_for(process.stdout.readline(), 15))
+        assert (recorded["kind"], recorded["instance_id"]) == ("elected", "earlier")
+        a = coordinator(dsn, "a", "scheduler")
+        async with a:
+            await a.group("scheduler").wait_elected(15)
+            live = json.loads(await asyncio.wait_for(process.stdout.readline(), 15))
+    finally:
+        process.terminate()
+        status = await asyncio.wait_for(process.wait(), 15)
+    # Elected, or (had it happened before the follow began listening) the current state.
+    assert (live["kind"], live["term"], live["instance_id"]) in {
+        ("elected", 1, "a"),
+        ("current", 1, "a"),
+    }
+    assert status == 0

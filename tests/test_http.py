@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import socket
 import subprocess
 import sys
@@ -90,8 +91,8 @@ def test_leader_endpoint_flips_between_sidecars_when_the_leader_is_killed(
     assert "does not lead 'scheduler'" in unready["reason"]
 
     on_a, on_b = metrics(a), metrics(b)
-    assert sample(on_a, "leader_election_master_status", name=GROUP) == 1
-    assert sample(on_b, "leader_election_master_status", name=GROUP) == 0
+    assert sample(on_a, "leader_election_master_status", name=GROUP, group=GROUP) == 1
+    assert sample(on_b, "leader_election_master_status", name=GROUP, group=GROUP) == 0
     assert sample(on_a, "coordinator_term", group=GROUP) == 1
     assert sample(on_a, "coordinator_elections_total", group=GROUP) == 1
     assert sample(on_b, "coordinator_elections_total", group=GROUP) == 0
@@ -106,7 +107,7 @@ def test_leader_endpoint_flips_between_sidecars_when_the_leader_is_killed(
     assert (taken["leader"], taken["term"], taken["is_leader"]) == ("b", 2, True)
     assert get_json(b, "/readyz")[0] == 200
     on_b = metrics(b)
-    assert sample(on_b, "leader_election_master_status", name=GROUP) == 1
+    assert sample(on_b, "leader_election_master_status", name=GROUP, group=GROUP) == 1
     assert sample(on_b, "coordinator_term", group=GROUP) == 2
     assert probe(b).returncode == 0
     gone = probe(a, "--live")
@@ -139,7 +140,7 @@ def test_frozen_leader_is_fenced_counted_and_demotes_itself(dsn: str, spawn: Spa
     on_a = metrics(a)
     demoted = sample(on_a, "coordinator_demotions_total", group=GROUP, reason=lost["reason"])
     assert demoted == 1
-    assert sample(on_a, "leader_election_master_status", name=GROUP) == 0
+    assert sample(on_a, "leader_election_master_status", name=GROUP, group=GROUP) == 0
     assert sample(on_a, "coordinator_heartbeat_duration_seconds_count", kind="batch") > 0
 
 
@@ -237,19 +238,44 @@ async def test_endpoints_mounted_in_a_fastapi_app(dsn: str, wait: str) -> None:
         await coord.group("team/a").wait_elected(WAIT)
         assert await aget(port, "/hello") == (200, b'{"hello":"world"}')
         assert (await aget(port, "/coordinator/leader/team%2Fa"))[0] == 200
-        for path in ("/livez", "/readyz", f"/leader/{GROUP}", "/leader", "/metrics"):
+        for path in ("/livez", "/readyz", f"/leader/{GROUP}", "/leader", "/"):
+            assert (await aget(port, "/coordinator" + path, "OPTIONS"))[0] == 200, path
+        paths = ("/livez", "/readyz", f"/leader/{GROUP}", "/leader", "/members", "/cluster")
+        for path in (*paths, "/metrics", "/", "/view.js", "/view.css"):
             status, _ = await aget(port, "/coordinator" + path)
             assert status == 200, path
             for method in ("POST", "PUT", "PATCH", "DELETE"):
                 status, _ = await aget(port, "/coordinator" + path, method)
                 assert status == 405, (method, path)
+        status, members = await aget(port, "/coordinator/members")
+        assert {
+            (m["group"], m["instance_id"], m["role"], m["live"])
+            for m in json.loads(members)["members"]
+        } == {(GROUP, "mounted", "leader", True), ("team/a", "mounted", "leader", True)}
+        status, cluster = await aget(port, "/coordinator/cluster")
+        view = json.loads(cluster)
+        assert [g["group"] for g in view["groups"]] == sorted([GROUP, "team/a"])
+        assert {(e["group"], e["kind"], e["term"]) for e in view["events"]} == {
+            (GROUP, "elected", 1),
+            ("team/a", "elected", 1),
+        }
+        later = view["events"][-1]["at"].replace("+", "%2B")
+        _, since = await aget(port, f"/coordinator/cluster?since={later}")
+        assert len(json.loads(since)["events"]) == 1
+        assert (await aget(port, "/coordinator/cluster?since=yesterday"))[0] == 400
+        page = (await aget(port, "/coordinator/"))[1]
+        assert b'src="view.js"' in page  # relative: the page works under any prefix
         status, body = await aget(port, "/coordinator/metrics")
-        assert sample(parse_metrics(body.decode()), "leader_election_master_status", name=GROUP)
+        assert sample(
+            parse_metrics(body.decode()), "leader_election_master_status", name=GROUP, group=GROUP
+        )
         assert (await aget(port, "/coordinator/leader/nope"))[0] == 404
 
         await coord.stop()
         for path in ("/livez", "/readyz", f"/leader/{GROUP}"):
             assert (await aget(port, "/coordinator" + path))[0] == 503, path
+            # HAProxy's httpchk asks with OPTIONS: the same answer.
+            assert (await aget(port, "/coordinator" + path, "OPTIONS"))[0] == 503, path
 
 
 async def test_blocked_event_loop_fails_liveness_until_the_heartbeat_job_catches_up(

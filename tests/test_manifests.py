@@ -44,8 +44,13 @@ def manifest(name: str) -> dict[str, Any]:
     return document
 
 
+#: Kinds of the Prometheus Operator: no Kubernetes schema knows them; checked below instead.
+OPERATOR_KINDS = {"PodMonitor"}
+
+
 def resources() -> list[tuple[str, dict[str, Any]]]:
-    return [(f, d) for f, d in documents() if d["kind"] != "Kustomization"]
+    """The Kubernetes resources, less the Operator's kinds."""
+    return [(f, d) for f, d in documents() if d["kind"] not in {"Kustomization", *OPERATOR_KINDS}]
 
 
 def pod_specs() -> Iterator[tuple[str, dict[str, Any]]]:
@@ -68,14 +73,22 @@ def test_every_manifest_is_valid_against_the_kubernetes_schemas(version: str) ->
             pytest.fail(f"{file} ({document['kind']}) is invalid in Kubernetes {version}: {error}")
     kinds = sorted(d["kind"] for _, d in resources())
     assert kinds == sorted(
-        ["ConfigMap", "Job", "Deployment", "Deployment", "Service", "PodDisruptionBudget"]
+        [
+            "ConfigMap",
+            "Job",
+            "Deployment",
+            "Deployment",
+            "Service",
+            "PodDisruptionBudget",
+            "NetworkPolicy",
+        ]
     ), checked
 
 
 def test_kustomization_lists_one_deployment_variant_and_everything_else() -> None:
     listed = manifest("kustomization.yaml")["resources"]
     files = {path.name for path in DEPLOY.glob("*.yaml")} - {"kustomization.yaml"}
-    assert set(listed) == files - {"deployment-sidecar.yaml"}
+    assert set(listed) == files - {"deployment-sidecar.yaml", "podmonitor.yaml"}
 
 
 def test_every_coordinator_command_line_parses_and_its_settings_hold(
@@ -129,7 +142,7 @@ def test_probes_ask_endpoints_that_exist_and_no_readiness_is_leader_only() -> No
     """Liveness asks /livez; readiness and startup ask /readyz, whose policy is member."""
     expected = {"livenessProbe": "/livez", "readinessProbe": "/readyz", "startupProbe": "/readyz"}
     probes = list(coordinator_probes())
-    assert len(probes) == 5  # library: liveness, readiness; sidecar: those and startup
+    assert len(probes) == 6  # startup, liveness and readiness in each variant
     for file, container, kind, get in probes:
         path = get["path"].removeprefix(MOUNT)
         assert path == expected[kind], (file, container["name"], kind)
@@ -185,3 +198,75 @@ def test_migrate_job_grants_the_role_the_application_logs_in_as() -> None:
             for variable in container.get("env", []):
                 if variable["name"] == "COORDINATOR_DSN" and file != "migrate-job.yaml":
                     assert urlsplit(variable["value"]).username == args.role, file
+
+
+def pod_labels() -> dict[str, dict[str, str]]:
+    return {
+        file: document["spec"]["template"]["metadata"]["labels"]
+        for file, document in resources()
+        if document["kind"] == "Deployment"
+    }
+
+
+def test_replicas_spread_over_nodes_and_zones() -> None:
+    """No node or zone holds every candidate: a node's failure leaves a follower to take over."""
+    for file, document in resources():
+        if document["kind"] != "Deployment":
+            continue
+        template = document["spec"]["template"]
+        spread = {c["topologyKey"]: c for c in template["spec"]["topologySpreadConstraints"]}
+        assert set(spread) == {"kubernetes.io/hostname", "topology.kubernetes.io/zone"}, file
+        assert spread["kubernetes.io/hostname"]["whenUnsatisfiable"] == "DoNotSchedule"
+        for constraint in spread.values():
+            selector = constraint["labelSelector"]["matchLabels"]
+            assert selector.items() <= template["metadata"]["labels"].items(), file
+
+
+def test_network_policy_opens_the_ports_the_pods_serve_and_reaches_the_database() -> None:
+    policy = manifest("networkpolicy.yaml")["spec"]
+    for labels in pod_labels().values():
+        assert policy["podSelector"]["matchLabels"].items() <= labels.items()
+    named = {
+        port["name"]
+        for _file, pod in pod_specs()
+        for container in containers(pod)
+        for port in container.get("ports", [])
+    }
+    opened = {port["port"] for rule in policy["ingress"] for port in rule["ports"]}
+    assert opened == {"http", "coordinator"} <= named
+    reached = {port["port"] for rule in policy["egress"] for port in rule["ports"]}
+    dsn_ports = {
+        urlsplit(variable["value"]).port
+        for _file, pod in pod_specs()
+        for container in containers(pod)
+        for variable in container.get("env", [])
+        if variable["name"] == "COORDINATOR_DSN"
+    }
+    assert dsn_ports <= reached
+    assert 53 in reached
+
+
+def test_pod_monitor_scrapes_metrics_where_each_variant_serves_them() -> None:
+    monitor = manifest("podmonitor.yaml")
+    assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+    spec = monitor["spec"]
+    for labels in pod_labels().values():
+        assert spec["selector"]["matchLabels"].items() <= labels.items()
+    ports = {}
+    for file, pod in pod_specs():
+        for container in containers(pod):
+            for port in container.get("ports", []):
+                ports.setdefault(port["name"], set()).add(file)
+    scraped = {endpoint["port"]: endpoint["path"] for endpoint in spec["podMetricsEndpoints"]}
+    assert scraped == {"http": MOUNT + "/metrics", "coordinator": "/metrics"}
+    assert "/metrics" in ENDPOINTS
+    assert ports["http"] >= {"deployment-library.yaml"}
+    assert ports["coordinator"] == {"deployment-sidecar.yaml"}
+
+
+def test_the_migrate_job_runs_before_each_release_under_helm_and_argo_cd() -> None:
+    annotations = manifest("migrate-job.yaml")["metadata"]["annotations"]
+    assert annotations["helm.sh/hook"] == "pre-install,pre-upgrade"
+    assert "before-hook-creation" in annotations["helm.sh/hook-delete-policy"]
+    assert annotations["argocd.argoproj.io/hook"] == "PreSync"
+    assert annotations["argocd.argoproj.io/hook-delete-policy"] == "BeforeHookCreation"

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, generate_latest
+from importlib import metadata
+
+from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from coordinator import Health
@@ -24,6 +26,15 @@ DOCUMENTED = {
     "coordinator_heartbeat_failures": "counter",
     "coordinator_heartbeat_age_seconds": "gauge",
     "coordinator_heartbeat_job_age_seconds": "gauge",
+    "coordinator_build_info": "gauge",
+}
+
+#: The standard collectors' families that a registry of its own gets too (a few of them).
+STANDARD = {
+    "process_cpu_seconds": "counter",
+    "process_resident_memory_bytes": "gauge",
+    "python_info": "gauge",
+    "python_gc_collections": "counter",
 }
 
 
@@ -44,9 +55,15 @@ def scrape(registry: CollectorRegistry) -> dict[tuple[str, tuple[tuple[str, str]
 def test_every_documented_family_is_exposed_with_zeroes_before_anything_happens() -> None:
     coord = coordinator("postgresql://nobody@127.0.0.1:1/none", "idle")
     registry = CoordinatorMetrics(coord).registry
-    assert families(registry) == DOCUMENTED
+    exposed = families(registry)
+    assert {
+        k: v for k, v in exposed.items() if k.startswith("coordinator_") or k.startswith("leader_")
+    } == DOCUMENTED
+    assert {k: exposed.get(k) for k in STANDARD} == STANDARD
     samples = scrape(registry)
-    assert sample(samples, "leader_election_master_status", name=GROUP) == 0
+    (build,) = [labels for (name, labels) in samples if name == "coordinator_build_info"]
+    assert dict(build)["version"] == metadata.version("pg-coordinator")
+    assert sample(samples, "leader_election_master_status", name=GROUP, group=GROUP) == 0
     assert sample(samples, "coordinator_term", group=GROUP) == 0
     for reason in ("resigned", "stopping", "trust_expired", "lock_lost", "connection_lost"):
         assert sample(samples, "coordinator_demotions_total", group=GROUP, reason=reason) == 0
@@ -65,7 +82,7 @@ async def test_election_heartbeats_and_resignation_move_the_metrics(dsn: str) ->
     async with coord:
         term = await coord.group(GROUP).wait_elected(WAIT)
         samples = scrape(registry)
-        assert sample(samples, "leader_election_master_status", name=GROUP) == 1
+        assert sample(samples, "leader_election_master_status", name=GROUP, group=GROUP) == 1
         assert sample(samples, "coordinator_term", group=GROUP) == term
         assert sample(samples, "coordinator_elections_total", group=GROUP) == 1
         assert sample(samples, "coordinator_heartbeat_age_seconds", group=GROUP) is not None
@@ -83,7 +100,7 @@ async def test_election_heartbeats_and_resignation_move_the_metrics(dsn: str) ->
 
         await coord.group(GROUP).resign()
         samples = scrape(registry)
-        assert sample(samples, "leader_election_master_status", name=GROUP) == 0
+        assert sample(samples, "leader_election_master_status", name=GROUP, group=GROUP) == 0
         assert sample(samples, "coordinator_term", group=GROUP) == 0
         assert sample(samples, "coordinator_demotions_total", group=GROUP, reason="resigned") == 1
 
@@ -97,6 +114,22 @@ async def test_two_coordinators_in_one_process_keep_separate_registries(dsn: str
     async with first:
         await first.group(GROUP).wait_elected(WAIT)
         async with second:
-            assert sample(scrape(one), "leader_election_master_status", name=GROUP) == 1
-            assert sample(scrape(two), "leader_election_master_status", name=GROUP) == 0
+            assert (
+                sample(scrape(one), "leader_election_master_status", name=GROUP, group=GROUP) == 1
+            )
+            assert (
+                sample(scrape(two), "leader_election_master_status", name=GROUP, group=GROUP) == 0
+            )
             assert health.ready().ok
+
+
+def test_a_given_registry_keeps_its_own_process_collector() -> None:
+    """Like prometheus_client.REGISTRY, a given registry has the process metrics: none added."""
+    registry = CollectorRegistry()
+    ProcessCollector(registry=registry)
+    coord = coordinator("postgresql://nobody@127.0.0.1:1/none", "given")
+    CoordinatorMetrics(coord, registry=registry)  # a second process collector would raise
+    exposed = families(registry)
+    assert exposed["leader_election_master_status"] == "gauge"
+    assert exposed["process_cpu_seconds"] == "counter"
+    assert "python_info" not in exposed

@@ -1,20 +1,15 @@
-"""The migration runner: fresh, idempotent, concurrent, tamper-evident, shipped in the wheel."""
+"""The migration runner: fresh, idempotent, concurrent, tamper-evident."""
 
 from __future__ import annotations
 
 import asyncio
-import subprocess
 import sys
-import zipfile
-from pathlib import Path
 
 import pytest
 
 from coordinator import MigrationError, migrate
 from coordinator._migrations import available_migrations
 from helpers import connected
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 async def _tables(dsn: str, schema: str = "coordinator") -> set[str]:
@@ -88,27 +83,3 @@ async def test_unknown_newer_migration_in_the_database_is_reported(dsn: str) -> 
         )
     with pytest.raises(MigrationError, match="upgrade pg-coordinator"):
         await migrate(dsn)
-
-
-@pytest.mark.slow
-def test_the_wheel_carries_the_sql_files(tmp_path: Path) -> None:
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "wheel",
-            "--no-deps",
-            "--no-build-isolation",
-            "-q",
-            "-w",
-            str(tmp_path),
-            str(ROOT),
-        ],
-        check=True,
-        capture_output=True,
-    )
-    (wheel,) = tmp_path.glob("pg_coordinator-*.whl")
-    names = zipfile.ZipFile(wheel).namelist()
-    for migration in available_migrations():
-        assert f"coordinator/migrations/{migration.name}" in names

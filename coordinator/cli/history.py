@@ -8,10 +8,17 @@ import json
 import re
 from datetime import UTC, datetime, timedelta
 
-from coordinator._observe import LeadershipEvent, read_history
-from coordinator.cli._common import Subparsers, add_database_options, require_dsn
+from coordinator._observe import read_history
+from coordinator.cli._common import (
+    Subparsers,
+    add_database_options,
+    event_cells,
+    event_columns,
+    require_dsn,
+)
+from coordinator.cli.watch import print_changes
 
-__all__ = ["format_event", "parse_since", "register"]
+__all__ = ["parse_since", "register"]
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -26,21 +33,40 @@ def register(subparsers: Subparsers) -> None:
         type=parse_since,
         help="only events since a time (2024-05-01T12:00:00Z) or this long ago (90s, 30m, 2h, 7d)",
     )
-    parser.add_argument("--json", action="store_true", help="print a JSON array")
+    parser.add_argument(
+        "--limit", type=_positive, metavar="N", help="only the N most recent events"
+    )
+    parser.add_argument(
+        "--follow",
+        action="store_true",
+        help="then keep printing changes as they happen, as `coordinator watch` does",
+    )
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="print a JSON array (with --follow: one object per line)",
+    )
     parser.set_defaults(handler=handle)
 
 
 def handle(args: argparse.Namespace) -> int:
-    events = asyncio.run(
-        read_history(require_dsn(args), group=args.group, since=args.since, schema=args.schema)
-    )
-    if args.json:
+    dsn = require_dsn(args)
+    events = asyncio.run(read_history(dsn, group=args.group, since=args.since, schema=args.schema))
+    if args.limit is not None:
+        events = events[-args.limit :]
+    columns = event_columns()
+    if args.json and not args.follow:
         print(json.dumps([event.as_json() for event in events], indent=2))
-    elif not events:
-        print("no events recorded" + (f" for group {args.group}" if args.group else ""))
-    else:
+    elif args.json:
         for event in events:
-            print(format_event(event))
+            print(json.dumps(event.as_json()))
+    elif events:
+        print(columns.table([event_cells(event) for event in events]))
+    elif not args.follow:
+        print("no events recorded" + (f" for group {args.group}" if args.group else ""))
+    if args.follow:
+        groups = [args.group] if args.group else []
+        return print_changes(dsn, groups, args.schema, as_json=args.json, columns=columns)
     return 0
 
 
@@ -59,14 +85,13 @@ def parse_since(text: str) -> datetime | timedelta:
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
-def format_event(event: LeadershipEvent, *, received_at: datetime | None = None) -> str:
-    """One line for people: time, group, kind, term, instance, and the reason if any."""
-    at = event.at or received_at
-    who = event.instance_id or "-"
-    if event.kind == "current":
-        who = f"leader {event.instance_id}" if event.instance_id else "no leader"
-    line = (
-        f"{at.isoformat(timespec='milliseconds') if at else '-'}  {event.group}  "
-        f"{event.kind:<9} term {event.term}  {who}"
-    )
-    return f"{line}  ({event.reason})" if event.reason else line
+def _positive(text: str) -> int:
+    try:
+        number = int(text)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise argparse.ArgumentTypeError(
+            f"expected a whole number of events, 1 or more, got {text!r}"
+        )
+    return number

@@ -38,7 +38,8 @@ def register(subparsers: Subparsers) -> None:
     parser.add_argument(
         "--timeout", type=float, default=2.0, help="seconds to wait for the answer (2)"
     )
-    parser.set_defaults(handler=handle)
+    # It speaks HTTP only: no library events to quiet, so structlog is never imported.
+    parser.set_defaults(handler=handle, uses_library=False)
 
 
 def handle(args: argparse.Namespace) -> int:

@@ -1,4 +1,4 @@
-"""``coordinator status``: every group's leader, as a table or JSON."""
+"""``coordinator status``: every group's leader, or every member, as a table or JSON."""
 
 from __future__ import annotations
 
@@ -8,21 +8,36 @@ import json
 from collections import Counter
 from collections.abc import Sequence
 
-from coordinator._status import GroupStatus, read_status
-from coordinator.cli._common import Subparsers, add_database_options, require_dsn
+from coordinator._status import GroupStatus, MemberStatus, read_members, read_status
+from coordinator.cli._common import Columns, Subparsers, add_database_options, require_dsn
 
-__all__ = ["format_status", "register"]
+__all__ = ["format_members", "format_status", "register"]
 
 
 def register(subparsers: Subparsers) -> None:
-    parser = subparsers.add_parser("status", help="show every group's leader")
+    parser = subparsers.add_parser("status", help="show every group's leader (or every member)")
     add_database_options(parser)
+    parser.add_argument(
+        "--members",
+        action="store_true",
+        help="list every member of every group: role, heartbeat age, term, host, pid, "
+        "and whether it is a candidate (would take over)",
+    )
     parser.add_argument("--json", action="store_true", help="print a JSON array")
     parser.set_defaults(handler=handle)
 
 
 def handle(args: argparse.Namespace) -> int:
-    rows = asyncio.run(read_status(require_dsn(args), schema=args.schema))
+    dsn = require_dsn(args)
+    if args.members:
+        members = asyncio.run(read_members(dsn, schema=args.schema))
+        print(
+            json.dumps([row.as_json() for row in members], indent=2)
+            if args.json
+            else format_members(members)
+        )
+        return 0
+    rows = asyncio.run(read_status(dsn, schema=args.schema))
     if args.json:
         print(json.dumps([row.as_json() for row in rows], indent=2))
     else:
@@ -49,22 +64,65 @@ def format_status(rows: Sequence[GroupStatus]) -> str:
     """A fixed-width table of ``leader_status`` rows, for people."""
     if not rows:
         return "no groups yet"
-    header = ("GROUP", "LEADER", "TERM", "ACQUIRED", "HEARTBEAT AGE", "STALE", "LOCK HELD")
-    lines = [header]
-    for row in rows:
-        lines.append(
-            (
-                row.group,
-                row.leader or "-",
-                str(row.term),
-                row.acquired_at.isoformat(timespec="milliseconds") if row.acquired_at else "-",
-                f"{row.heartbeat_age_s:.3f} s" if row.heartbeat_age_s is not None else "-",
-                "yes" if row.stale else "no",
-                "yes" if row.lock_held else "no",
-            )
-        )
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    return "\n".join(
-        "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip()
-        for line in lines
+    header = ["GROUP", "LEADER", "TERM", "ACQUIRED", "HEARTBEAT AGE", "STALE", "LOCK HELD"]
+    return Columns().table(
+        [
+            header,
+            *(
+                [
+                    row.group,
+                    row.leader or "-",
+                    str(row.term),
+                    row.acquired_at.isoformat(timespec="milliseconds") if row.acquired_at else "-",
+                    _age(row.heartbeat_age_s),
+                    _yes(row.stale),
+                    _yes(row.lock_held),
+                ]
+                for row in rows
+            ),
+        ]
     )
+
+
+def format_members(rows: Sequence[MemberStatus]) -> str:
+    """A fixed-width table of every member, group by group, for people."""
+    if not rows:
+        return "no members yet"
+    header = [
+        "GROUP",
+        "INSTANCE",
+        "ROLE",
+        "TERM",
+        "HEARTBEAT AGE",
+        "LIVE",
+        "CANDIDATE",
+        "HOST",
+        "PID",
+    ]
+    return Columns().table(
+        [
+            header,
+            *(
+                [
+                    row.group,
+                    row.instance_id,
+                    row.role,
+                    str(row.term) if row.term is not None else "-",
+                    _age(row.heartbeat_age_s),
+                    _yes(row.live),
+                    _yes(row.candidate),
+                    row.host or "-",
+                    str(row.pid) if row.pid is not None else "-",
+                ]
+                for row in rows
+            ),
+        ]
+    )
+
+
+def _age(seconds: float | None) -> str:
+    return f"{seconds:.3f} s" if seconds is not None else "-"
+
+
+def _yes(flag: bool) -> str:
+    return "yes" if flag else "no"

@@ -22,22 +22,39 @@ or let ``coordinator run --http HOST:PORT`` serve it alone (a sidecar).
                            be read; the local fields are still given.
 ``GET /leader/{group}``    The same for one group; 200 when this instance leads it,
                            503 when not, 404 for a group it does not take part in.
+``GET /members``           JSON: every member of every group (the database's view:
+                           role, heartbeat age, term, host, pid, live, candidate).
+                           503 if the database cannot be read.
+``GET /cluster``           JSON for the web view: every group, every member, and the
+                           events since ``?since=`` (ISO 8601; default: all retained).
+``GET /``                  The web view: groups, members and a timeline of
+                           leaderships, updated live (a page, its script and style
+                           shipped in the package; no build step, nothing fetched
+                           from elsewhere).
 ``GET /metrics``           Prometheus text format (:class:`CoordinatorMetrics`).
 =========================  ==========================================================
 
-Every route answers GET and HEAD only; nothing here changes any state. The
-status codes come from local state alone; the database is read only for the
-JSON bodies of ``/leader``, on a connection of its own (so that requests
-never queue behind the heartbeat) and within a bound of one second.
+Every route answers GET and HEAD; the probe endpoints (``/livez``,
+``/readyz``, ``/leader``, ``/leader/{group}``) and ``/`` also answer
+OPTIONS, with the same status, since HAProxy's ``option httpchk`` sends
+OPTIONS (to ``/`` unless given a path) by default.
+Nothing here changes any state. The status codes of the probe endpoints come
+from local state alone; the database is read only for the JSON bodies, on a
+connection of their own (so that requests never queue behind the heartbeat)
+and within a bound of one second.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import socket
-from collections.abc import AsyncIterator, Generator
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from importlib import resources
+from typing import Any, TypeVar
 
 import asyncpg
 import structlog
@@ -54,14 +71,30 @@ from coordinator._coordinator import Coordinator
 from coordinator._errors import ConfigurationError
 from coordinator._health import Health, ReadyWhen, Verdict
 from coordinator._metrics import CoordinatorMetrics
-from coordinator._status import GroupStatus, read_status
+from coordinator._observe import LeadershipEvent, read_history
+from coordinator._status import GroupStatus, MemberStatus, read_members, read_status
 
-__all__ = ["CoordinatorMetrics", "HttpServer", "http_app"]
+__all__ = ["WEB_ROOT", "CoordinatorMetrics", "HttpServer", "http_app"]
 
 log = structlog.get_logger("coordinator")
 
 #: How long a request may wait for the database's view of who leads.
 STATUS_READ_TIMEOUT = 1.0
+
+#: The web view's files, shipped in the package.
+WEB_ROOT = resources.files("coordinator.integrations") / "web"
+
+#: The web view's files by route, with their media types.
+_WEB_FILES = {
+    "/": ("index.html", "text/html; charset=utf-8"),
+    "/view.js": ("view.js", "text/javascript; charset=utf-8"),
+    "/view.css": ("view.css", "text/css; charset=utf-8"),
+}
+
+#: Methods of the probe endpoints: HAProxy's httpchk asks with OPTIONS.
+_PROBE_METHODS = ["GET", "OPTIONS"]
+
+T = TypeVar("T")
 
 
 def http_app(
@@ -79,7 +112,7 @@ def http_app(
     """
     health = Health(coordinator, ready_when=ready_when)
     metrics = CoordinatorMetrics(coordinator, registry=registry, health=health)
-    reader = _StatusReader(coordinator.config)
+    reader = _DatabaseReader(coordinator.config)
     endpoints = _Endpoints(coordinator, health, metrics, reader)
 
     @contextlib.asynccontextmanager
@@ -89,12 +122,23 @@ def http_app(
 
     app = Starlette(
         routes=[
-            Route("/livez", endpoints.livez, methods=["GET"]),
-            Route("/readyz", endpoints.readyz, methods=["GET"]),
-            Route("/leader", endpoints.leaders, methods=["GET"]),
+            Route("/livez", endpoints.livez, methods=_PROBE_METHODS),
+            Route("/readyz", endpoints.readyz, methods=_PROBE_METHODS),
+            Route("/leader", endpoints.leaders, methods=_PROBE_METHODS),
             # Group names may contain slashes.
-            Route("/leader/{group:path}", endpoints.leader, methods=["GET"]),
+            Route("/leader/{group:path}", endpoints.leader, methods=_PROBE_METHODS),
+            Route("/members", endpoints.members, methods=["GET"]),
+            Route("/cluster", endpoints.cluster, methods=["GET"]),
             Route("/metrics", endpoints.metrics, methods=["GET"]),
+            # OPTIONS / is what a bare `option httpchk` asks: the process answers at all.
+            *(
+                Route(
+                    path,
+                    _WebFile(*served).respond,
+                    methods=_PROBE_METHODS if path == "/" else ["GET"],
+                )
+                for path, served in _WEB_FILES.items()
+            ),
         ],
         lifespan=lifespan,
     )
@@ -111,7 +155,7 @@ class _Endpoints:
         coordinator: Coordinator,
         health: Health,
         metrics: CoordinatorMetrics,
-        reader: _StatusReader,
+        reader: _DatabaseReader,
     ) -> None:
         self._coordinator = coordinator
         self._health = health
@@ -126,7 +170,7 @@ class _Endpoints:
         return _verdict(verdict, "ready", policy=self._health.ready_when.value)
 
     async def leaders(self, _request: Request) -> Response:
-        rows, error = await self._reader.read()
+        rows, error = await self._groups()
         body = {
             "instance_id": self._coordinator.instance_id,
             "groups": [self._group(name, rows) for name in self._coordinator.groups],
@@ -141,13 +185,43 @@ class _Endpoints:
             return JSONResponse(
                 {"error": f"this instance does not take part in group {name!r}"}, status_code=404
             )
-        rows, error = await self._reader.read()
+        rows, error = await self._groups()
         body = {
             "instance_id": self._coordinator.instance_id,
             **self._group(name, rows),
             "database_error": error,
         }
         return JSONResponse(body, status_code=200 if group.is_leader else 503)
+
+    async def members(self, _request: Request) -> Response:
+        members, error = await self._reader.read(read_members)
+        body = {
+            "instance_id": self._coordinator.instance_id,
+            "members": [member.as_json() for member in members or ()],
+            "database_error": error,
+        }
+        return JSONResponse(body, status_code=503 if error else 200)
+
+    async def cluster(self, request: Request) -> Response:
+        since_text = request.query_params.get("since")
+        try:
+            since = datetime.fromisoformat(since_text) if since_text else None
+        except ValueError:
+            return JSONResponse(
+                {"error": f"since={since_text!r} is not an ISO 8601 time"}, status_code=400
+            )
+        view, error = await self._reader.read(functools.partial(_read_cluster, since=since))
+        body = {
+            "instance_id": self._coordinator.instance_id,
+            "now": datetime.now(UTC).isoformat(),
+            **(view.as_json() if view else {"groups": [], "members": [], "events": []}),
+            "database_error": error,
+        }
+        return JSONResponse(body, status_code=503 if error else 200)
+
+    async def _groups(self) -> tuple[dict[str, GroupStatus], str | None]:
+        rows, error = await self._reader.read(read_status)
+        return {row.group: row for row in rows or ()}, error
 
     async def metrics(self, _request: Request) -> Response:
         return Response(generate_latest(self._metrics.registry), media_type=CONTENT_TYPE_LATEST)
@@ -177,8 +251,48 @@ def _rounded(seconds: float | None) -> float | None:
     return None if seconds is None else round(seconds, 3)
 
 
-class _StatusReader:
-    """Reads ``leader_status`` on one connection of its own, opened on first use.
+@dataclass(frozen=True)
+class _ClusterView:
+    """What the web view shows, read in one go."""
+
+    groups: list[GroupStatus]
+    members: list[MemberStatus]
+    events: list[LeadershipEvent]
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "groups": [row.as_json() for row in self.groups],
+            "members": [row.as_json() for row in self.members],
+            "events": [event.as_json() for event in self.events],
+        }
+
+
+async def _read_cluster(
+    conn: asyncpg.Connection, *, schema: str, since: datetime | None
+) -> _ClusterView:
+    return _ClusterView(
+        groups=await read_status(conn, schema=schema),
+        members=await read_members(conn, schema=schema),
+        events=await read_history(conn, since=since, schema=schema),
+    )
+
+
+class _WebFile:
+    """One file of the web view, read from the package once, on first request."""
+
+    def __init__(self, name: str, media_type: str) -> None:
+        self._name = name
+        self._media_type = media_type
+        self._body: bytes | None = None
+
+    async def respond(self, _request: Request) -> Response:
+        if self._body is None:
+            self._body = WEB_ROOT.joinpath(self._name).read_bytes()
+        return Response(self._body, media_type=self._media_type)
+
+
+class _DatabaseReader:
+    """Reads for the endpoints on one connection of their own, opened on first use.
 
     A failed or timed-out read drops the connection; the next one reconnects.
     """
@@ -188,22 +302,21 @@ class _StatusReader:
         self._conn: asyncpg.Connection | None = None
         self._lock = asyncio.Lock()
 
-    async def read(self) -> tuple[dict[str, GroupStatus], str | None]:
-        """Every group's row by name, or no rows and why they could not be read."""
+    async def read(self, reading: Callable[..., Awaitable[T]]) -> tuple[T | None, str | None]:
+        """What ``reading(conn, schema=...)`` returns, or None and why it could not be read."""
         try:
             async with asyncio.timeout(STATUS_READ_TIMEOUT), self._lock:
-                rows = await self._read()
+                return await self._read(reading), None
         except TimeoutError:
-            return {}, f"no answer from the database within {STATUS_READ_TIMEOUT:g} s"
+            return None, f"no answer from the database within {STATUS_READ_TIMEOUT:g} s"
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
-            return {}, f"{type(error).__name__}: {error}"
-        return {row.group: row for row in rows}, None
+            return None, f"{type(error).__name__}: {error}"
 
-    async def _read(self) -> list[GroupStatus]:
+    async def _read(self, reading: Callable[..., Awaitable[T]]) -> T:
         if self._conn is None or self._conn.is_closed():
             self._conn = await connect(self._config)
         try:
-            return await read_status(self._conn, schema=self._config.schema)
+            return await reading(self._conn, schema=self._config.schema)
         except BaseException:
             self._conn.terminate()
             self._conn = None
