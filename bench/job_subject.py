@@ -69,6 +69,8 @@ async def serve(args: argparse.Namespace) -> None:
     scheduler.start()
     await coordinator.start()
     await stop.wait()
+    if hasattr(jobs, "drain"):  # as the FastAPI helper does: drain while still leading
+        await jobs.drain()
     await coordinator.stop()
     scheduler.shutdown(wait=False)
     await pool.close()

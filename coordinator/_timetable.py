@@ -143,8 +143,8 @@ class Timetable:
         try:
             return await self.pool.fetchval(statement, self.group, term, *args)
         except asyncpg.PostgresError as error:
-            if getattr(error, "sqlstate", None) == STALE_TERM_SQLSTATE:
-                raise StaleTerm(f"{error.args[0] if error.args else error}") from None
+            if error.sqlstate == STALE_TERM_SQLSTATE:
+                raise StaleTerm(f"{error.message}: {error.hint}") from None
             raise
 
 
