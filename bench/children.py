@@ -61,6 +61,11 @@ class Child:
     def records(self) -> list[Record]:
         return list(self._records)
 
+    @property
+    def ended(self) -> bool:
+        """Whether its stdout has closed: it exited, or is about to."""
+        return self._ended
+
     def send(self, signum: signal.Signals) -> None:
         self._started().send_signal(signum)
 

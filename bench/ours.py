@@ -20,7 +20,7 @@ from bench.stats import Distribution
 from coordinator import migrate
 from coordinator.testing import TcpProxy
 
-__all__ = ["Failovers", "Settings", "instance", "measure_failover"]
+__all__ = ["Failovers", "Settings", "instance", "measure_failover", "run_trials"]
 
 GROUP = "bench"
 _CRASH_BOUND_S = 10.0
@@ -71,7 +71,13 @@ class Failovers:
 
 
 def instance(
-    db: Database, name: str, settings: Settings, log_dir: Path, proxy: TcpProxy | None = None
+    db: Database,
+    name: str,
+    settings: Settings,
+    log_dir: Path,
+    proxy: TcpProxy | None = None,
+    *,
+    trace: bool = False,
 ) -> Child:
     """One pg-coordinator instance in the benchmark's group, through ``proxy`` if given."""
     dsn = db.dsn if proxy is None else proxy.dsn(db.dsn)
@@ -79,7 +85,11 @@ def instance(
         name,
         Path(sys.executable),
         "bench.subjects.pg_coordinator",
-        ["--dsn", dsn, "--group", GROUP, "--instance-id", name, *settings.args()],
+        [
+            *("--dsn", dsn, "--group", GROUP, "--instance-id", name),
+            *settings.args(),
+            *(["--trace"] if trace else []),
+        ],
         log_dir,
     )
 
@@ -93,29 +103,7 @@ async def measure_failover(
     *,
     instances: int = 3,
 ) -> Failovers:
-    await migrate(db.dsn)
-
-    async def spawn(name: str) -> Member:
-        proxy = None
-        if fault is Fault.BLACKHOLE:
-            proxy = TcpProxy("127.0.0.1", db.server.port)
-            proxy.start()
-        child = instance(db, name, settings, log_dir, proxy)
-        await child.start()
-        return Member(child, proxy)
-
-    bound = _CRASH_BOUND_S if settings.ttl is None else 3 * settings.ttl + _CRASH_BOUND_S
-    # Long enough for a heartbeat and a monitor run after taking office: a leader that
-    # loses office again at once is counted as churn, not faulted as if it still led.
-    settle = 0.1 if settings.heartbeat_interval is None else 4 * settings.heartbeat_interval
-    cluster = Cluster(db, instances, f"ours-{fault.value}", spawn, settle)
-    results: list[Trial] = []
-    try:
-        await cluster.start()
-        for _ in range(trials):
-            results.append(await cluster.trial(fault, bound))
-    finally:
-        await cluster.close()
+    results = await run_trials(db, fault, settings, trials, log_dir, instances=instances)
     ahead = [r.failover - r.demoted_after for r in results if r.demoted_after is not None]
     return Failovers(
         fault,
@@ -127,3 +115,41 @@ async def measure_failover(
         Distribution.of(ahead) if fault is Fault.BLACKHOLE else None,
         dict(Counter(r.reason for r in results if r.reason is not None)),
     )
+
+
+async def run_trials(
+    db: Database,
+    fault: Fault,
+    settings: Settings,
+    trials: int,
+    log_dir: Path,
+    *,
+    instances: int = 3,
+    trace: bool = False,
+) -> list[Trial]:
+    """``trials`` faults of the leader of ``instances`` instances, each a separate process."""
+    await migrate(db.dsn)
+
+    async def spawn(name: str) -> Member:
+        proxy = None
+        if fault is Fault.BLACKHOLE:
+            proxy = TcpProxy("127.0.0.1", db.server.port)
+            proxy.start()
+        child = instance(db, name, settings, log_dir, proxy, trace=trace)
+        await child.start()
+        return Member(child, proxy)
+
+    bound = _CRASH_BOUND_S if settings.ttl is None else 3 * settings.ttl + _CRASH_BOUND_S
+    # Long enough for a heartbeat and a monitor run after taking office: a leader that
+    # loses office again at once is counted as churn, not faulted as if it still led.
+    settle = 0.1 if settings.heartbeat_interval is None else 4 * settings.heartbeat_interval
+    name = f"{'trace' if trace else 'ours'}-{fault.value}"
+    cluster = Cluster(db, instances, name, spawn, settle)
+    results: list[Trial] = []
+    try:
+        await cluster.start()
+        for _ in range(trials):
+            results.append(await cluster.trial(fault, bound))
+    finally:
+        await cluster.close()
+    return results

@@ -1,8 +1,9 @@
 """Everything one run measured, and the page (``bench/RESULTS.md``) that reports it.
 
 Every figure is printed with its ratio to the floor of the same run and to
-each peer: measured peers by their medians, published peers by the window
-their default timings allow, which is labelled as such wherever it appears.
+each peer: measured peers by their medians, published peers (only those
+that cannot run here) by the window their default timings allow, which is
+labelled as such wherever it appears.
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ from bench.cluster import Fault
 from bench.ours import Failovers
 from bench.overhead import Footprint
 from bench.peer_apscheduler import LEASE_S, ApschedulerResults
-from bench.peer_pals import PalsResults
-from bench.published import PUBLISHED, Published
+from bench.peers import HangSeries, Peer, PeerResults, Series
+from bench.published import PUBLISHED
 from bench.stats import Distribution, format_range, format_seconds
+from bench.trace import Trace
 
 __all__ = ["Results", "keep_sections", "markdown", "raw"]
 
@@ -29,11 +31,14 @@ class Results:
     wall_seconds: float
     machine: dict[str, str]
     versions: dict[str, str]
+    #: Every distribution's version, from all the environments, for the peers' rows.
+    packages: dict[str, str]
     floor_kill: Distribution
     floor_unlock: Distribution
     commit: Distribution
     ours: dict[Fault, Failovers]
-    pals: PalsResults
+    traces: dict[Fault, Trace]
+    peers: list[PeerResults]
     apscheduler: ApschedulerResults
     overhead: list[Footprint]
     overhead_window: float
@@ -67,7 +72,9 @@ def markdown(r: Results) -> str:
             "![Failover distributions](failover.png)",
             "",
             *_headline(r),
+            *_goals(r),
             *_failover_table(r),
+            *_trace(r),
             *_findings(r),
             *_overhead(r),
             *_published(),
@@ -99,11 +106,26 @@ def raw(r: Results) -> dict[str, Any]:
             "durable_commit": r.commit.samples,
             **{f"pg_coordinator_{f.value}": o.failover.samples for f, o in r.ours.items()},
             **{f"pg_coordinator_{f.value}_settled": o.settled.samples for f, o in r.ours.items()},
-            "pals_kill": r.pals.kill.samples,
+            **{
+                f"{p.peer.key}_{f.value}": _samples(series)
+                for p in r.peers
+                for f, series in p.faults.items()
+            },
+            **{
+                f"{p.peer.key}_stop_told": list(series.told)
+                for p in r.peers
+                for series in p.faults.values()
+                if isinstance(series, HangSeries)
+            },
             "apscheduler4_kill_to_run": r.apscheduler.kill_to_run.samples,
             "apscheduler4_late": r.apscheduler.late.samples,
         },
         "settings": {f.value: asdict(o.settings) for f, o in r.ours.items()},
+        "peer_settings": {p.peer.key: f"{p.peer.label}: {p.peer.settings}" for p in r.peers},
+        "trace": {
+            f.value: {ph.point: {"at": ph.at.samples, "step": ph.step.samples} for ph in t.phases}
+            for f, t in r.traces.items()
+        },
         "overhead": [asdict(f) for f in r.overhead],
         "overhead_window_s": r.overhead_window,
     }
@@ -129,72 +151,168 @@ def _window(low: float, high: float, ours: float) -> str:
     return f"{format_range(low, high)} ({factors})"
 
 
-def _headline(r: Results) -> list[str]:
-    kill, term, stop, hole = (r.ours[f].failover for f in Fault)
-    ttl = r.ours[Fault.STOP].settings.ttl
-    assert ttl is not None
-    aps = r.apscheduler
-    pals_hang = (
-        f"none within {r.pals.hang_window:g} s (>{_times(r.pals.hang_window / stop.median)})"
-        if r.pals.hang_takeover is None
-        else f"{format_seconds(r.pals.hang_takeover)}"
+def _samples(series: Series | HangSeries) -> tuple[float, ...]:
+    d = series.takeover if isinstance(series, HangSeries) else series.failover
+    return () if d is None else d.samples
+
+
+def _pals(r: Results) -> PeerResults:
+    return next(p for p in r.peers if p.peer.key == "pals")
+
+
+def _failover(series: Series | HangSeries | None) -> Distribution | None:
+    if series is None:
+        return None
+    return series.takeover if isinstance(series, HangSeries) else series.failover
+
+
+def _peer_cell(series: Series | HangSeries | None, ours: Distribution) -> str:
+    """A peer's median and its multiple of pg-coordinator's, or why there is none."""
+    if series is None:
+        return "as defaults"
+    d = _failover(series)
+    if d is None:
+        return f"**none** within {series.none_within:g} s"
+    cell = f"{_cell(d)} ({_times(d.median / ours.median)})"
+    return (
+        cell if series.none_within is None else f"{cell}; then none within {series.none_within:g} s"
     )
 
-    def published(p: Published, ours: Distribution, graceful: bool = False) -> str:
-        window = p.graceful if graceful else p.crash
-        return "n/a" if window is None else _window(*window, ours.median)
 
-    header = ["fault", "pg-coordinator (median)", "floor", "pals", "APScheduler 4"]
-    header += [f"{p.system.split(' (')[0]} *" for p in PUBLISHED]
+def _told(series: Series | HangSeries | None) -> str:
+    if not isinstance(series, HangSeries):
+        return ""
+    if not series.told:
+        return "not asked: it kept the lock"
+    told = sorted(t for t in series.told if t is not None)
+    if not told:
+        return f"**never** (0 of {len(series.told)} within {series.told_window:g} s)"
+    median = Distribution.of(told).median
+    return f"{len(told)} of {len(series.told)}, {format_seconds(median)} after SIGCONT"
+
+
+def _version(peer: Peer, r: Results) -> str:
+    packages = ", ".join(f"{name} {r.packages.get(name, '?')}" for name in peer.packages)
+    store = peer.store.split(" ")[0]
+    server = r.versions.get(store, "?").split(" (")[0]
+    return f"{packages}; {store} {server}"
+
+
+def _headline(r: Results) -> list[str]:
+    kill, term, stop, _ = (r.ours[f].failover for f in Fault)
+    ttl = r.ours[Fault.STOP].settings.ttl
+    assert ttl is not None
+    stop_told = r.ours[Fault.STOP]
+    aps = r.apscheduler
+    header = [
+        "system (profile)",
+        "versions",
+        "settings",
+        "crash (SIGKILL)",
+        "graceful (SIGTERM)",
+        "hang (SIGSTOP): takeover",
+        "hang: old leader told it lost",
+    ]
+    told_ours = (
+        f"{stop_told.failover.n} of {stop_told.failover.n} ("
+        + ", ".join(sorted(stop_told.demotion_reasons))
+        + ": its trust deadline passed while it was frozen)"
+    )
     rows = [
         [
-            "crash (SIGKILL)",
-            _cell(kill),
-            f"{_cell(r.floor_kill)} (ours {_times(kill.median / r.floor_kill.median)})",
-            f"{_cell(r.pals.kill)} ({_times(r.pals.kill.median / kill.median)})",
-            f"{_cell(aps.kill_to_run)} ({_times(aps.kill_to_run.median / kill.median)})",
-            *(published(p, kill) for p in PUBLISHED),
-        ],
-        [
-            "graceful (SIGTERM)",
-            _cell(term),
-            f"{_cell(r.floor_unlock)} (ours {_times(term.median / r.floor_unlock.median)})",
-            "no graceful path",
-            "no leader",
-            *(published(p, term, graceful=True) for p in PUBLISHED),
-        ],
-        [
-            f"hang (SIGSTOP), ttl {ttl:g} s",
+            "**pg-coordinator** (defaults; hang: short ttl)",
+            f"pg-coordinator {r.versions['pg-coordinator']}; PostgreSQL {r.versions['PostgreSQL']}",
+            f"ttl 15 s, heartbeat every 5 s; hang: ttl {ttl:g} s",
+            f"**{_cell(kill)}**",
+            f"**{_cell(term)}**",
             f"{_cell(stop)} ({stop.median / ttl:.2f}x ttl)",
-            f"ttl {ttl:g} s",
-            pals_hang,
-            "no leader",
-            *(published(p, stop) for p in PUBLISHED),
+            told_ours,
         ],
         [
-            f"partition (blackhole), ttl {ttl:g} s",
-            f"{_cell(hole)} ({hole.median / ttl:.2f}x ttl)",
-            f"ttl {ttl:g} s",
-            "not measured",
-            "no leader",
-            *(published(p, hole) for p in PUBLISHED),
+            "floor: bare `pg_advisory_lock` waiter",
+            f"asyncpg {r.versions['asyncpg']}",
+            "",
+            f"{_cell(r.floor_kill)} (ours {_times(kill.median / r.floor_kill.median)})",
+            f"{_cell(r.floor_unlock)} (ours {_times(term.median / r.floor_unlock.median)})",
+            "",
+            "",
         ],
     ]
+    for result in r.peers:
+        faults = result.faults
+        rows.append(
+            [
+                result.peer.label,
+                _version(result.peer, r),
+                result.peer.settings,
+                _peer_cell(faults.get(Fault.KILL), kill),
+                _peer_cell(faults.get(Fault.TERM), term),
+                _peer_cell(faults.get(Fault.STOP), stop),
+                _told(faults.get(Fault.STOP)),
+            ]
+        )
+    rows.append(
+        [
+            "APScheduler 4 (no leader: next run of the schedule elsewhere)",
+            r.versions.get("APScheduler 4 venv", "").split(",")[0],
+            f"schedule every {aps.interval:g} s; lease 30 s",
+            f"{_cell(aps.kill_to_run)} ({_times(aps.kill_to_run.median / kill.median)})",
+            "no leader",
+            "not measured",
+            "",
+        ]
+    )
+    for p in PUBLISHED:
+        graceful = "n/a" if p.graceful is None else _window(*p.graceful, term.median)
+        rows.append(
+            [
+                f"{p.system.split(' (')[0]} * (**not measured**: published defaults)",
+                "",
+                p.defaults,
+                _window(*p.crash, kill.median),
+                graceful,
+                _window(*p.crash, stop.median),
+                "",
+            ]
+        )
     return [
         "## Headline",
         "",
-        "Median time from the fault until the new leader's code runs. In brackets: in the "
-        "floor column, pg-coordinator's median as a multiple of the floor; in a peer's column, "
-        "the peer's time as a multiple of pg-coordinator's median. Columns marked * are **not "
-        "measured**: they "
-        "are the window the peer's published default timings allow (see "
-        "[below](#published-peers-not-measured)). APScheduler 4 has no leader: its figure is "
-        f"the time until the schedule (due every {aps.interval:g} s) next runs on a surviving "
-        "scheduler.",
+        "Median time from the fault until the new leader's code runs, every system measured in "
+        "this run with the same harness (three processes each, the fault injected into the "
+        "leader), except the rows marked *: those cannot run here and are the window their "
+        "published default timings allow (see [below](#published-peers-not-measured)). In "
+        "brackets: a peer's time as a multiple of pg-coordinator's median; in the floor row, "
+        "pg-coordinator's median as a multiple of the floor. **none** means no other member "
+        "took office within the window: such a peer keeps its lock until the frozen or dead "
+        "holder's connection is closed. **as defaults**: a graceful stop does not depend on "
+        "the timeouts that the aggressive profile shortens, so it was measured at the "
+        "defaults only. The last column: after SIGCONT, was the resumed old leader told that "
+        "it no longer leads, and how soon? (**never**: it went on believing that it led.) "
+        "Each peer's hang is measured at its own settings; pg-coordinator's hang row uses "
+        f"ttl {ttl:g} s (with its default ttl of 15 s it would take about 15 s).",
         "",
         *_table(header, rows),
         "",
     ]
+
+
+def _goals(r: Results) -> list[str]:
+    pals = _pals(r)
+    lines = ["## pg-coordinator against pals, in this run", ""]
+    for fault, goal in ((Fault.TERM, 1.5), (Fault.KILL, 1.1)):
+        theirs = _failover(pals.faults.get(fault))
+        ours = r.ours[fault].failover
+        if theirs is None:
+            continue
+        ratio = ours.median / theirs.median
+        verdict = "met" if ratio <= goal else "not met"
+        lines.append(
+            f"- **{_SHORT[fault]}**: pg-coordinator {format_seconds(ours.median)}, pals "
+            f"{format_seconds(theirs.median)} (medians): **{ratio:.2f}x** pals "
+            f"(goal at most {goal:g}x: {verdict})."
+        )
+    return [*lines, ""]
 
 
 def _failover_table(r: Results) -> list[str]:
@@ -212,13 +330,21 @@ def _failover_table(r: Results) -> list[str]:
                 _versus(r, o),
             )
         )
+    what = {Fault.KILL: "SIGKILL of the leader", Fault.TERM: "SIGTERM of the leader"}
+    what[Fault.STOP] = "SIGSTOP of the leader until another took office"
+    for result in r.peers:
+        for fault, series in result.faults.items():
+            d = _failover(series)
+            if d is not None:
+                rows.append(
+                    (
+                        result.peer.label,
+                        f"{what[fault]}; {result.peer.settings}",
+                        d,
+                        "",
+                    )
+                )
     rows += [
-        (
-            "pals",
-            "SIGKILL of the holder; pals defaults",
-            r.pals.kill,
-            f"{r.pals.kill.median / r.floor_kill.median:.1f}x floor",
-        ),
         (
             "APScheduler 4",
             f"SIGKILL of a scheduler until the schedule runs elsewhere (every "
@@ -282,13 +408,14 @@ def _findings(r: Results) -> list[str]:
         f"{format_seconds(r.commit.median)} alone here) and logs "
         "`leadership_acquired` before `on_elected` runs; each round trip needs the client and "
         "its backend scheduled again. A pals follower only returns from `pg_advisory_lock`: "
-        f"{format_seconds(r.pals.kill.median)}.",
+        f"{format_seconds(_cell_median(_pals(r), Fault.KILL))}.",
         f"- **Graceful stop.** {format_seconds(r.ours[Fault.TERM].failover.median)} against "
         f"{format_seconds(r.floor_unlock.median)} for a bare unlock: on SIGTERM the leader "
         "runs `on_demoted`, commits its resignation in one statement and only then unlocks, "
         "and the next "
         "leader takes office as above.",
     ]
+    lines += _trace_findings(r)
     for fault in (Fault.STOP, Fault.BLACKHOLE):
         o = r.ours[fault]
         ttl = o.settings.ttl
@@ -327,12 +454,26 @@ def _findings(r: Results) -> list[str]:
             + ", ".join(f"{format_seconds(r.ours[f].settled.median)} ({f.value})" for f in churned)
             + "."
         )
-    if r.pals.hang_takeover is None:
+    never = [p.peer.label for p in r.peers if _failover(p.faults.get(Fault.STOP)) is None]
+    if never:
         lines.append(
-            f"- **pals and a hang.** With the holder frozen, no pals follower took the lock "
-            f"within {r.pals.hang_window:g} s: nothing ends a frozen holder's session, so the "
-            "lock stays held until the process resumes or the server's TCP keepalive gives up "
-            "(about two hours with the operating system's defaults)."
+            f"- **No takeover from a frozen holder**: {', '.join(never)}. Nothing ends a "
+            "frozen holder's session or lock, so it stays held until the process resumes or "
+            "the server's TCP keepalive gives up (about two hours with the operating "
+            "system's defaults)."
+        )
+    untold = [
+        p.peer.label
+        for p in r.peers
+        if isinstance(series := p.faults.get(Fault.STOP), HangSeries)
+        and series.told
+        and series.told_count == 0
+    ]
+    if untold:
+        lines.append(
+            f"- **Two leaders after a hang**: {', '.join(untold)} never told the resumed old "
+            "leader that another had taken office: it went on believing that it led, beside "
+            "the new one, until it was stopped."
         )
     aps = r.apscheduler
     lines.append(
@@ -345,6 +486,81 @@ def _findings(r: Results) -> list[str]:
         f"schedule (no run within {aps.stuck_after:g} s; left out of its figures above)."
     )
     return [*lines, ""]
+
+
+def _trace_findings(r: Results) -> list[str]:
+    """What the trace says about where pg-coordinator's time goes, past pals's."""
+    lines = []
+    for fault, trace in r.traces.items():
+        at = {p.point: p.at.median for p in trace.phases}
+        elected = at.get("the next leader's on_elected runs")
+        granted = at.get("the next leader's lock wait answered (granted)")
+        if elected is None or granted is None:
+            continue
+        after = f"{format_seconds(elected - granted)} from the grant to `on_elected`"
+        if fault is Fault.TERM and "unlock sent" in at:
+            before = at["unlock sent"]
+            lines.append(
+                f"- **Where a graceful hand-over's time goes** (trace medians): "
+                f"{format_seconds(before)} before the old leader even sends its unlock (signal "
+                "handling, `on_demoted`, the resign statement's round trip and durable commit), "
+                f"{format_seconds(granted - before)} from that to the grant, and {after} (the "
+                "take-office statement's round trip and durable commit, then the callback). "
+                "pals does only the unlock."
+            )
+        elif fault is Fault.KILL:
+            lines.append(
+                f"- **Where a crash failover's time goes** (trace medians): "
+                f"{format_seconds(granted)} until the server grants the lock (as for any waiter), "
+                f"then {after}: the take-office round trip and durable commit, which pals does "
+                "not have."
+            )
+    return lines
+
+
+def _cell_median(result: PeerResults, fault: Fault) -> float:
+    d = _failover(result.faults.get(fault))
+    return float("nan") if d is None else d.median
+
+
+def _trace(r: Results) -> list[str]:
+    lines = [
+        "## Where a hand-over's time goes",
+        "",
+        f"A separate series of {r.ours[Fault.KILL].instances} traced instances (library "
+        "defaults) per fault: `python -m bench` runs them with `--trace`, which adds a report "
+        "from the SIGTERM handler and from asyncpg's query logger for each resign, unlock and "
+        "lock-wait statement (answered at the time shown; sent at that minus its elapsed "
+        "time), and reads each commit's time from `pg_xact_commit_timestamp` of the "
+        "`resigned` and `elected` events (PostgreSQL takes it just before the commit's WAL "
+        "flush). Times are from the signal; **at** is the median time of the point, **step** "
+        "the median time from the previous point in the same trial. The library is unchanged; "
+        "only the benchmark's subject adds these reports.",
+        "",
+    ]
+    for fault, trace in r.traces.items():
+        total = next((p.at.median for p in trace.phases if "on_elected" in p.point), None)
+        untraced = format_seconds(r.ours[fault].failover.median)
+        lines += [
+            f"**{_FAULTS[fault]}**, {trace.trials} trials"
+            + (f", median to `on_elected` {format_seconds(total)}" if total is not None else "")
+            + f" (the untraced series above: {untraced}):",
+            "",
+            *_table(
+                ["point", "at (median)", "step (median)", "step p90"],
+                [
+                    [
+                        p.point,
+                        format_seconds(p.at.median),
+                        format_seconds(p.step.median),
+                        format_seconds(p.step.p90),
+                    ]
+                    for p in trace.phases
+                ],
+            ),
+            "",
+        ]
+    return lines
 
 
 def _overhead(r: Results) -> list[str]:
@@ -400,7 +616,8 @@ def _published() -> list[str]:
     return [
         "## Published peers (not measured)",
         "",
-        "These cannot run on this machine (no Kubernetes, Go, Elixir or Java here). Each row "
+        "These cannot run on this machine (no Kubernetes, Go, Elixir or Java application "
+        "stack here). Each row "
         "is derived from the default timings in the peer's own source, as the window in "
         "which the next leader can act, counted from the fault.",
         "",

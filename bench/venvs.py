@@ -1,8 +1,10 @@
 """The peers' own virtual environments, created by the benchmark from the package index.
 
-Each peer runs in a venv of its own under ``bench/`` so that its
-dependencies (APScheduler 4 alpha, SQLAlchemy, psycopg) never meet ours.
-A venv is (re)built only when its requirements change.
+A peer whose dependencies would clash with ours runs in a venv of its own
+under ``bench/`` (APScheduler 4 alpha and SQLAlchemy; pals and psycopg;
+python-etcd3, which needs protobuf<4 and tenacity<7). The others (kazoo,
+tooz, python-redis-lock) are in the ``bench`` dependency group. A venv is (re)built
+only when its requirements change.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["APSCHEDULER4", "PALS", "PeerEnv"]
+__all__ = ["APSCHEDULER4", "ETCD3", "PALS", "PeerEnv"]
 
 _BENCH = Path(__file__).resolve().parent
 
@@ -69,4 +71,10 @@ PALS = PeerEnv(
     "pals",
     ("pals==0.4.0", "psycopg[binary]>=3.1", "sqlalchemy>=2.0,<2.1"),
     ("pals", "psycopg", "sqlalchemy"),
+)
+ETCD3 = PeerEnv(
+    "etcd3",
+    # python-etcd3 0.12 (the last release) breaks with protobuf 4 and tenacity 7.
+    ("etcd3==0.12.0", "protobuf<4", "tenacity<7"),
+    ("etcd3", "grpcio", "protobuf", "tenacity"),
 )

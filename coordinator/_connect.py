@@ -15,7 +15,12 @@ from typing import Any
 import asyncpg
 
 from coordinator._config import CoordinatorConfig
-from coordinator._errors import ConnectionFailed, UnsupportedDatabase
+from coordinator._errors import (
+    ConfigurationError,
+    ConnectionFailed,
+    LoginRefused,
+    UnsupportedDatabase,
+)
 from coordinator._sql import Statements
 
 __all__ = ["TRANSIENT_ERRORS", "check_server", "connect"]
@@ -57,13 +62,13 @@ async def connect(config: CoordinatorConfig, *, check_pooler: bool = False) -> a
     try:
         conn = await asyncpg.connect(config.dsn, **kwargs)
     except asyncpg.InvalidPasswordError:
-        raise ConnectionFailed(
+        raise LoginRefused(
             f"the database refused the password for {where}: check the user and password in the DSN"
         ) from None
     except asyncpg.InvalidAuthorizationSpecificationError as error:
-        raise ConnectionFailed(f"the database refused the login for {where}: {error}") from None
+        raise LoginRefused(f"the database refused the login for {where}: {error}") from None
     except asyncpg.InvalidCatalogNameError:
-        raise ConnectionFailed(
+        raise LoginRefused(
             f"the database named in {where} does not exist: create it or fix the DSN"
         ) from None
     except TimeoutError:
@@ -78,10 +83,18 @@ async def connect(config: CoordinatorConfig, *, check_pooler: bool = False) -> a
             f"cannot connect to {where} ({error.strerror or error}): "
             "check the DSN (--dsn or COORDINATOR_DSN) and that the server is running"
         ) from None
+    except asyncpg.TargetServerAttributeNotMatched:
+        raise ConnectionFailed(
+            f"no host of {where} matches its target_session_attrs: none is the kind of server "
+            "asked for (a primary for read-write), or it is being promoted; check the hosts"
+        ) from None
     except asyncpg.PostgresError as error:
         raise ConnectionFailed(f"the database at {where} refused the connection: {error}") from None
-    except ValueError as error:  # asyncpg's DSN parser
-        raise ConnectionFailed(f"the DSN {where} is malformed: {error}") from None
+    except ValueError as error:  # asyncpg's DSN parser; its message may quote the DSN
+        raise ConfigurationError(
+            f"the DSN {where} is malformed ({type(error).__name__}): "
+            "check its form, postgresql://user@host:5432/dbname?param=value"
+        ) from None
     try:
         await conn.execute(Statements.set_keepalives, *_keepalive_settings(config))
     except BaseException:

@@ -20,7 +20,6 @@ from types import TracebackType
 from typing import Any, Self, TypeVar
 
 import asyncpg
-import structlog
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from coordinator._config import CoordinatorConfig
@@ -28,14 +27,16 @@ from coordinator._connect import TRANSIENT_ERRORS, check_server, connect
 from coordinator._errors import ConfigurationError, KeyCollisionError
 from coordinator._group import Group, Role
 from coordinator._keys import group_lock_key, validate_group_name
+from coordinator._logging import get_logger
 from coordinator._migrations import check_schema
+from coordinator._otel import app_context, untraced
 from coordinator._shared import SharedSession
 from coordinator._signals import Fenced, HeartbeatDone, Listener, Signal
 from coordinator._sql import Statements
 
 __all__ = ["HEARTBEAT_JOB_ID", "MONITOR_JOB_ID", "Coordinator"]
 
-log = structlog.get_logger("coordinator")
+log = get_logger()
 
 HEARTBEAT_JOB_ID = "coordinator.heartbeat"
 MONITOR_JOB_ID = "coordinator.monitor"
@@ -90,6 +91,7 @@ class Coordinator:
         self._shared: SharedSession | None = None
         self._background: set[asyncio.Task[None]] = set()
         self._last_heartbeat_job: float | None = None
+        self._squatters: dict[str, frozenset[int]] = {}  # group: backends, as last seen
 
     @property
     def instance_id(self) -> str:
@@ -133,6 +135,11 @@ class Coordinator:
         return self._state is RunState.RUNNING
 
     @property
+    def squatters(self) -> dict[str, frozenset[int]]:
+        """Backends holding a group's lock that are no coordinator's, as the monitor last saw."""
+        return dict(self._squatters)
+
+    @property
     def seconds_since_heartbeat_job(self) -> float | None:
         """Monotonic seconds since the heartbeat job last finished; None before the first run."""
         if self._last_heartbeat_job is None:
@@ -153,6 +160,7 @@ class Coordinator:
     ) -> None:
         await self.stop()
 
+    @untraced
     async def start(self) -> None:
         """Connect, check the server and schema, register the groups, start electing.
 
@@ -190,6 +198,7 @@ class Coordinator:
             heartbeat_interval=self.config.heartbeat_interval,
         )
 
+    @untraced
     async def stop(self) -> None:
         """Resign every leadership, leave every group, close everything. Idempotent."""
         if self._state is not RunState.RUNNING:
@@ -232,7 +241,8 @@ class Coordinator:
                 misfire_grace_time=None,
             )
         if not self._scheduler.running:
-            self._scheduler.start()
+            with app_context():  # the application's jobs in it are the application's
+                self._scheduler.start()
             self._owns_scheduler = True
 
     def _stop_jobs(self) -> None:
@@ -244,6 +254,7 @@ class Coordinator:
         if self._owns_scheduler and self._scheduler.running:
             self._scheduler.shutdown(wait=False)
 
+    @untraced
     async def _heartbeat_job(self) -> None:
         """Leaders beat on their own lock sessions; followers in one statement together."""
         try:
@@ -271,6 +282,7 @@ class Coordinator:
         finally:
             self.emit(HeartbeatDone(None, time.monotonic() - started, ok=ok))
 
+    @untraced
     async def _monitor_job(self) -> None:
         """Fence stale leaders of every group in this schema, not only ours."""
         try:
@@ -278,6 +290,7 @@ class Coordinator:
                 rows = await self._on_control(
                     lambda conn: conn.fetch(self._sql.fence_stale_leaders, self.instance_id)
                 )
+                squatted = await self._on_control(lambda conn: conn.fetch(self._sql.squatted_locks))
                 leading = any(g.role is Role.LEADER for g in self._groups.values())
                 # Housekeeping is a leader's chore: one instance per group, not every member.
                 if leading and time.monotonic() - self._last_prune > _PRUNE_EVERY_S:
@@ -303,6 +316,26 @@ class Coordinator:
                 event, group=row["group_name"], term=row["term"], holder=row["instance_id"]
             )
             self.emit(Fenced(row["group_name"], row["term"], row["instance_id"], row["kind"]))
+        self._report_squatters(squatted)
+
+    def _report_squatters(self, rows: list[asyncpg.Record]) -> None:
+        """Log each backend that holds a group's lock without being a coordinator, once."""
+        seen: dict[str, set[int]] = {}
+        for row in rows:
+            group, pid = row["group_name"], row["squatter_pid"]
+            seen.setdefault(group, set()).add(pid)
+            if pid in self._squatters.get(group, ()):
+                continue
+            self._log.error(
+                "lock_squatted",
+                group=group,
+                pid=pid,
+                user=row["squatter_user"],
+                application_name=row["squatter_application"],
+                fix="nobody can lead this group while that backend holds its advisory lock: "
+                "end it (pg_terminate_backend), and keep other roles from connecting",
+            )
+        self._squatters = {group: frozenset(pids) for group, pids in seen.items()}
 
     async def _prune(self, conn: asyncpg.Connection) -> None:
         await conn.execute(self._sql.prune_events, self.config.events_retention)

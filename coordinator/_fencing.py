@@ -22,13 +22,21 @@ import asyncpg
 
 from coordinator._errors import NotLeader, StaleTerm
 
-__all__ = ["STALE_TERM_SQLSTATE", "FencedTransaction", "fenced_transaction"]
+__all__ = [
+    "STALE_TERM_SQLSTATE",
+    "FencedTransaction",
+    "Leadership",
+    "check_still_leading",
+    "expected_term",
+    "fenced_transaction",
+    "stale_term_error",
+]
 
 #: The SQLSTATE ``assert_term`` raises when the term is not current.
 STALE_TERM_SQLSTATE = "LT001"
 
 
-class _Leadership(Protocol):
+class Leadership(Protocol):
     """What fencing needs from a group: its name and its term while it leads."""
 
     @property
@@ -50,7 +58,7 @@ class FencedTransaction:
 
 @contextlib.asynccontextmanager
 async def fenced_transaction(
-    leadership: _Leadership, target: Any, assert_term_sql: str, *, term: int | None = None
+    leadership: Leadership, target: Any, assert_term_sql: str, *, term: int | None = None
 ) -> AsyncIterator[FencedTransaction]:
     """Run the body in a transaction on ``target`` (a connection or a pool) under the term.
 
@@ -59,7 +67,7 @@ async def fenced_transaction(
     database's current term or ends before the commit; the transaction is
     then rolled back.
     """
-    expected = _expected_term(leadership, term)
+    expected = expected_term(leadership, term)
     async with _connection(target) as conn:
         if conn.is_in_transaction():
             raise RuntimeError(
@@ -73,15 +81,10 @@ async def fenced_transaction(
                 await conn.execute(assert_term_sql, leadership.name, expected)
             except asyncpg.PostgresError as error:
                 if error.sqlstate == STALE_TERM_SQLSTATE:
-                    raise StaleTerm(f"{error.message}: {error.hint}") from None
+                    raise stale_term_error(error.message, error.hint) from None
                 raise
             yield FencedTransaction(leadership.name, expected, conn)
-            if leadership.term != expected:
-                raise StaleTerm(
-                    f"the leadership of group {leadership.name!r} in term {expected} ended "
-                    "before the fenced transaction committed, so it was rolled back: "
-                    "stop the work of this term"
-                )
+            check_still_leading(leadership, expected)
         except BaseException:
             try:
                 await transaction.rollback()
@@ -93,7 +96,18 @@ async def fenced_transaction(
         await transaction.commit()
 
 
-def _expected_term(leadership: _Leadership, term: int | None) -> int:
+def check_still_leading(leadership: Leadership, term: int) -> None:
+    """Right before COMMIT: raise StaleTerm if the leadership of ``term`` has ended."""
+    if leadership.term != term:
+        raise StaleTerm(
+            f"the leadership of group {leadership.name!r} in term {term} ended "
+            "before the fenced transaction committed, so it was rolled back: "
+            "stop the work of this term"
+        )
+
+
+def expected_term(leadership: Leadership, term: int | None) -> int:
+    """The term a fenced transaction runs under: ``term``, which must be the current one."""
     current = leadership.term
     if current is None and term is None:
         raise NotLeader(
@@ -111,6 +125,11 @@ def _expected_term(leadership: _Leadership, term: int | None) -> int:
             f"({current}): stop the work of term {term}"
         )
     return current
+
+
+def stale_term_error(message: str, hint: str | None) -> StaleTerm:
+    """The StaleTerm for the database's refusal of a term (SQLSTATE LT001), with its hint."""
+    return StaleTerm(f"{message}: {hint}")
 
 
 def _connection(target: Any) -> contextlib.AbstractAsyncContextManager[Any]:

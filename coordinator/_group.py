@@ -39,11 +39,12 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-import structlog
-
 from coordinator._config import CoordinatorConfig
 from coordinator._connect import TRANSIENT_ERRORS
-from coordinator._fencing import FencedTransaction, fenced_transaction
+from coordinator._drivers import fenced_async
+from coordinator._fencing import FencedTransaction
+from coordinator._logging import get_logger
+from coordinator._otel import app_context
 from coordinator._session import LockSession
 from coordinator._signals import Demoted, Elected, HeartbeatDone, Signal
 from coordinator._sql import Statements
@@ -53,7 +54,7 @@ if TYPE_CHECKING:
 
 __all__ = ["DemotionReason", "Group", "Role"]
 
-log = structlog.get_logger("coordinator")
+log = get_logger()
 
 ElectedCallback = Callable[[int], Awaitable[None] | None]
 DemotedCallback = Callable[[str], Awaitable[None] | None]
@@ -168,6 +169,14 @@ class Group:
         term = self._term
         return term.number if term is not None and self.is_leader else None
 
+    @property
+    def trusted_until(self) -> float | None:
+        """While :attr:`is_leader`: the ``time.monotonic()`` at which this leadership ends
+        unless a heartbeat extends it (``coordinator run --exec`` hands it to its child's
+        watchdog). Else None."""
+        term = self._term
+        return term.trusted_until if term is not None and self.is_leader else None
+
     async def wait_elected(self, timeout: float | None = None) -> int:
         """Wait until this instance leads; return the term. Raises TimeoutError."""
         async with asyncio.timeout(timeout), self._changed:
@@ -186,12 +195,14 @@ class Group:
     def fenced(
         self, conn: Any, *, term: int | None = None
     ) -> AbstractAsyncContextManager[FencedTransaction]:
-        """A transaction on ``conn`` (an asyncpg connection or pool) that commits only in ``term``.
+        """A transaction on ``conn`` that commits only in ``term``.
 
-        ``term`` defaults to the current one. Raises NotLeader or StaleTerm;
-        see :mod:`coordinator._fencing` for what the database guarantees.
+        ``conn`` is an asyncpg connection or pool, a psycopg ``AsyncConnection``,
+        or a SQLAlchemy ``AsyncConnection`` or ``AsyncSession``. ``term``
+        defaults to the current one. Raises NotLeader or StaleTerm; see
+        :mod:`coordinator._fencing` for what the database guarantees.
         """
-        return fenced_transaction(self, conn, self._sql.assert_term, term=term)
+        return fenced_async(self, conn, self._sql.assert_term, term=term)
 
     async def resign(self) -> None:
         """Hand leadership over now, then follow again. A no-op when not leading."""
@@ -429,9 +440,10 @@ class Group:
         for callback in callbacks:
             try:
                 async with asyncio.timeout(self._config.callback_timeout):
-                    result = callback(argument)  # type: ignore[arg-type]
-                    if inspect.isawaitable(result):
-                        await result
+                    with app_context():  # its own queries are traced; the coordinator's are not
+                        result = callback(argument)  # type: ignore[arg-type]
+                        if inspect.isawaitable(result):
+                            await result
             except Exception as error:  # noqa: BLE001 - a failing callback must not stop the elector
                 self._log.error(
                     f"{kind}_callback_failed", callback=_name_of(callback), error=_describe(error)

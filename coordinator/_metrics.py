@@ -153,17 +153,19 @@ class _StateCollector(Collector):
         return iter(self._families())
 
     def collect(self) -> Iterator[Metric]:
-        leads, term, heartbeat_age, job_age = self._families()
+        leads, term, heartbeat_age, job_age, squatted = self._families()
+        squatters = self._coordinator.squatters
         for name, group in self._coordinator.groups.items():
             leads.add_metric([name, name], 1.0 if group.is_leader else 0.0)
             term.add_metric([name], float(group.term or 0))
+            squatted.add_metric([name], float(len(squatters.get(name, ()))))
             age = self._health.heartbeat_age(name)
             if age is not None:
                 heartbeat_age.add_metric([name], age)
         age = self._health.heartbeat_job_age()
         if age is not None:
             job_age.add_metric([], age)
-        return iter((leads, term, heartbeat_age, job_age))
+        return iter((leads, term, heartbeat_age, job_age, squatted))
 
     @staticmethod
     def _families() -> tuple[GaugeMetricFamily, ...]:
@@ -188,5 +190,12 @@ class _StateCollector(Collector):
             GaugeMetricFamily(
                 "coordinator_heartbeat_job_age_seconds",
                 "Seconds since the heartbeat job last finished; /livez fails past its limit.",
+            ),
+            GaugeMetricFamily(
+                "coordinator_lock_squatted",
+                "Backends holding the group's advisory lock that are neither its leader's nor a "
+                "coordinator session, as this instance's monitor last saw; nobody can be elected "
+                "while it is above 0.",
+                labels=["group"],
             ),
         )

@@ -16,16 +16,16 @@ from importlib import resources
 from pathlib import Path
 
 import asyncpg
-import structlog
 
 from coordinator._config import CoordinatorConfig
 from coordinator._connect import connect
 from coordinator._errors import MigrationError, SchemaNotMigrated
 from coordinator._keys import DEFAULT_LOCK_NAMESPACE, group_lock_key
+from coordinator._logging import get_logger
 
 __all__ = ["Migration", "available_migrations", "check_schema", "migrate"]
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 _FILE_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 # Where the SQL names the default schema; replaced when another schema is asked for.
@@ -95,18 +95,27 @@ async def migrate(
             DEFAULT_LOCK_NAMESPACE,
             group_lock_key(f"migrations:{schema}"),
         )
-        await conn.execute(f"""
+        # The bookkeeping table is created in the transaction of the first
+        # migration, so that a migration that fails leaves nothing behind.
+        bookkeeping = f"""
             CREATE SCHEMA IF NOT EXISTS "{schema}";
             CREATE TABLE IF NOT EXISTS "{schema}".schema_migrations (
                 version    integer     PRIMARY KEY,
                 name       text        NOT NULL,
                 checksum   text        NOT NULL,
                 applied_at timestamptz NOT NULL DEFAULT now()
-            )""")
+            )"""
+        exists = await conn.fetchval(
+            "SELECT to_regclass($1) IS NOT NULL", f'"{schema}".schema_migrations'
+        )
         applied = {
             row["version"]: row
-            for row in await conn.fetch(
-                f'SELECT version, name, checksum FROM "{schema}".schema_migrations'
+            for row in (
+                await conn.fetch(
+                    f'SELECT version, name, checksum FROM "{schema}".schema_migrations'
+                )
+                if exists
+                else []
             )
         }
         _check_applied(applied, migrations)
@@ -115,6 +124,7 @@ async def migrate(
             if migration.version in applied:
                 continue
             async with conn.transaction():
+                await conn.execute(bookkeeping)
                 await conn.execute(migration.sql_for(schema))
                 await conn.execute(
                     f'INSERT INTO "{schema}".schema_migrations (version, name, checksum) '

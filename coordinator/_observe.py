@@ -8,6 +8,11 @@ listens is gone, so :func:`observe` starts, and starts again after every
 reconnect, with the state read from ``leader_status`` after ``LISTEN``:
 between the two nothing can be missed, only seen twice, and what was seen
 twice is dropped.
+
+A notification is a hint, not a fact: any role that can connect may send
+one on any channel. Each is believed only once the event it announces is
+found in the ``events`` table (which only the schema owner's functions
+write); what cannot be confirmed is logged and dropped.
 """
 
 from __future__ import annotations
@@ -15,16 +20,16 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncGenerator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
 import asyncpg
-import structlog
 
 from coordinator._config import CoordinatorConfig
 from coordinator._connect import TRANSIENT_ERRORS, check_server, connect
 from coordinator._errors import UnsupportedDatabase
+from coordinator._logging import get_logger
 from coordinator._migrations import check_schema
 from coordinator._reading import fetch_rows
 from coordinator._sql import Statements, notify_channel
@@ -32,7 +37,7 @@ from coordinator._status import read_status
 
 __all__ = ["LeadershipEvent", "observe", "read_history"]
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 #: Reconnect after these once observation has begun: a failover may briefly show a standby.
 _RETRIED: tuple[type[BaseException], ...] = (*TRANSIENT_ERRORS, UnsupportedDatabase)
@@ -48,8 +53,9 @@ class LeadershipEvent:
     ``kind`` is one of ``elected``, ``resigned``, ``lost``, ``fenced`` and
     ``expired`` (as in the ``events`` table), or ``current``: the state when
     :func:`observe` connected or reconnected, whose ``instance_id`` is the
-    live leader or None. ``at`` comes from the history only; live
-    notifications carry the ``reason`` too (none for ``elected``).
+    live leader or None. ``at`` and ``reason`` come from the history, in
+    which every live change is confirmed before it is yielded; a ``current``
+    event has neither.
     """
 
     group: str
@@ -156,6 +162,9 @@ async def observe(
                 maybe_seen -= 1
                 if change is None or not _wanted(wanted, change.group):
                     continue
+                change = await _confirm(conn, sql, change)
+                if change is None:
+                    continue
                 if maybe_seen < 0 or _is_news(state, change):
                     state[change.group] = (change.leader, change.term)
                     yield change
@@ -215,16 +224,36 @@ async def _next(
 def _parse(payload: str) -> LeadershipEvent | None:
     try:
         data = json.loads(payload)
-        return LeadershipEvent(
+        event = LeadershipEvent(
             group=str(data["group"]),
             kind=str(data["kind"]),
             term=int(data["term"]),
             instance_id=data["instance_id"],
             reason=data.get("reason"),
         )
-    except (ValueError, TypeError, KeyError):
+        if not (isinstance(event.instance_id, str | None) and 0 <= event.term < 2**63):
+            raise ValueError("not a payload the coordinator sends")
+    except (ValueError, TypeError, KeyError, AttributeError):
         log.warning("observe_payload_ignored", payload=payload[:200])
         return None
+    return event
+
+
+async def _confirm(
+    conn: asyncpg.Connection, sql: Statements, change: LeadershipEvent
+) -> LeadershipEvent | None:
+    """The announced event as recorded in the history, or None if the history has no such event.
+
+    A notification is delivered only after its transaction commits, so a
+    real one is always found.
+    """
+    row = await conn.fetchrow(
+        sql.confirm_event, change.group, change.kind, change.term, change.instance_id
+    )
+    if row is None:
+        log.warning("observe_notification_unconfirmed", **change.as_json())
+        return None
+    return replace(change, at=row["at"], reason=row["reason"])
 
 
 def _wanted(wanted: frozenset[str], group: str) -> bool:

@@ -16,15 +16,15 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import asyncpg
-import structlog
 
 from coordinator._config import CoordinatorConfig
 from coordinator._connect import connect
+from coordinator._logging import get_logger
 from coordinator._sql import Statements
 
-__all__ = ["LockSession", "Office", "resign_and_unlock"]
+__all__ = ["LockSession", "Office", "log_ended_transactions", "resign_and_unlock"]
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 _HOST = socket.gethostname()
 
@@ -65,6 +65,18 @@ async def resign_and_unlock(
             "resign_record_skipped", group=group, term=term, reason="fenced transactions still open"
         )
     await conn.execute(sql.unlock, *lock)
+
+
+def log_ended_transactions(group: str, office: asyncpg.Record) -> None:
+    """One line per fenced transaction of the old term that taking office had to end."""
+    for pid in office["ended_backends"]:
+        log.warning(
+            "fenced_transaction_ended",
+            group=group,
+            term=office["term"],
+            backend_pid=pid,
+            reason="it held the new term off past take_office_timeout",
+        )
 
 
 class LockSession:
@@ -164,6 +176,7 @@ class LockSession:
             return None
         if row is None:
             raise RuntimeError(f"group {self._group!r} has no leader row; was it registered?")
+        log_ended_transactions(self._group, row)
         return Office(term=row["term"], acquired_at=row["acquired_at"])
 
     async def heartbeat(self, instance_id: str, term: int) -> bool:

@@ -29,17 +29,17 @@ from collections.abc import Mapping
 from typing import Protocol
 
 import asyncpg
-import structlog
 
 from coordinator._config import CoordinatorConfig
 from coordinator._connect import TRANSIENT_ERRORS, connect
-from coordinator._session import resign_and_unlock
+from coordinator._logging import get_logger
+from coordinator._session import log_ended_transactions, resign_and_unlock
 from coordinator._signals import HeartbeatDone, Signal
 from coordinator._sql import Statements, notify_channel
 
 __all__ = ["SharedSession"]
 
-log = structlog.get_logger("coordinator")
+log = get_logger()
 
 _HOST = socket.gethostname()
 #: Fair spreading takes up to the fair share, but sheds leaderships only above
@@ -344,6 +344,8 @@ class SharedSession:
                 os.getpid(),
                 self._config.ttl,
             )
+        for row in rows:
+            log_ended_transactions(row["group_name"], row)
         return [(row["group_name"], row["term"]) for row in rows]
 
     async def _fair_share(self, conn: asyncpg.Connection) -> int:

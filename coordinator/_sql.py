@@ -43,11 +43,10 @@ class Statements:
 
     # $1 names, $2 keys, $3 namespace, $4 ttl seconds. A name whose key is
     # taken by another group is skipped here and reported from group_keys.
+    # Every change of state is a function of the schema's owner
+    # (migrations/0004_authority.sql); the statements here only call them.
     register_groups: str = """
-        INSERT INTO {schema}.leaders (group_name, lock_namespace, lock_key, ttl)
-        SELECT g.name, $3, g.key, make_interval(secs => $4)
-          FROM unnest($1::text[], $2::int[]) AS g(name, key)
-        ON CONFLICT DO NOTHING
+        SELECT {schema}.register_groups($1::text[], $2::int[], $3, $4)
     """
 
     group_keys: str = """
@@ -129,202 +128,58 @@ class Statements:
     # on an advisory lock, so the bound can stay for the session's life.
     set_session_lock_timeout: str = "SELECT set_config('lock_timeout', $1, false)"
 
-    # $1 group, $2 instance, $3 host, $4 pid, $5 ttl seconds
     # $1 group names, $2 instance, $3 host, $4 pid, $5 ttl seconds. One
-    # transaction for any number of groups whose locks this session holds.
-    # Times are clock_timestamp(): the update may have waited for fenced
-    # transactions, and the first heartbeat must not be born old.
+    # transaction for any number of groups whose locks this session holds
+    # (the function checks pg_locks for this backend and raises LT002
+    # otherwise). Its wait for fenced transactions of the old term is bounded
+    # by the session's lock_timeout; past it, their backends are terminated
+    # (ended_backends) and the wait is tried once more.
     take_office: str = """
-        WITH office AS (
-            UPDATE {schema}.leaders
-               SET term = term + 1, holder = $2, holder_host = $3, holder_pid = $4,
-                   backend_pid = pg_backend_pid(), acquired_at = clock_timestamp(),
-                   ttl = make_interval(secs => $5)
-             WHERE group_name = ANY($1::text[])
-            RETURNING group_name, term, acquired_at
-        ), beat AS (
-            INSERT INTO {schema}.heartbeats AS h
-                   (group_name, instance_id, role, term, host, pid, backend_pid, heartbeat_at)
-            SELECT office.group_name, $2, 'leader', office.term, $3, $4, pg_backend_pid(),
-                   office.acquired_at
-              FROM office
-            ON CONFLICT (group_name, instance_id) DO UPDATE
-               SET role = 'leader', term = excluded.term, host = excluded.host,
-                   pid = excluded.pid, backend_pid = excluded.backend_pid,
-                   heartbeat_at = excluded.heartbeat_at
-        ), event AS (
-            INSERT INTO {schema}.events (group_name, kind, term, instance_id)
-            SELECT office.group_name, 'elected', office.term, $2 FROM office
-        )
-        SELECT office.group_name, office.term, office.acquired_at,
-               pg_notify('{channel}', json_build_object(
-                   'group', office.group_name, 'kind', 'elected', 'term', office.term,
-                   'instance_id', $2::text)::text) AS notified
-          FROM office
+        SELECT group_name, term, acquired_at, ended_backends
+          FROM {schema}.take_office($1::text[], $2, $3, $4, $5)
     """
 
-    # Runs on the lock session. Succeeds only while this backend still holds
-    # the lock and the row still names this instance and term; fewer rows
-    # means leadership is gone. It never touches the leader row.
     # $1 instance, $2 namespace, $3 group names, $4 their terms. Runs on the
     # session that holds the locks; returns the groups still ours: a group
     # missing from the answer lost its lock or its term. Never touches the
     # leader row, which fenced transactions may hold FOR SHARE.
     leader_heartbeat: str = """
-        WITH mine AS (
-            SELECT objid::bigint AS lock_key FROM pg_catalog.pg_locks
-             WHERE locktype = 'advisory' AND pid = pg_backend_pid() AND granted
-               AND classid = $2::int::oid AND objsubid = 2
-        )
-        UPDATE {schema}.heartbeats AS h
-           SET heartbeat_at = now()
-          FROM unnest($3::text[], $4::bigint[]) AS t(group_name, term), {schema}.leaders AS l
-         WHERE h.group_name = t.group_name AND h.instance_id = $1 AND h.term = t.term
-           AND h.role = 'leader' AND l.group_name = t.group_name
-           AND l.lock_key::bigint IN (SELECT lock_key FROM mine)
-        RETURNING h.group_name
+        SELECT group_name FROM {schema}.leader_heartbeat($1, $2, $3::text[], $4::bigint[])
     """
 
     # One statement for every group this instance follows. A row that says
     # "leader" is left alone while the leader table still names that instance
     # and term: a follower beat racing with taking office must not undo it.
-    member_heartbeat: str = """
-        INSERT INTO {schema}.heartbeats AS h
-               (group_name, instance_id, role, host, pid, heartbeat_at)
-        SELECT g, $2, 'follower', $3, $4, now() FROM unnest($1::text[]) AS g
-        ON CONFLICT (group_name, instance_id) DO UPDATE
-           SET role = 'follower', term = NULL, backend_pid = NULL, host = excluded.host,
-               pid = excluded.pid, heartbeat_at = now()
-         WHERE h.role = 'follower' OR NOT coalesce((
-               -- A locking read sees a take_office that committed while this
-               -- statement waited for the heartbeat row; a plain read would
-               -- see the snapshot from before it and undo the new leadership.
-               SELECT l.holder IS NOT DISTINCT FROM h.instance_id AND l.term = h.term
-                 FROM {schema}.leaders AS l
-                WHERE l.group_name = h.group_name
-                  FOR SHARE), false)
-    """
+    member_heartbeat: str = "SELECT {schema}.member_heartbeat($1::text[], $2, $3, $4)"
 
     # $1 group, $2 instance, $3 term, $4 reason
-    resign: str = """
-        WITH cleared AS (
-            UPDATE {schema}.leaders
-               SET holder = NULL, holder_host = NULL, holder_pid = NULL, backend_pid = NULL
-             WHERE group_name = $1 AND holder = $2 AND term = $3
-            RETURNING term
-        ), beat AS (
-            UPDATE {schema}.heartbeats
-               SET role = 'follower', term = NULL, backend_pid = NULL, heartbeat_at = now()
-             WHERE group_name = $1 AND instance_id = $2
-        ), event AS (
-            INSERT INTO {schema}.events (group_name, kind, term, instance_id, reason)
-            SELECT $1, 'resigned', cleared.term, $2, $4 FROM cleared
-        )
-        SELECT pg_notify('{channel}', json_build_object(
-                   'group', $1::text, 'kind', 'resigned', 'term', cleared.term,
-                   'instance_id', $2::text, 'reason', $4::text)::text) AS notified
-        FROM cleared
-    """
+    resign: str = "SELECT resigned_term FROM {schema}.resign($1, $2, $3, $4)"
 
     # Written from the control connection after a leader lost its session, so
-    # the history says what happened. Best effort: the database may be gone.
-    record_lost: str = """
-        WITH event AS (
-            INSERT INTO {schema}.events (group_name, kind, term, instance_id, reason)
-            VALUES ($1, 'lost', $3, $2, $4)
-        ), beat AS (
-            UPDATE {schema}.heartbeats
-               SET role = 'follower', term = NULL, backend_pid = NULL
-             WHERE group_name = $1 AND instance_id = $2 AND term = $3
-        )
-        SELECT pg_notify('{channel}', json_build_object(
-                   'group', $1::text, 'kind', 'lost', 'term', $3::bigint,
-                   'instance_id', $2::text, 'reason', $4::text)::text)
-    """
+    # the history says what happened. Best effort: the database may be gone,
+    # and it is refused while that term's backend still holds the lock.
+    record_lost: str = "SELECT lost_term FROM {schema}.record_lost($1, $2, $3, $4)"
 
     # The monitor, in one statement. A stale holder (heartbeat older than its
     # ttl on the database clock) whose recorded backend still holds the lock is
-    # terminated; one whose lock is held by nobody is marked vacant. FOR SHARE
-    # on the leader row pins the recorded term and backend pid: the next
-    # leader's term update waits for this statement, so it can never be hit.
-    # SKIP LOCKED passes over a row whose next leader is taking office now.
+    # terminated; one whose lock is held by nobody is marked vacant.
     fence_stale_leaders: str = """
-        WITH stale AS (
-            SELECT l.group_name, l.term, l.holder, l.backend_pid, l.lock_namespace, l.lock_key,
-                   extract(epoch FROM now() - h.heartbeat_at)::float8 AS heartbeat_age_s,
-                   (SELECT k.pid FROM pg_catalog.pg_locks AS k
-                     WHERE k.locktype = 'advisory' AND k.granted
-                       AND k.database = (SELECT oid FROM pg_catalog.pg_database
-                                          WHERE datname = current_database())
-                       AND k.classid = l.lock_namespace::oid AND k.objid = l.lock_key::oid
-                       AND k.objsubid = 2
-                     LIMIT 1) AS lock_pid
-              FROM {schema}.leaders AS l
-              LEFT JOIN {schema}.heartbeats AS h
-                     ON h.group_name = l.group_name AND h.instance_id = l.holder
-                    AND h.term = l.term
-             WHERE l.holder IS NOT NULL
-               AND (h.heartbeat_at IS NULL OR h.heartbeat_at < now() - l.ttl)
-               -- A row locked below is re-read in its newest version; if a next
-               -- leader took office meanwhile, it joins no heartbeat row of its
-               -- own here and would look stale. No leader is stale before a
-               -- ttl has passed since it took office, so this spares it.
-               AND l.acquired_at < now() - l.ttl
-               FOR SHARE OF l SKIP LOCKED
-        ), fenced AS (
-            SELECT stale.*, pg_terminate_backend(stale.backend_pid) AS terminated
-              FROM stale
-             WHERE stale.lock_pid = stale.backend_pid
-        ), vacated AS (
-            UPDATE {schema}.leaders AS l
-               SET holder = NULL, holder_host = NULL, holder_pid = NULL, backend_pid = NULL
-              FROM stale
-             WHERE l.group_name = stale.group_name AND l.term = stale.term
-               AND stale.lock_pid IS NULL
-            RETURNING l.group_name, stale.term, stale.holder, stale.heartbeat_age_s
-        ), history AS (
-            INSERT INTO {schema}.events (group_name, kind, term, instance_id, reason)
-            SELECT group_name, 'fenced', term, holder,
-                   format('heartbeat %s s old, backend %s terminated by %s',
-                          round(heartbeat_age_s::numeric, 3), backend_pid, $1::text)
-              FROM fenced WHERE terminated
-            UNION ALL
-            SELECT group_name, 'expired', term, holder,
-                   format('heartbeat %s s old and no lock held', round(heartbeat_age_s::numeric, 3))
-              FROM vacated
-            RETURNING group_name, kind, term, instance_id, reason
-        ), notified AS (
-            SELECT pg_notify('{channel}', json_build_object(
-                       'group', group_name, 'kind', kind, 'term', term,
-                       'instance_id', instance_id, 'reason', reason)::text)
-              FROM history
-        )
-        SELECT history.group_name, history.kind, history.term, history.instance_id,
-               (SELECT count(*) FROM notified) AS notified
-          FROM history
+        SELECT group_name, kind, term, instance_id FROM {schema}.fence_stale_leaders($1)
     """
 
-    prune_events: str = """
-        DELETE FROM {schema}.events WHERE at < now() - make_interval(secs => $1)
-    """
+    # History past $1 seconds, but never younger than the retention the
+    # schema's owner set in the settings table.
+    prune_events: str = "SELECT {schema}.prune_events($1)"
 
     # Members that stopped heartbeating long ago (crashed, never came back).
-    prune_members: str = """
-        DELETE FROM {schema}.heartbeats AS h
-         WHERE h.heartbeat_at < now() - make_interval(secs => $1)
-           AND NOT EXISTS (
-               SELECT 1 FROM {schema}.leaders AS l
-                WHERE l.group_name = h.group_name AND l.holder = h.instance_id
-                  AND l.term = h.term)
-    """
+    prune_members: str = "SELECT {schema}.prune_members($1)"
 
-    leave_groups: str = """
-        DELETE FROM {schema}.heartbeats WHERE instance_id = $1 AND role = 'follower'
-    """
+    leave_groups: str = "SELECT {schema}.leave_groups($1)"
 
     leader_status: str = """
         SELECT group_name, leader, holder, term, acquired_at, heartbeat_at, heartbeat_age_s,
-               ttl_s, lock_pid, lock_held, is_stale
+               ttl_s, lock_pid, lock_held, is_stale, squatter_pid, squatter_user,
+               squatter_application
           FROM {schema}.leader_status
          ORDER BY group_name
     """
@@ -342,8 +197,9 @@ class Statements:
          ORDER BY h.group_name, h.instance_id
     """
 
-    # The first statement of a fenced transaction (migrations/0002_fencing.sql):
-    # FOR SHARE on the leader row, term check, idle limit. $1 group, $2 term.
+    # The first statement of a fenced transaction (migrations/0002_fencing.sql,
+    # 0004_authority.sql): FOR SHARE on the leader row, term check, idle
+    # limit, a mark in pg_locks. $1 group, $2 term.
     assert_term: str = "SELECT {schema}.assert_term($1, $2)"
 
     # $1 group or NULL for all, $2 earliest time or NULL, $3 seconds back from
@@ -357,6 +213,24 @@ class Statements:
          ORDER BY at, id
     """
 
+    # Groups whose lock a backend holds that is neither the leader's nor a
+    # coordinator session: nobody can be elected there while it does.
+    squatted_locks: str = """
+        SELECT group_name, squatter_pid, squatter_user, squatter_application
+          FROM {schema}.leader_status
+         WHERE squatter_pid IS NOT NULL
+    """
+
+    # A notification is a hint: before it is believed, the event it announces
+    # must be in the history. $1 group, $2 kind, $3 term, $4 instance.
+    confirm_event: str = """
+        SELECT at, reason FROM {schema}.events
+         WHERE group_name = $1 AND kind = $2 AND term = $3
+           AND instance_id IS NOT DISTINCT FROM $4
+         ORDER BY at DESC
+         LIMIT 1
+    """
+
     # Keeps an idle LISTEN connection honest: a dead peer shows up as an error.
     ping: str = "SELECT 1"
 
@@ -365,7 +239,25 @@ class Statements:
     # parameters, so the password goes in as a SCRAM verifier (base64 and
     # "$:" only), never as clear text that the server could log.
     set_role_password: str = "ALTER ROLE {role} WITH LOGIN PASSWORD '{verifier}'"
-    grant_signal_backend: str = "GRANT pg_signal_backend TO {role}"
+    # Fencing and ending old fenced transactions run with the schema owner's rights.
+    grant_signal_backend: str = """
+        DO $$
+        BEGIN
+            EXECUTE format('GRANT pg_signal_backend TO %s', (
+                SELECT n.nspowner::regrole::text
+                  FROM pg_catalog.pg_namespace AS n
+                 WHERE n.oid = (SELECT c.relnamespace FROM pg_catalog.pg_class AS c
+                                 WHERE c.oid = '{schema}.leaders'::regclass)));
+        END
+        $$"""
+    # Only roles granted CONNECT (the coordinator's, and whoever else is
+    # granted it) may then connect, and so take an advisory lock at all.
+    revoke_public_connect: str = """
+        DO $$
+        BEGIN
+            EXECUTE format('REVOKE CONNECT ON DATABASE %I FROM PUBLIC', current_database());
+        END
+        $$"""
 
     # -- the shared timetable of leader-only jobs (migrations/0003_jobs.sql) --
 
@@ -415,9 +307,7 @@ class Statements:
     """
 
     # Runs are history, pruned with the events' retention.
-    prune_job_runs: str = """
-        DELETE FROM {schema}.job_runs WHERE claimed_at < now() - make_interval(secs => $1)
-    """
+    prune_job_runs: str = "SELECT {schema}.prune_job_runs($1)"
 
     @classmethod
     def for_schema(cls, schema: str) -> Statements:

@@ -19,6 +19,8 @@ class GroupStatus:
 
     ``leader`` is None when nobody leads, or when the recorded holder's lock
     is gone or its heartbeat is older than the ttl (``stale``).
+    ``squatter_pid`` is the backend that holds the group's lock without
+    being a coordinator session (nobody can be elected while it does).
     """
 
     group: str
@@ -29,6 +31,7 @@ class GroupStatus:
     heartbeat_age_s: float | None
     stale: bool
     lock_held: bool
+    squatter_pid: int | None = None
 
     def as_json(self) -> dict[str, Any]:
         """Exactly the keys of ``coordinator status --json``; times as ISO 8601."""
@@ -90,6 +93,7 @@ async def read_status(
             heartbeat_age_s=row["heartbeat_age_s"],
             stale=bool(row["is_stale"]),
             lock_held=bool(row["lock_held"]),
+            squatter_pid=row["squatter_pid"],
         )
         for row in rows
     ]

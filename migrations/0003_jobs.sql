@@ -164,7 +164,23 @@ BEGIN
 END
 $$;
 
+-- Runs are history: pruned with the events' retention.
+CREATE FUNCTION coordinator.prune_job_runs(retention_s float8)
+RETURNS integer
+LANGUAGE sql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+    WITH pruned AS (
+        DELETE FROM coordinator.job_runs
+         WHERE claimed_at < now() - make_interval(secs => prune_job_runs.retention_s)
+        RETURNING 1
+    )
+    SELECT count(*)::integer FROM pruned
+$$;
+
 REVOKE ALL ON FUNCTION coordinator.sync_jobs(text, bigint, text[], text[], timestamptz[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION coordinator.claim_tick(text, bigint, text, timestamptz, text, text, text, timestamptz) FROM PUBLIC;
 REVOKE ALL ON FUNCTION coordinator.finish_tick(text, bigint, text, timestamptz, text, float8) FROM PUBLIC;
 REVOKE ALL ON FUNCTION coordinator.abandon_ticks(text, bigint, text[]) FROM PUBLIC;
+REVOKE ALL ON FUNCTION coordinator.prune_job_runs(float8) FROM PUBLIC;

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import subprocess
+import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 import asyncpg
+import psycopg
 
 from coordinator import Coordinator
 
@@ -52,6 +56,16 @@ async def wait_until(
         await asyncio.sleep(every)
 
 
+def eventually(condition: Callable[[], Any], timeout: float, *, what: str) -> Any:
+    """:func:`wait_until` for threads: poll a plain condition until it returns something truthy."""
+    deadline = time.monotonic() + timeout
+    while not (result := condition()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(0.02)
+    return result
+
+
 async def leader_row(dsn: str, group: str = "scheduler") -> asyncpg.Record | None:
     async with connected(dsn) as conn:
         return await conn.fetchrow(
@@ -87,3 +101,25 @@ async def lock_waiters(dsn: str) -> int:
                 "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
             )
         )
+
+
+def coordinator_cli(
+    *args: str, env: Mapping[str, str] | None = None, inherit: bool = True
+) -> subprocess.CompletedProcess[str]:
+    """``coordinator ARGS`` as a process, with ``env`` over this environment (if inherited)."""
+    return subprocess.run(
+        [sys.executable, "-m", "coordinator", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**(os.environ if inherit else {}), **(env or {})},
+    )
+
+
+def lock_waiters_now(dsn: str) -> int:
+    """:func:`lock_waiters` for threads, on a psycopg connection."""
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+        ).fetchone()
+    return int(row[0]) if row else 0

@@ -29,9 +29,8 @@ needs_promtool = pytest.mark.skipif(
     reason="promtool is missing (apt-get install prometheus; .ci/run installs it)",
 )
 
-#: Not in a scrape before anything happened: ages appear with the first heartbeat; the
-#: squatter gauge is being added with the squatter detection (the rule is ready for it).
-NOT_YET_EXPOSED = {"coordinator_heartbeat_age_seconds", "coordinator_lock_squatted"}
+#: Not in a scrape before anything happened: ages appear with the first heartbeat.
+NOT_YET_EXPOSED = {"coordinator_heartbeat_age_seconds"}
 #: PromQL words that look like metric names.
 PROMQL_WORDS = {
     "by", "without", "on", "ignoring", "group_left", "group_right", "bool", "or", "and",

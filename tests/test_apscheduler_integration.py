@@ -11,10 +11,10 @@ from typing import Any
 import asyncpg
 import pytest
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
-from structlog.testing import capture_logs
 
 from coordinator import HEARTBEAT_JOB_ID, MONITOR_JOB_ID, ConfigurationError, Coordinator
 from coordinator.integrations.apscheduler import LeaderOnlyJobs, RunContext
+from coordinator.testing import capture_logs
 from helpers import coordinator, wait_until
 
 GROUP = "jobs"

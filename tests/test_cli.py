@@ -115,6 +115,7 @@ async def test_status_json_has_exactly_the_documented_keys(dsn: str) -> None:
         "heartbeat_age_s",
         "stale",
         "lock_held",
+        "squatter_pid",
     ]
     assert row["group"] == "scheduler"
     assert row["leader"] is None
@@ -225,7 +226,8 @@ async def test_history_lines_up_its_columns_and_limits_to_the_newest(dsn: str) -
 
 async def test_status_members_lists_every_member_with_its_role(dsn: str) -> None:
     """Two live coordinators and a long-gone member: the leader, a candidate, and the gone one."""
-    a, b = coordinator(dsn, "a", "scheduler"), coordinator(dsn, "b", "scheduler")
+    keep = {"members_retention": 7200.0}  # the leader's first prune must spare the gone one
+    a, b = coordinator(dsn, "a", "scheduler", **keep), coordinator(dsn, "b", "scheduler", **keep)
     async with a, b:
         await a.group("scheduler").wait_elected(15)
         async with connected(dsn) as conn:

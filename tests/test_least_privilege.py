@@ -15,7 +15,7 @@ import pytest
 
 from coordinator.cli.grant import grant_sql
 from coordinator.testing import CoordinatorProcess
-from helpers import FAST, connected
+from helpers import FAST, connected, coordinator
 
 Spawn = Callable[..., CoordinatorProcess]
 GROUP = "scheduler"
@@ -114,6 +114,28 @@ async def test_election_and_fencing_run_as_the_least_privileged_role(
     assert first.wait_exit(WAIT) == 0  # resigning as the role works too
 
 
+async def test_the_shared_session_runs_as_the_least_privileged_role(
+    dsn: str, make_role: Callable[..., Awaitable[Role]]
+) -> None:
+    """Poll mode takes office for several groups in one call, heartbeats and resigns them."""
+    role = await make_role()
+    names = ("g1", "g2", "g3")
+    first = coordinator(role.dsn, "a", *names, wait="poll", poll_interval=0.05)
+    second = coordinator(role.dsn, "b", *names, wait="poll", poll_interval=0.05)
+    async with first:
+        for name in names:
+            assert await first.group(name).wait_elected(WAIT) == 1
+        async with second:
+            await first.stop()  # resigns every group; the other takes them over
+            for name in names:
+                assert await second.group(name).wait_elected(WAIT) == 2
+    async with connected(role.dsn) as conn:
+        kinds = await conn.fetch(
+            "SELECT kind, count(*) AS n FROM coordinator.events GROUP BY kind ORDER BY kind"
+        )
+    assert [(k["kind"], k["n"]) for k in kinds] == [("elected", 6), ("resigned", 6)]
+
+
 async def test_the_role_can_do_nothing_beyond_its_work(
     dsn: str, make_role: Callable[..., Awaitable[Role]]
 ) -> None:
@@ -126,39 +148,208 @@ async def test_the_role_can_do_nothing_beyond_its_work(
         assert not any(flags.values())
         for statement in (
             "CREATE TABLE coordinator.intruder (x int)",
-            "DELETE FROM coordinator.leaders",
-            "UPDATE coordinator.events SET reason = 'rewritten'",
-            "TRUNCATE coordinator.events",
             "INSERT INTO coordinator.schema_migrations (version, name, checksum) "
             "VALUES (99, 'x', 'x')",
             "DROP VIEW coordinator.leader_status",
             "CREATE ROLE accomplice",
+            # The helpers of the owner's functions are not the role's to call.
+            "SELECT coordinator.record_event('g', 'elected', 99, 'x', 'forged')",
+            "SELECT coordinator.end_fenced_transactions('{scheduler}', 'x')",
         ):
             with pytest.raises(asyncpg.InsufficientPrivilegeError):
                 await conn.execute(statement)
 
 
-async def test_fencing_across_roles_needs_pg_signal_backend(
+async def test_no_table_can_be_written_directly(
+    dsn: str, make_role: Callable[..., Awaitable[Role]]
+) -> None:
+    """INSERT, UPDATE, DELETE and TRUNCATE are refused on every table of the schema."""
+    role = await make_role()
+    async with connected(dsn) as owner:
+        await owner.execute(
+            "INSERT INTO coordinator.leaders (group_name, lock_namespace, lock_key) "
+            "VALUES ('scheduler', 1, 1)"
+        )
+        tables = await owner.fetch(
+            "SELECT c.relname, (SELECT a.attname FROM pg_attribute AS a WHERE a.attrelid = c.oid "
+            "AND a.attnum > 0 AND NOT a.attisdropped AND a.attidentity = '' "
+            "ORDER BY a.attnum LIMIT 1) AS first_column "
+            "FROM pg_class AS c WHERE c.relnamespace = 'coordinator'::regnamespace "
+            "AND c.relkind IN ('r', 'p')"
+        )
+    assert {"leaders", "heartbeats", "events", "settings", "schema_migrations"} <= {
+        t["relname"] for t in tables
+    }
+    async with connected(role.dsn) as conn:
+        for table in tables:
+            name, column = f'coordinator."{table["relname"]}"', f'"{table["first_column"]}"'
+            for statement in (
+                f"INSERT INTO {name} DEFAULT VALUES",
+                f"UPDATE {name} SET {column} = {column}",
+                f"DELETE FROM {name}",
+                f"TRUNCATE {name}",
+                f"SELECT * FROM {name} FOR UPDATE",
+            ):
+                with pytest.raises(asyncpg.InsufficientPrivilegeError):
+                    await conn.execute(statement)
+
+
+async def test_a_forged_term_is_refused_by_every_function(
     dsn: str, make_role: Callable[..., Awaitable[Role]], spawn: Spawn
 ) -> None:
-    """A plain role cannot terminate another role's backend; one granted --fence-any-role can."""
-    plain = await make_role()
-    fencer = await make_role("--fence-any-role")
-    leader = spawn(plain.dsn, [GROUP], instance_id="plain", **FAST)
+    """From a session that does not hold the lock, no function issues, renews, ends or
+    demotes the live leader's term."""
+    role = await make_role()
+    leader = spawn(role.dsn, [GROUP], instance_id="a", **FAST)
     leader.wait_for("leadership_acquired", WAIT, term=1)
-    follower = spawn(fencer.dsn, [GROUP], instance_id="fencer", **FAST)
-    follower.wait_for("coordinator_started", WAIT)
-
-    async with connected(plain.dsn) as conn:
-        fencer_pid = await conn.fetchval(
-            "SELECT pid FROM pg_stat_activity WHERE usename = $1 LIMIT 1", fencer.name
+    async with connected(role.dsn) as conn:
+        before = await conn.fetchrow(
+            "SELECT l.term, l.holder, h.role, h.term AS beat_term FROM coordinator.leaders AS l "
+            "JOIN coordinator.heartbeats AS h ON h.group_name = l.group_name "
+            "AND h.instance_id = l.holder WHERE l.group_name = $1",
+            GROUP,
         )
-        with pytest.raises(asyncpg.InsufficientPrivilegeError):
-            await conn.fetchval("SELECT pg_terminate_backend($1)", fencer_pid)
+        assert tuple(before) == (1, "a", "leader", 1)
+        namespace, key = await conn.fetchrow(
+            "SELECT lock_namespace, lock_key FROM coordinator.leaders WHERE group_name = $1", GROUP
+        )
+        with pytest.raises(asyncpg.PostgresError) as refused:
+            await conn.fetch(
+                "SELECT * FROM coordinator.take_office($1, 'forger', 'h', 1, 5)", [GROUP]
+            )
+        assert refused.value.sqlstate == "LT002"
+        assert "does not hold the advisory lock of group(s) scheduler" in str(refused.value)
+        # A lock of the same key in another namespace is not the group's lock.
+        await conn.execute("SELECT pg_advisory_lock($1, $2)", namespace + 1, key)
+        with pytest.raises(asyncpg.PostgresError, match="does not hold the advisory lock"):
+            await conn.fetch(
+                "SELECT * FROM coordinator.take_office($1, 'forger', 'h', 1, 5)", [GROUP]
+            )
+        renewed = await conn.fetch(
+            "SELECT * FROM coordinator.leader_heartbeat('a', $1, $2, '{1}')",
+            namespace + 1,
+            [GROUP],
+        )
+        assert renewed == []
+        renewed = await conn.fetch(
+            "SELECT * FROM coordinator.leader_heartbeat('a', $1, $2, '{1}')", namespace, [GROUP]
+        )
+        assert renewed == []
+        resigned = await conn.fetch("SELECT * FROM coordinator.resign($1, 'a', 1, 'forged')", GROUP)
+        assert resigned == []
+        lost = await conn.fetch(
+            "SELECT * FROM coordinator.record_lost($1, 'a', 1, 'forged')", GROUP
+        )
+        assert lost == []
+        await conn.execute("SELECT coordinator.member_heartbeat($1, 'a', 'h', 1)", [GROUP])
+        assert await conn.fetch("SELECT * FROM coordinator.fence_stale_leaders('forger')") == []
+        with pytest.raises(asyncpg.PostgresError) as stale:
+            async with conn.transaction():
+                await conn.execute("SELECT coordinator.assert_term($1, 2)", GROUP)
+        assert stale.value.sqlstate == "LT001"
+        after = await conn.fetchrow(
+            "SELECT l.term, l.holder, h.role, h.term AS beat_term FROM coordinator.leaders AS l "
+            "JOIN coordinator.heartbeats AS h ON h.group_name = l.group_name "
+            "AND h.instance_id = l.holder WHERE l.group_name = $1",
+            GROUP,
+        )
+        assert tuple(after) == tuple(before)
+        kinds = await conn.fetch("SELECT kind FROM coordinator.events WHERE group_name = $1", GROUP)
+        assert [r["kind"] for r in kinds] == ["elected"]
+        status = await conn.fetchrow(
+            "SELECT leader, is_stale FROM coordinator.leader_status WHERE group_name = $1", GROUP
+        )
+        assert tuple(status) == ("a", False)
+    assert not [r for r in leader.records() if r.get("event") == "leadership_lost"]
 
-    leader.freeze()
-    follower.wait_for("leader_fenced", WAIT, term=1)
-    follower.wait_for("leadership_acquired", WAIT, term=2)
+
+async def test_pruning_keeps_the_retention_the_owner_configured(
+    dsn: str, make_role: Callable[..., Awaitable[Role]]
+) -> None:
+    """The role may ask to keep history longer, never shorter than coordinator.settings says."""
+    role = await make_role()
+    async with connected(dsn) as owner:
+        await owner.execute(
+            "INSERT INTO coordinator.leaders (group_name, lock_namespace, lock_key, ttl) "
+            "VALUES ('scheduler', 1, 1, '1 second');"
+            "INSERT INTO coordinator.events (at, group_name, kind, term) VALUES "
+            "(now() - interval '8 days', 'scheduler', 'elected', 1), "
+            "(now() - interval '2 days', 'scheduler', 'elected', 2), "
+            "(now(), 'scheduler', 'elected', 3);"
+            "INSERT INTO coordinator.heartbeats (group_name, instance_id, role, heartbeat_at) "
+            "VALUES ('scheduler', 'gone', 'follower', now() - interval '2 hours'), "
+            "('scheduler', 'alive', 'follower', now())"
+        )
+    async with connected(role.dsn) as conn:
+        assert await conn.fetchval("SELECT coordinator.prune_events(0)") == 1
+        assert await conn.fetchval("SELECT coordinator.prune_members(3600)") == 1
+        members = await conn.fetch("SELECT instance_id FROM coordinator.heartbeats")
+        assert [m["instance_id"] for m in members] == ["alive"]
+    async with connected(dsn) as owner:
+        await owner.execute("UPDATE coordinator.settings SET events_retention = '1 day'")
+    async with connected(role.dsn) as conn:
+        assert await conn.fetchval("SELECT coordinator.prune_events(30 * 86400)") == 0
+        assert await conn.fetchval("SELECT coordinator.prune_events(0)") == 1
+        terms = await conn.fetch("SELECT term FROM coordinator.events")
+        assert [t["term"] for t in terms] == [3]
+
+
+async def test_fencing_across_roles_runs_with_the_owners_rights(
+    bare_dsn: str, spawn: Spawn
+) -> None:
+    """Instances of two plain roles cannot terminate each other's backends; the owner's
+    function can, once the owner (no superuser here) has pg_signal_backend."""
+    owner = f"owner_{secrets.token_hex(4)}"
+    async with connected(bare_dsn) as conn:
+        await conn.execute(f"CREATE ROLE {owner} LOGIN CREATEROLE PASSWORD 'pw'")
+        database = await conn.fetchval("SELECT current_database()")
+        await conn.execute(f'GRANT CREATE ON DATABASE "{database}" TO {owner}')
+    owner_dsn = role_dsn(bare_dsn, owner, "pw")
+    made: list[str] = []
+    try:
+        assert cli("migrate", "--dsn", owner_dsn).returncode == 0
+        roles = []
+        for _ in range(2):
+            name, password = f"coord_{secrets.token_hex(4)}", secrets.token_urlsafe(12)
+            made.append(name)
+            result = cli(
+                "grant",
+                "--dsn",
+                owner_dsn,
+                "--role",
+                name,
+                "--password-env",
+                "PW",
+                env={"PW": password},
+            )
+            assert result.returncode == 0, result.stderr
+            roles.append(role_dsn(bare_dsn, name, password))
+        leader = spawn(roles[0], [GROUP], instance_id="one", **FAST)
+        leader.wait_for("leadership_acquired", WAIT, term=1)
+        follower = spawn(roles[1], [GROUP], instance_id="two", **FAST)
+        follower.wait_for("coordinator_started", WAIT)
+        async with connected(roles[1]) as conn:
+            leader_pid = await conn.fetchval(
+                "SELECT lock_pid FROM coordinator.leader_status WHERE group_name = $1", GROUP
+            )
+            with pytest.raises(asyncpg.InsufficientPrivilegeError):
+                await conn.fetchval("SELECT pg_terminate_backend($1)", leader_pid)
+
+        leader.freeze()
+        follower.wait_for("fence_permission_denied", WAIT)
+        granted = cli("grant", "--dsn", bare_dsn, "--role", made[1], "--fence-any-role")
+        assert granted.returncode == 0, granted.stderr
+        follower.wait_for("leader_fenced", WAIT, term=1)
+        follower.wait_for("leadership_acquired", WAIT, term=2)
+    finally:
+        async with connected(bare_dsn) as conn:
+            await conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE usename = ANY($1::text[])",
+                [owner, *made],
+            )
+            for name in [*made, owner]:
+                await conn.execute(f"DROP OWNED BY {name} CASCADE; DROP ROLE {name}")
 
 
 def test_grant_prints_the_documented_script_with_the_names_given() -> None:
@@ -167,11 +358,38 @@ def test_grant_prints_the_documented_script_with_the_names_given() -> None:
     assert printed.stdout.strip() == grant_sql("jobs_app", "jobs").strip()
     assert "coordinator_app" not in printed.stdout
     assert 'GRANT USAGE ON SCHEMA "jobs" TO "jobs_app";' in printed.stdout
+    assert 'REVOKE ALL ON ALL TABLES IN SCHEMA "jobs" FROM "jobs_app";' in printed.stdout
     assert "rolname = 'jobs_app'" in printed.stdout
-    assert '"jobs".leaders' in printed.stdout
+    assert '"jobs".take_office(' in printed.stdout
     assert "GRANT pg_signal_backend" not in printed.stdout.replace("-- GRANT pg_signal", "")
-    fence = cli("grant", "--role", "jobs_app", "--print", "--fence-any-role")
-    assert fence.stdout.rstrip().endswith('GRANT pg_signal_backend TO "jobs_app";')
+    assert "FROM PUBLIC" not in printed.stdout
+    extra = cli(
+        "grant", "--role", "jobs_app", "--print", "--fence-any-role", "--revoke-public-connect"
+    )
+    assert "'GRANT pg_signal_backend TO %s'" in extra.stdout
+    assert extra.stdout.rstrip().endswith(
+        "EXECUTE format('REVOKE CONNECT ON DATABASE %I FROM PUBLIC', current_database());\nEND\n$$;"
+    )
+
+
+async def test_revoking_public_connect_keeps_other_roles_out(
+    dsn: str, make_role: Callable[..., Awaitable[Role]]
+) -> None:
+    """With --revoke-public-connect only roles granted CONNECT reach the locks at all."""
+    outsider = f"outsider_{secrets.token_hex(4)}"
+    async with connected(dsn) as owner:
+        await owner.execute(f"CREATE ROLE {outsider} LOGIN PASSWORD 'pw'")
+    try:
+        async with connected(role_dsn(dsn, outsider, "pw")) as conn:
+            assert await conn.fetchval("SELECT 1") == 1
+        role = await make_role("--revoke-public-connect")
+        with pytest.raises(asyncpg.InsufficientPrivilegeError, match="CONNECT"):
+            await asyncpg.connect(role_dsn(dsn, outsider, "pw"))
+        async with connected(role.dsn) as conn:
+            assert await conn.fetchval("SELECT 1") == 1
+    finally:
+        async with connected(dsn) as owner:
+            await owner.execute(f"DROP OWNED BY {outsider}; DROP ROLE {outsider}")
 
 
 @pytest.mark.parametrize(

@@ -22,6 +22,7 @@ DOCUMENTED = {
     "coordinator_elections": "counter",
     "coordinator_demotions": "counter",
     "coordinator_fences": "counter",
+    "coordinator_lock_squatted": "gauge",
     "coordinator_heartbeat_duration_seconds": "histogram",
     "coordinator_heartbeat_failures": "counter",
     "coordinator_heartbeat_age_seconds": "gauge",

@@ -12,13 +12,13 @@ import asyncpg
 import pytest
 from apscheduler.job import Job
 from prometheus_client import CollectorRegistry, generate_latest
-from structlog.testing import capture_logs
 from test_apscheduler_integration import SLACK, Replica, leader_of, replicas
 from test_least_privilege import Role, cli, make_role  # noqa: F401 - the fixture
 
 from coordinator import StaleTerm
 from coordinator.integrations.apscheduler import RunContext
 from coordinator.integrations.job_metrics import LeaderJobMetrics
+from coordinator.testing import capture_logs
 from helpers import connected, wait_until
 
 

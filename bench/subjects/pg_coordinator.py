@@ -4,21 +4,36 @@
 failover is measured up to the moment the new leader's own code runs.
 SIGTERM leaves the coordinator's context, which resigns: the graceful path.
 Settings not given on the command line are the library's defaults.
+
+``--trace`` adds what :mod:`bench.trace` needs to say where a hand-over's
+time goes, without touching the library: a ``sigterm`` report from the
+signal handler, and a ``query`` report for each resign, unlock and lock
+wait statement as asyncpg's query logger sees it answered (with its
+``elapsed``, so its start is known too). Query loggers run on the event
+loop's next turn after the answer, so those reports are late by the
+synchronous work that follows an answer: microseconds.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import signal
 import sys
 from typing import Any
 
-import structlog
+import asyncpg
 
 from bench.emit import emit
 from coordinator import Coordinator
+from coordinator._logging import configure_logging
+
+#: The statements a hand-over trace reports, by a fragment of their text.
+_TRACED = {
+    "resign": "'resigned'",
+    "unlock": "pg_advisory_unlock(",
+    "lock_wait": "pg_advisory_lock(",
+}
 
 
 def _parse() -> argparse.Namespace:
@@ -28,6 +43,7 @@ def _parse() -> argparse.Namespace:
     parser.add_argument("--instance-id", required=True)
     for option in ("--ttl", "--heartbeat-interval", "--heartbeat-timeout"):
         parser.add_argument(option, type=float)
+    parser.add_argument("--trace", action="store_true")
     return parser.parse_args()
 
 
@@ -42,7 +58,13 @@ async def _serve(args: argparse.Namespace) -> None:
     group.on_elected(lambda term: emit("elected", term=term))
     group.on_demoted(lambda reason: emit("demoted", reason=reason))
     stop = asyncio.Event()
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+
+    def on_sigterm() -> None:
+        if args.trace:
+            emit("sigterm")
+        stop.set()
+
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, on_sigterm)
     async with coordinator:
         emit("started")
         await stop.wait()
@@ -51,11 +73,30 @@ async def _serve(args: argparse.Namespace) -> None:
 
 def main() -> None:
     # The library's log lines go to stderr (the driver's log file); stdout carries reports.
-    structlog.configure(
-        wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
-    )
-    asyncio.run(_serve(_parse()))
+    configure_logging("console", stream=sys.stderr)
+    args = _parse()
+    if args.trace:
+        _trace_queries()
+    asyncio.run(_serve(args))
+
+
+def _trace_queries() -> None:
+    """Give every connection the library opens a query logger that reports traced statements."""
+    connect = asyncpg.connect
+
+    async def connect_traced(*args: Any, **kwargs: Any) -> asyncpg.Connection:
+        conn = await connect(*args, **kwargs)
+        conn.add_query_logger(_report_query)
+        return conn
+
+    asyncpg.connect = connect_traced
+
+
+def _report_query(query: Any) -> None:
+    for kind, fragment in _TRACED.items():
+        if fragment in query.query and query.exception is None:
+            emit("query", kind=kind, elapsed=query.elapsed)
+            return
 
 
 if __name__ == "__main__":

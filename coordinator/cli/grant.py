@@ -19,6 +19,7 @@ import hashlib
 import hmac
 import os
 import re
+import textwrap
 from importlib import resources
 
 import asyncpg
@@ -54,14 +55,26 @@ def register(subparsers: Subparsers) -> None:
     parser.add_argument(
         "--fence-any-role",
         action="store_true",
-        help="grant pg_signal_backend, so that it can fence leaders logged in as other roles",
+        help="grant pg_signal_backend to the schema's owner, whose functions fence stale "
+        "leaders and end old fenced transactions, when it is not a superuser",
+    )
+    parser.add_argument(
+        "--revoke-public-connect",
+        action="store_true",
+        help="revoke CONNECT on the database from PUBLIC, so that roles not granted it cannot "
+        "take the coordinator's advisory locks (grant CONNECT to every role that must connect)",
     )
     parser.add_argument("--print", action="store_true", help="print the SQL instead of running it")
     parser.set_defaults(handler=handle)
 
 
 def handle(args: argparse.Namespace) -> int:
-    sql = grant_sql(args.role, args.schema, fence_any_role=args.fence_any_role)
+    sql = grant_sql(
+        args.role,
+        args.schema,
+        fence_any_role=args.fence_any_role,
+        revoke_public_connect=args.revoke_public_connect,
+    )
     if args.print:
         if args.password_env:
             raise ConfigurationError(
@@ -75,12 +88,15 @@ def handle(args: argparse.Namespace) -> int:
     print(
         f"role {args.role} may now run the coordinator in schema {args.schema}"
         + ("; password set" if password is not None else "")
-        + ("; it may fence leaders of any role" if args.fence_any_role else "")
+        + ("; the schema's owner may fence leaders of any role" if args.fence_any_role else "")
+        + ("; PUBLIC may no longer connect" if args.revoke_public_connect else "")
     )
     return 0
 
 
-def grant_sql(role: str, schema: str, *, fence_any_role: bool = False) -> str:
+def grant_sql(
+    role: str, schema: str, *, fence_any_role: bool = False, revoke_public_connect: bool = False
+) -> str:
     """The least-privilege script with ``role`` and ``schema`` in place of its own names."""
     for kind, name in (("role", role), ("schema", schema)):
         if not _IDENTIFIER.match(name) or name.startswith("pg_"):
@@ -93,8 +109,11 @@ def grant_sql(role: str, schema: str, *, fence_any_role: bool = False) -> str:
     script = _ROLE_LITERAL.sub(f"'{role}'", script)
     script = _ROLE_IDENTIFIER.sub(identifier, script)
     script = _SCHEMA_REFERENCE.sub(f'"{schema}"', script)
+    statements = Statements.for_schema(schema)
     if fence_any_role:
-        script += Statements.grant_signal_backend.replace("{role}", identifier) + ";\n"
+        script += textwrap.dedent(statements.grant_signal_backend).strip() + ";\n"
+    if revoke_public_connect:
+        script += textwrap.dedent(statements.revoke_public_connect).strip() + ";\n"
     return script
 
 
@@ -145,6 +164,11 @@ async def _grant(dsn: str, schema: str, role: str, sql: str, password: str | Non
         raise CoordinatorError(
             f"the DSN's role may not grant in schema {schema} or create roles ({error}): "
             "run grant as the schema's owner, with CREATEROLE, or as a superuser"
+        ) from None
+    except asyncpg.ReadOnlySQLTransactionError:
+        raise CoordinatorError(
+            f"the database at {config.redacted_dsn} is read-only (a standby, or "
+            "default_transaction_read_only is on): run grant against the primary"
         ) from None
     finally:
         await conn.close()

@@ -50,7 +50,6 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar, get_type_hints
 
 import asyncpg
-import structlog
 from apscheduler.events import (
     EVENT_JOB_ERROR,
     EVENT_JOB_EXECUTED,
@@ -65,13 +64,14 @@ from coordinator._config import default_instance_id
 from coordinator._connect import TRANSIENT_ERRORS
 from coordinator._errors import ConfigurationError, NotLeader, StaleTerm
 from coordinator._group import DemotionReason, Group
+from coordinator._logging import get_logger
 from coordinator._run import RunContext
 from coordinator._sql import Statements
 from coordinator._timetable import Mode, Outcome, Timetable
 
 __all__ = ["LeaderOnlyJobs", "RunContext"]
 
-log = structlog.get_logger("coordinator")
+log = get_logger()
 
 JobFunction = Callable[..., Coroutine[Any, Any, Any]]
 F = TypeVar("F", bound=JobFunction)

@@ -10,13 +10,20 @@
 -- `coordinator grant --role NAME --schema NAME` runs this file with other
 -- names (`--print` shows the SQL instead of running it).
 --
--- The role may not create, alter or drop anything, may not rewrite history
--- (no UPDATE on events), may not delete groups, and may not touch
--- schema_migrations beyond reading the version. Application tables are not
--- this file's business: grant those as the application needs.
+-- The authority rule: the role changes nothing directly. Every change of
+-- state is a function owned by the schema's owner (SECURITY DEFINER), and
+-- those functions decide: a term only for the backend that holds the
+-- group's advisory lock, a heartbeat or a resignation only from that backend
+-- and for its own term, fencing only of a leader whose heartbeat is stale on
+-- the database clock, history appended and never rewritten. The role may
+-- read, and call those functions; it may not create, alter or drop anything,
+-- and may not INSERT, UPDATE, DELETE or TRUNCATE any table.
+-- Application tables are not this file's business: grant those as the
+-- application needs.
 
 -- A login role, created unless it exists; an existing role keeps its attributes.
--- Connecting needs CONNECT on the database, which PUBLIC has unless revoked.
+-- Connecting needs CONNECT on the database, which PUBLIC has unless revoked
+-- (`coordinator grant --revoke-public-connect`).
 DO $$
 BEGIN
     IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'coordinator_app') THEN
@@ -28,45 +35,51 @@ $$;
 
 GRANT USAGE ON SCHEMA coordinator TO coordinator_app;
 
--- Start-up checks the schema version.
-GRANT SELECT ON coordinator.schema_migrations TO coordinator_app;
+-- No direct writes, not even those an earlier release granted: re-running
+-- this file after an upgrade takes them back.
+REVOKE ALL ON ALL TABLES IN SCHEMA coordinator FROM coordinator_app;
 
--- Groups are registered (INSERT) on first use. Taking office, resigning and
--- clearing a stale leader update the row; the monitor and fenced transactions
--- lock it FOR SHARE, which also needs UPDATE. Rows are never deleted.
-GRANT SELECT, INSERT, UPDATE ON coordinator.leaders TO coordinator_app;
+-- What readers need: start-up checks the schema version; registration reads
+-- the stored keys (collisions); fair spreading counts live members; `status`,
+-- `history`, `watch` and the /leader endpoints read the rest.
+GRANT SELECT ON coordinator.schema_migrations, coordinator.leaders, coordinator.heartbeats,
+    coordinator.events, coordinator.leader_status, coordinator.settings TO coordinator_app;
 
--- Heartbeats of leaders and followers (INSERT ... ON CONFLICT DO UPDATE);
--- an instance that stops deletes its own follower rows.
-GRANT SELECT, INSERT, UPDATE, DELETE ON coordinator.heartbeats TO coordinator_app;
-
--- History is appended, read, and pruned past its retention.
-GRANT SELECT, INSERT, DELETE ON coordinator.events TO coordinator_app;
-
--- Who leads: `coordinator status`, the /leader endpoints, dashboards.
-GRANT SELECT ON coordinator.leader_status TO coordinator_app;
-
--- The fencing token check that fenced transactions call first.
-GRANT EXECUTE ON FUNCTION coordinator.assert_term(text, bigint) TO coordinator_app;
+-- Every change of state, each checked by the function itself.
+GRANT EXECUTE ON FUNCTION
+    coordinator.register_groups(text[], integer[], integer, float8),
+    coordinator.take_office(text[], text, text, integer, float8),
+    coordinator.leader_heartbeat(text, integer, text[], bigint[]),
+    coordinator.member_heartbeat(text[], text, text, integer),
+    coordinator.resign(text, text, bigint, text),
+    coordinator.record_lost(text, text, bigint, text),
+    coordinator.fence_stale_leaders(text),
+    coordinator.prune_events(float8),
+    coordinator.prune_members(float8),
+    coordinator.leave_groups(text),
+    -- The fencing token check that fenced transactions call first.
+    coordinator.assert_term(text, bigint)
+TO coordinator_app;
 
 -- Leader-only jobs: the shared timetable is read directly and written only
--- through its functions, which check the term first; runs are pruned with
--- the events (migrations/0003_jobs.sql).
-GRANT SELECT ON coordinator.jobs TO coordinator_app;
-GRANT SELECT, DELETE ON coordinator.job_runs TO coordinator_app;
+-- through its functions, which check the term first (migrations/0003_jobs.sql).
+GRANT SELECT ON coordinator.jobs, coordinator.job_runs TO coordinator_app;
 GRANT EXECUTE ON FUNCTION
     coordinator.sync_jobs(text, bigint, text[], text[], timestamptz[]),
     coordinator.claim_tick(text, bigint, text, timestamptz, text, text, text, timestamptz),
     coordinator.finish_tick(text, bigint, text, timestamptz, text, float8),
-    coordinator.abandon_ticks(text, bigint, text[])
-    TO coordinator_app;
+    coordinator.abandon_ticks(text, bigint, text[]),
+    coordinator.prune_job_runs(float8)
+TO coordinator_app;
 
--- Fencing a stale leader terminates its backend (pg_terminate_backend). No
--- privilege is needed for that while every instance logs in as this same
--- role. When instances of one group log in as different roles, each needs
--- pg_signal_backend (`coordinator grant --fence-any-role`); without it the
--- monitor logs fence_permission_denied once and a stale leader is cut off
--- only by its own trust deadline and TCP keepalives. No role can terminate
--- a superuser's backend, so do not run instances as a superuser.
+-- Fencing a stale leader, and ending a fenced transaction of an old term that
+-- holds a new leader off, terminate backends (pg_terminate_backend) with the
+-- rights of the schema's owner. A superuser owner may terminate any
+-- non-superuser backend; any other owner needs pg_signal_backend
+-- (`coordinator grant --fence-any-role` grants it to the owner). Without it
+-- the monitor logs fence_permission_denied once, a stale leader is cut off
+-- only by its own trust deadline and TCP keepalives, and a new leader waits
+-- for old fenced transactions to end on their own. No role can terminate a
+-- superuser's backend, so do not run instances or writers as a superuser.
 --
--- GRANT pg_signal_backend TO coordinator_app;
+-- GRANT pg_signal_backend TO <the schema's owner>;

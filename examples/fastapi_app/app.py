@@ -24,6 +24,7 @@ Settings come from the environment: ``COORDINATOR_DSN`` (required),
 # Annotated dependency in `tick_now`, which refers to a local variable.
 
 import contextlib
+import logging
 import os
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
@@ -113,6 +114,10 @@ def _seconds(environ: Mapping[str, str], name: str, *, zero: bool = False) -> fl
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings.from_env()
+    # The library logs through stdlib logging and leaves the output to the app:
+    # its events (and this app's) at INFO on stderr, APScheduler's chatter off.
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)
 
     @contextlib.asynccontextmanager
     async def own_lifespan(app: FastAPI) -> AsyncIterator[None]:
