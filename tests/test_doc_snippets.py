@@ -64,8 +64,13 @@ async def test_the_fastapi_app_shape_runs_as_written(
     app = importlib.import_module("myapp.main").create_app()
     async with app.router.lifespan_context(app):
         term = await app.state.group.wait_elected(SLACK)
-        await wait_until(lambda: timetable_row(bare_dsn, "send-invoices"), SLACK, what="the job")
         job = app.state.scheduler.get_job("send-invoices")
+
+        async def placed() -> bool:
+            return job.next_run_time is not None
+
+        await wait_until(placed, SLACK, what="the job on the shared timetable")
+        assert await timetable_row(bare_dsn, "send-invoices") is not None
         tick = job.next_run_time - timedelta(minutes=5, seconds=-0.5)
         await app.state.leader_jobs.run_ticks(job, [tick])  # what the scheduler does when due
         async with connected(bare_dsn) as conn:
