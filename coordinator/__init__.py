@@ -14,9 +14,10 @@ import importlib
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from coordinator._config import CoordinatorConfig, default_instance_id
-    from coordinator._coordinator import HEARTBEAT_JOB_ID, MONITOR_JOB_ID, Coordinator
+    from coordinator._config import ConnectionOptions, CoordinatorConfig, default_instance_id
+    from coordinator._coordinator import Coordinator
     from coordinator._dsn import redact_dsn
+    from coordinator._elector import Role
     from coordinator._errors import (
         ConfigurationError,
         ConnectionFailed,
@@ -30,13 +31,15 @@ if TYPE_CHECKING:
         UnsupportedDatabase,
     )
     from coordinator._fencing import FencedTransaction
-    from coordinator._group import DemotionReason, Group, Role
+    from coordinator._group import Group, Leadership
     from coordinator._health import Health, ReadyWhen, Verdict
+    from coordinator._jobs import HEARTBEAT_JOB_ID, MONITOR_JOB_ID
     from coordinator._keys import DEFAULT_LOCK_NAMESPACE, group_lock_key
     from coordinator._migrations import migrate
     from coordinator._observe import LeadershipEvent, observe, read_history
     from coordinator._signals import Demoted, Elected, Fenced, HeartbeatDone, Listener, Signal
     from coordinator._status import GroupStatus, MemberStatus, read_members, read_status
+    from coordinator._term import DemotionReason
     from coordinator._timetable import JobStatus, read_jobs
 
 __all__ = [
@@ -45,6 +48,7 @@ __all__ = [
     "MONITOR_JOB_ID",
     "ConfigurationError",
     "ConnectionFailed",
+    "ConnectionOptions",
     "Coordinator",
     "CoordinatorConfig",
     "CoordinatorError",
@@ -59,6 +63,7 @@ __all__ = [
     "HeartbeatDone",
     "JobStatus",
     "KeyCollisionError",
+    "Leadership",
     "LeadershipEvent",
     "Listener",
     "LoginRefused",
@@ -87,8 +92,9 @@ __all__ = [
 _HOMES = {
     "CoordinatorConfig": "_config",
     "default_instance_id": "_config",
-    "HEARTBEAT_JOB_ID": "_coordinator",
-    "MONITOR_JOB_ID": "_coordinator",
+    "ConnectionOptions": "_config",
+    "HEARTBEAT_JOB_ID": "_jobs",
+    "MONITOR_JOB_ID": "_jobs",
     "Coordinator": "_coordinator",
     "redact_dsn": "_dsn",
     "ConfigurationError": "_errors",
@@ -102,9 +108,10 @@ _HOMES = {
     "StaleTerm": "_errors",
     "UnsupportedDatabase": "_errors",
     "FencedTransaction": "_fencing",
-    "DemotionReason": "_group",
+    "DemotionReason": "_term",
     "Group": "_group",
-    "Role": "_group",
+    "Leadership": "_group",
+    "Role": "_elector",
     "Health": "_health",
     "ReadyWhen": "_health",
     "Verdict": "_health",

@@ -1,4 +1,4 @@
-"""Coordinator settings: frozen, keyword-only, validated at construction.
+"""Settings: a coordinator's, and a connection's; frozen, keyword-only, checked early.
 
 Bad configuration fails here, with a message that names the fix, instead of
 as a flapping leader an hour later.
@@ -19,9 +19,12 @@ from coordinator._dsn import dsn_problem, redact_dsn
 from coordinator._errors import ConfigurationError
 from coordinator._keys import DEFAULT_LOCK_NAMESPACE
 
-__all__ = ["CoordinatorConfig", "default_instance_id"]
+__all__ = ["HOST", "ConnectionOptions", "CoordinatorConfig", "backoff_delay", "default_instance_id"]
 
 _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+
+#: This machine's name, recorded with every leadership and membership.
+HOST = socket.gethostname()
 
 _DAY = 24 * 3600.0
 _MAX_GROUPS = 1_000_000
@@ -44,7 +47,48 @@ _SECONDS_BOUNDS: dict[str, tuple[float, float, str]] = {
 
 def default_instance_id() -> str:
     """``host-pid-random``: unique per run, readable in ``pg_stat_activity``."""
-    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+    return f"{HOST}-{os.getpid()}-{secrets.token_hex(3)}"
+
+
+def backoff_delay(failures: int, low: float, high: float) -> float:
+    """Full jitter, growing with consecutive failures, between ``low`` and ``high`` seconds."""
+    ceiling = min(high, low * 2 ** min(failures, 16))
+    return random.uniform(low, ceiling)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ConnectionOptions:
+    """How to open one connection: all a reader, a migration or a coordinator needs."""
+
+    dsn: str = field(repr=False)
+    connect_timeout: float = 5.0
+    #: Shown in ``pg_stat_activity``; at most 63 bytes are kept by the server.
+    application_name: str = "coordinator"
+    #: Unacknowledged data is given up after this long (``tcp_user_timeout``).
+    user_timeout: float = 15.0
+
+    def __post_init__(self) -> None:
+        if not self.dsn or not isinstance(self.dsn, str):
+            raise ConfigurationError(
+                "no database given: pass a DSN, e.g. postgresql://user:password@host:5432/dbname"
+            )
+        problem = dsn_problem(self.dsn)
+        if problem is not None:
+            raise ConfigurationError(problem)
+        low, high, why = _SECONDS_BOUNDS["connect_timeout"]
+        check_seconds("connect_timeout", self.connect_timeout, low, high, why)
+
+    @property
+    def redacted_dsn(self) -> str:
+        return redact_dsn(self.dsn)
+
+    def keepalive_settings(self) -> tuple[str, str, str, str]:
+        """Idle, interval and count of keepalives, and tcp_user_timeout in ms.
+
+        A dead peer is noticed after idle + interval * count seconds without an
+        answer, and unacknowledged data is given up after tcp_user_timeout.
+        """
+        return ("5", "2", "3", str(int(max(self.user_timeout, 5.0) * 1000)))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -178,8 +222,7 @@ class CoordinatorConfig:
 
     def reconnect_delay(self, failures: int) -> float:
         """Full jitter, growing with consecutive failures, between the reconnect bounds."""
-        ceiling = min(self.reconnect_max, self.reconnect_min * 2 ** min(failures, 16))
-        return random.uniform(self.reconnect_min, ceiling)
+        return backoff_delay(failures, self.reconnect_min, self.reconnect_max)
 
     @property
     def office_wait(self) -> float:
@@ -189,6 +232,21 @@ class CoordinatorConfig:
         whose first heartbeat is already close to expiry.
         """
         return min(self.take_office_timeout, self.trust_window / 2)
+
+    @property
+    def resign_timeout(self) -> float:
+        """How long a resignation may take: one statement, plus its wait for fenced transactions."""
+        return self.heartbeat_timeout + self.office_wait
+
+    @property
+    def connection(self) -> ConnectionOptions:
+        """How this coordinator opens its connections."""
+        return ConnectionOptions(
+            dsn=self.dsn,
+            connect_timeout=self.connect_timeout,
+            application_name=self.application_name,
+            user_timeout=self.ttl,
+        )
 
     @property
     def redacted_dsn(self) -> str:

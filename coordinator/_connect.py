@@ -5,6 +5,10 @@ reset runs ``pg_advisory_unlock_all()``. Each connection sets server-side
 keepalives and ``tcp_user_timeout`` so that the session of a client that
 vanished from the network dies in seconds, not after the OS defaults (hours),
 and names itself in ``pg_stat_activity``.
+
+Every new connection is checked, not only the first one: a multi-host DSN
+can reconnect to a standby after the primary restarts (advisory locks work
+there, writes do not), so a reconnect runs the same refusals as start-up.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from typing import Any
 
 import asyncpg
 
-from coordinator._config import CoordinatorConfig
+from coordinator._config import ConnectionOptions
 from coordinator._errors import (
     ConfigurationError,
     ConnectionFailed,
@@ -23,7 +27,7 @@ from coordinator._errors import (
 )
 from coordinator._sql import Statements
 
-__all__ = ["TRANSIENT_ERRORS", "check_server", "connect"]
+__all__ = ["TRANSIENT_ERRORS", "connect"]
 
 #: Errors after which a retry on a new connection may succeed.
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
@@ -38,29 +42,33 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
-def _keepalive_settings(config: CoordinatorConfig) -> tuple[str, str, str, str]:
-    """Idle, interval and count of keepalives, and tcp_user_timeout in ms.
+async def connect(options: ConnectionOptions) -> asyncpg.Connection:
+    """Open one dedicated, checked connection; raise ConnectionFailed with the cause and the fix.
 
-    A dead peer is noticed after idle + interval * count seconds without an
-    answer, and unacknowledged data is given up after tcp_user_timeout.
+    Raises UnsupportedDatabase for a standby or a transaction pooler.
     """
-    return ("5", "2", "3", str(int(max(config.ttl, 5.0) * 1000)))
+    conn = await _open(options)
+    try:
+        facts = await conn.fetchrow(Statements.set_keepalives, *options.keepalive_settings())
+        await _check_server(options, conn, facts)
+    except BaseException:
+        conn.terminate()
+        raise
+    return conn
 
 
-async def connect(config: CoordinatorConfig, *, check_pooler: bool = False) -> asyncpg.Connection:
-    """Open one dedicated connection; raise ConnectionFailed with the cause and the fix."""
-    where = config.redacted_dsn
+async def _open(options: ConnectionOptions, *, cache: bool = True) -> asyncpg.Connection:
+    """Connect; ``cache=False`` for unnamed statements only (safe behind any pooler)."""
+    where = options.redacted_dsn
     kwargs: dict[str, Any] = {
-        "timeout": config.connect_timeout,
+        "timeout": options.connect_timeout,
         # Only application_name in the startup packet: poolers such as PgBouncer
-        # refuse unknown startup parameters. The keepalives are SET below.
-        "server_settings": {"application_name": config.application_name},
-        # Unnamed statements only, so that the checks below also run safely
-        # behind a transaction pooler before we refuse it.
-        "statement_cache_size": 0 if check_pooler else 100,
+        # refuse unknown startup parameters. The keepalives are SET afterwards.
+        "server_settings": {"application_name": options.application_name[:63]},
+        "statement_cache_size": 100 if cache else 0,
     }
     try:
-        conn = await asyncpg.connect(config.dsn, **kwargs)
+        return await asyncpg.connect(options.dsn, **kwargs)
     except asyncpg.InvalidPasswordError:
         raise LoginRefused(
             f"the database refused the password for {where}: check the user and password in the DSN"
@@ -73,7 +81,7 @@ async def connect(config: CoordinatorConfig, *, check_pooler: bool = False) -> a
         ) from None
     except TimeoutError:
         raise ConnectionFailed(
-            f"no answer from {where} within {config.connect_timeout:g} s: "
+            f"no answer from {where} within {options.connect_timeout:g} s: "
             "check the host, port and firewall"
         ) from None
     except socket.gaierror:
@@ -95,15 +103,11 @@ async def connect(config: CoordinatorConfig, *, check_pooler: bool = False) -> a
             f"the DSN {where} is malformed ({type(error).__name__}): "
             "check its form, postgresql://user@host:5432/dbname?param=value"
         ) from None
-    try:
-        await conn.execute(Statements.set_keepalives, *_keepalive_settings(config))
-    except BaseException:
-        conn.terminate()
-        raise
-    return conn
 
 
-async def check_server(config: CoordinatorConfig, conn: asyncpg.Connection) -> None:
+async def _check_server(
+    options: ConnectionOptions, conn: asyncpg.Connection, facts: asyncpg.Record
+) -> None:
     """Refuse a standby and a transaction- or statement-pooling proxy.
 
     Behind any pooler the handshake's backend pid differs from
@@ -111,23 +115,33 @@ async def check_server(config: CoordinatorConfig, conn: asyncpg.Connection) -> N
     client tells the modes apart: in session mode each client keeps its own
     backend, while in transaction mode the backend that the first client
     just released is handed to the next one.
+
+    ``facts`` come from the connection's first statement: through a
+    transaction pooler a whole prepare-and-execute up to its Sync is one
+    transaction, so it answers before we refuse.
     """
-    facts = await conn.fetchrow(Statements.server_facts)
     if facts["in_recovery"]:
         raise UnsupportedDatabase(
-            f"{config.redacted_dsn} is a standby (read-only replica): point the DSN at the primary"
+            f"{options.redacted_dsn} is a standby (read-only replica): point the DSN at the "
+            "primary, or add target_session_attrs=read-write to a multi-host DSN"
         )
     if conn.get_server_pid() == facts["backend_pid"]:
         return
-    other = await connect(config, check_pooler=True)
+    # Behind a pooler. Two more clients, with unnamed statements only (a named
+    # one would not exist on the backend a transaction pooler hands out next).
+    first_client = await _open(options, cache=False)
     try:
-        first = (await conn.fetchrow(Statements.server_facts))["backend_pid"]
-        second = (await other.fetchrow(Statements.server_facts))["backend_pid"]
+        second_client = await _open(options, cache=False)
+        try:
+            first = (await first_client.fetchrow(Statements.server_facts))["backend_pid"]
+            second = (await second_client.fetchrow(Statements.server_facts))["backend_pid"]
+        finally:
+            await second_client.close()
     finally:
-        await other.close()
+        await first_client.close()
     if first == second:
         raise UnsupportedDatabase(
-            f"{config.redacted_dsn} goes through a connection pooler in transaction or statement "
+            f"{options.redacted_dsn} goes through a connection pooler in transaction or statement "
             "mode, which cannot keep session advisory locks: connect directly to PostgreSQL or "
             "use a pool in session mode (PgBouncer pool_mode = session)"
         )

@@ -125,7 +125,8 @@ class LeaderCommand:
         if then == "restart":
             await self._start(term)
         elif then == "resign":
-            self._group.request_resign()
+            # Asked for, not awaited: the hand-over's on_demoted ends this watch's leash.
+            self._resigning = asyncio.create_task(self._group.resign())
 
     def _heard(self, signal: Signal) -> None:
         """After a heartbeat, hand the leash the deadline it may have moved."""

@@ -8,8 +8,10 @@ timeout counts as a failure; once the loop moves again, the heartbeat job
 that ran late shows it until it has caught up.
 
 Readiness follows a policy (:class:`ReadyWhen`): ``member`` is ready while
-live and the latest heartbeat of every group succeeded; ``leader`` also
-needs this instance to lead every group it takes part in.
+live, the latest heartbeat of every group succeeded and no group's election
+loop keeps failing (``Coordinator.failing``: a standby behind a multi-host
+DSN, a read-only database...); ``leader`` also needs this instance to lead
+every group it takes part in.
 
 Everything here is computed when asked, from the coordinator's properties
 (``is_leader`` checks the trust deadline on each read) and from its signals.
@@ -131,6 +133,14 @@ class Health:
             return live
         if not self._coordinator.running:
             return Verdict(False, f"not started yet: {self._start_problem}")
+        failing = self._coordinator.failing
+        if failing:
+            name, problem = min(failing.items())
+            return Verdict(
+                False,
+                f"the election loop of {_names(failing)} keeps failing: the database is "
+                f"unreachable or refuses it ({name!r}: {problem})",
+            )
         if self._failing:
             return Verdict(
                 False,
@@ -145,22 +155,11 @@ class Health:
         return Verdict(True, "this instance takes part in every group")
 
     def _on_signal(self, signal: Signal) -> None:
-        from coordinator._group import Role  # loaded already: a coordinator sends the signals
-
         if isinstance(signal, Elected):
             self._record(signal.group, ok=True)  # taking office writes the first heartbeat
         elif isinstance(signal, HeartbeatDone):
-            if signal.group is not None:
-                self._record(signal.group, ok=signal.ok)
-                return
-            # One statement for several groups: the followers' member heartbeat,
-            # and in poll mode also the leaders' heartbeat on the shared session
-            # (the signal does not tell which, so there it counts for every group).
-            groups = self._coordinator.groups
-            shared = self._coordinator.config.polls(len(groups))
-            for name, group in groups.items():
-                if shared or group.role is Role.FOLLOWER:
-                    self._record(name, ok=signal.ok)
+            for group in signal.groups:
+                self._record(group, ok=signal.ok)
 
     def _record(self, group: str, *, ok: bool) -> None:
         if ok:

@@ -33,9 +33,9 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from coordinator._coordinator import Coordinator
-from coordinator._group import DemotionReason
 from coordinator._health import Health
 from coordinator._signals import Demoted, Elected, Fenced, HeartbeatDone, Signal
+from coordinator._term import DemotionReason
 
 __all__ = ["HEARTBEAT_BUCKETS", "CoordinatorMetrics"]
 
@@ -153,19 +153,21 @@ class _StateCollector(Collector):
         return iter(self._families())
 
     def collect(self) -> Iterator[Metric]:
-        leads, term, heartbeat_age, job_age, squatted = self._families()
+        leads, term, heartbeat_age, job_age, squatted, failing = self._families()
         squatters = self._coordinator.squatters
+        problems = self._coordinator.failing
         for name, group in self._coordinator.groups.items():
             leads.add_metric([name, name], 1.0 if group.is_leader else 0.0)
             term.add_metric([name], float(group.term or 0))
             squatted.add_metric([name], float(len(squatters.get(name, ()))))
+            failing.add_metric([name], 1.0 if name in problems else 0.0)
             age = self._health.heartbeat_age(name)
             if age is not None:
                 heartbeat_age.add_metric([name], age)
         age = self._health.heartbeat_job_age()
         if age is not None:
             job_age.add_metric([], age)
-        return iter((leads, term, heartbeat_age, job_age, squatted))
+        return iter((leads, term, heartbeat_age, job_age, squatted, failing))
 
     @staticmethod
     def _families() -> tuple[GaugeMetricFamily, ...]:
@@ -196,6 +198,11 @@ class _StateCollector(Collector):
                 "Backends holding the group's advisory lock that are neither its leader's nor a "
                 "coordinator session, as this instance's monitor last saw; nobody can be elected "
                 "while it is above 0.",
+                labels=["group"],
+            ),
+            GaugeMetricFamily(
+                "coordinator_election_failing",
+                "1 while the group's election loop keeps failing (/readyz says why), else 0.",
                 labels=["group"],
             ),
         )

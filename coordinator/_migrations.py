@@ -17,19 +17,18 @@ from pathlib import Path
 
 import asyncpg
 
-from coordinator._config import CoordinatorConfig
+from coordinator._config import ConnectionOptions
 from coordinator._connect import connect
 from coordinator._errors import MigrationError, SchemaNotMigrated
 from coordinator._keys import DEFAULT_LOCK_NAMESPACE, group_lock_key
 from coordinator._logging import get_logger
+from coordinator._sql import Statements, in_schema
 
 __all__ = ["Migration", "available_migrations", "check_schema", "migrate"]
 
 log = get_logger(__name__)
 
 _FILE_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
-# Where the SQL names the default schema; replaced when another schema is asked for.
-_SCHEMA_REFERENCE = re.compile(r"\bcoordinator(?=\.)|(?<=SCHEMA IF NOT EXISTS )coordinator\b")
 
 
 @dataclass(frozen=True)
@@ -44,9 +43,7 @@ class Migration:
         return hashlib.sha256(self.sql.encode("utf-8")).hexdigest()
 
     def sql_for(self, schema: str) -> str:
-        if schema == "coordinator":
-            return self.sql
-        return _SCHEMA_REFERENCE.sub(f'"{schema}"', self.sql)
+        return in_schema(self.sql, schema)
 
 
 def _migrations_dir() -> Path:
@@ -82,56 +79,37 @@ async def migrate(
     dsn: str, *, schema: str = "coordinator", connect_timeout: float = 5.0
 ) -> list[int]:
     """Apply pending migrations to ``schema``; return the versions applied (empty if none)."""
-    config = CoordinatorConfig(
-        dsn=dsn, schema=schema, connect_timeout=connect_timeout, instance_id="migrate"
-    )
+    sql = Statements.for_schema(schema)
     migrations = available_migrations()
-    conn = await connect(config, check_pooler=False)
+    conn = await connect(
+        ConnectionOptions(
+            dsn=dsn, connect_timeout=connect_timeout, application_name="coordinator:migrate"
+        )
+    )
     try:
         # A session lock, held across the per-file transactions; taken before
         # anything is created so concurrent runners never race on DDL.
         await conn.execute(
-            "SELECT pg_advisory_lock($1, $2)",
-            DEFAULT_LOCK_NAMESPACE,
-            group_lock_key(f"migrations:{schema}"),
+            sql.migration_lock, DEFAULT_LOCK_NAMESPACE, group_lock_key(f"migrations:{schema}")
         )
         # The bookkeeping table is created in the transaction of the first
         # migration, so that a migration that fails leaves nothing behind.
-        bookkeeping = f"""
-            CREATE SCHEMA IF NOT EXISTS "{schema}";
-            CREATE TABLE IF NOT EXISTS "{schema}".schema_migrations (
-                version    integer     PRIMARY KEY,
-                name       text        NOT NULL,
-                checksum   text        NOT NULL,
-                applied_at timestamptz NOT NULL DEFAULT now()
-            )"""
-        exists = await conn.fetchval(
-            "SELECT to_regclass($1) IS NOT NULL", f'"{schema}".schema_migrations'
+        exists = await conn.fetchval(sql.migrations_table_exists)
+        applied = (
+            {row["version"]: row for row in await conn.fetch(sql.applied_migrations)}
+            if exists
+            else {}
         )
-        applied = {
-            row["version"]: row
-            for row in (
-                await conn.fetch(
-                    f'SELECT version, name, checksum FROM "{schema}".schema_migrations'
-                )
-                if exists
-                else []
-            )
-        }
         _check_applied(applied, migrations)
         done = []
         for migration in migrations:
             if migration.version in applied:
                 continue
             async with conn.transaction():
-                await conn.execute(bookkeeping)
+                await conn.execute(sql.migrations_table)
                 await conn.execute(migration.sql_for(schema))
                 await conn.execute(
-                    f'INSERT INTO "{schema}".schema_migrations (version, name, checksum) '
-                    "VALUES ($1, $2, $3)",
-                    migration.version,
-                    migration.name,
-                    migration.checksum,
+                    sql.record_migration, migration.version, migration.name, migration.checksum
                 )
             log.info(
                 "migration_applied", version=migration.version, name=migration.name, schema=schema

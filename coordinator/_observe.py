@@ -26,9 +26,9 @@ from typing import Any
 
 import asyncpg
 
-from coordinator._config import CoordinatorConfig
-from coordinator._connect import TRANSIENT_ERRORS, check_server, connect
-from coordinator._errors import UnsupportedDatabase
+from coordinator._config import ConnectionOptions, backoff_delay
+from coordinator._connect import connect
+from coordinator._describe import describe_error
 from coordinator._logging import get_logger
 from coordinator._migrations import check_schema
 from coordinator._reading import fetch_rows
@@ -39,8 +39,8 @@ __all__ = ["LeadershipEvent", "observe", "read_history"]
 
 log = get_logger(__name__)
 
-#: Reconnect after these once observation has begun: a failover may briefly show a standby.
-_RETRIED: tuple[type[BaseException], ...] = (*TRANSIENT_ERRORS, UnsupportedDatabase)
+#: Bounds of an observer's jittered wait between reconnection attempts (seconds).
+_RECONNECT_MIN, _RECONNECT_MAX = 0.05, 5.0
 
 #: The kind of the event that reports the state when observation (re)starts.
 CURRENT = "current"
@@ -121,8 +121,8 @@ async def observe(
     later losses reconnect with jittered back-off. Close the iterator when
     done (``contextlib.aclosing``) to release its connection at once.
     """
-    config = CoordinatorConfig(
-        dsn=dsn, schema=schema, instance_id="observe", connect_timeout=connect_timeout
+    options = ConnectionOptions(
+        dsn=dsn, connect_timeout=connect_timeout, application_name="coordinator:observe"
     )
     sql = Statements.for_schema(schema)
     wanted = frozenset(groups)
@@ -132,18 +132,14 @@ async def observe(
     while True:
         inbox: asyncio.Queue[str | None] = asyncio.Queue()
         try:
-            conn = await _listen(config, sql, inbox)
+            conn = await _listen(options, schema, sql, inbox)
             connected_once = True
-        except _RETRIED as error:
+        except Exception as error:
             if not connected_once:
                 raise  # report a wrong DSN or schema at once, rather than retry for ever
             failures += 1
-            log.warning(
-                "observe_reconnect_failed",
-                error=f"{type(error).__name__}: {error}",
-                attempt=failures,
-            )
-            await asyncio.sleep(config.reconnect_delay(failures))
+            log.warning("observe_reconnect_failed", error=describe_error(error), attempt=failures)
+            await asyncio.sleep(backoff_delay(failures, _RECONNECT_MIN, _RECONNECT_MAX))
             continue
         try:
             snapshot = await read_status(conn, schema=schema)
@@ -168,32 +164,30 @@ async def observe(
                 if maybe_seen < 0 or _is_news(state, change):
                     state[change.group] = (change.leader, change.term)
                     yield change
-        except TRANSIENT_ERRORS as error:
+        except Exception as error:  # noqa: BLE001 - an observer never dies; it reconnects
             failures += 1
-            log.warning(
-                "observe_connection_lost",
-                error=f"{type(error).__name__}: {error}",
-                attempt=failures,
-            )
+            log.warning("observe_connection_lost", error=describe_error(error), attempt=failures)
         finally:
             await _close(conn)
-        await asyncio.sleep(config.reconnect_delay(failures))
+        await asyncio.sleep(backoff_delay(failures, _RECONNECT_MIN, _RECONNECT_MAX))
 
 
 async def _listen(
-    config: CoordinatorConfig, sql: Statements, inbox: asyncio.Queue[str | None]
+    options: ConnectionOptions, schema: str, sql: Statements, inbox: asyncio.Queue[str | None]
 ) -> asyncpg.Connection:
-    """A dedicated connection that puts every payload, then None when it closes, in ``inbox``."""
-    conn = await connect(config, check_pooler=True)
+    """A dedicated connection that puts every payload, then None when it closes, in ``inbox``.
+
+    ``connect`` refuses a transaction pooler and a standby, through which
+    LISTEN would never hear anything.
+    """
+    conn = await connect(options)
     try:
-        # LISTEN through a transaction pooler, or on a standby, would never hear anything.
-        await check_server(config, conn)
-        await check_schema(conn, config.schema, sql.schema_version)
+        await check_schema(conn, schema, sql.schema_version)
 
         def received(_conn: object, _pid: int, _channel: str, payload: str) -> None:
             inbox.put_nowait(payload)
 
-        await conn.add_listener(notify_channel(config.schema), received)
+        await conn.add_listener(notify_channel(schema), received)
         conn.add_termination_listener(lambda _conn: inbox.put_nowait(None))
     except BaseException:
         conn.terminate()

@@ -7,7 +7,7 @@ from typing import Any
 
 import asyncpg
 
-from coordinator._config import CoordinatorConfig
+from coordinator._config import ConnectionOptions
 from coordinator._connect import connect
 from coordinator._migrations import check_schema
 from coordinator._sql import Statements
@@ -26,8 +26,7 @@ async def fetch_rows(
     if not isinstance(dsn_or_conn, str):
         rows: list[asyncpg.Record] = await dsn_or_conn.fetch(statement(sql), *args)
         return rows
-    config = CoordinatorConfig(dsn=dsn_or_conn, schema=schema, instance_id="reader")
-    conn = await connect(config, check_pooler=True)
+    conn = await connect(ConnectionOptions(dsn=dsn_or_conn, application_name="coordinator:reader"))
     try:
         await check_schema(conn, schema, sql.schema_version)
         rows = await conn.fetch(statement(sql), *args)

@@ -1,5 +1,5 @@
 """The lock session: one dedicated connection that waits for, holds and
-releases one group's advisory lock.
+releases one group's advisory lock; the blocking campaign's seat.
 
 All statements on the connection are serialised by an asyncio lock, because
 an asyncpg connection runs one operation at a time. The blocking lock wait is
@@ -10,31 +10,20 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
 
 import asyncpg
 
-from coordinator._config import CoordinatorConfig
+from coordinator._config import HOST, CoordinatorConfig
 from coordinator._connect import connect
 from coordinator._logging import get_logger
 from coordinator._sql import Statements
+from coordinator._term import Term
 
-__all__ = ["LockSession", "Office", "log_ended_transactions", "resign_and_unlock"]
+__all__ = ["LockSession", "log_ended_transactions", "resign_and_unlock"]
 
 log = get_logger(__name__)
-
-_HOST = socket.gethostname()
-
-
-@dataclass(frozen=True)
-class Office:
-    """What taking office returned: the new term and when it began on the database clock."""
-
-    term: int
-    acquired_at: datetime
 
 
 @dataclass(frozen=True)
@@ -83,7 +72,7 @@ class LockSession:
     """One group's advisory lock on its own connection.
 
     ``on_closed`` runs when the connection ends for any reason, including the
-    server terminating it; the elector uses it to demote at once.
+    server terminating it; the campaign ends the current term there.
     """
 
     def __init__(
@@ -113,7 +102,7 @@ class LockSession:
         lock_key: int,
         on_closed: Callable[[LockSession], None],
     ) -> LockSession:
-        conn = await connect(config)
+        conn = await connect(config.connection)
         try:
             await conn.execute(sql.no_statement_timeout)
             # Parsed and planned now, while following, so that taking office
@@ -160,24 +149,35 @@ class LockSession:
         except Exception:  # noqa: BLE001 - closing the session frees the lock anyway
             self.abort()
 
-    async def take_office(self, instance_id: str) -> Office | None:
-        """Holding the lock, start the next term; None if fenced transactions still block it.
+    async def take_office(self, instance_id: str) -> int | None:
+        """Holding the lock, start the next term and return it; None while fenced
+        transactions of the old term still hold the leader row.
 
         The term update waits for in-flight fenced transactions of the old
         term (they hold FOR SHARE on the leader row). The wait is bounded by
-        ``office_wait``; the caller logs and tries again.
+        ``office_wait``; the caller logs and tries again. A missing leader row
+        (a server that lost recent commits) is made again first.
         """
+        args = ([self._group], instance_id, HOST, os.getpid(), self._config.ttl)
         try:
             async with self._busy:  # lock_timeout was set when the lock was granted
-                row = await self._prepared.take_office.fetchrow(
-                    [self._group], instance_id, _HOST, os.getpid(), self._config.ttl
-                )
+                row = await self._prepared.take_office.fetchrow(*args)
+                if row is None:
+                    await self._conn.execute(
+                        self._sql.register_groups,
+                        [self._group],
+                        [self._lock[1]],
+                        self._lock[0],
+                        self._config.ttl,
+                    )
+                    log.warning("group_registered_again", group=self._group)
+                    row = await self._prepared.take_office.fetchrow(*args)
         except asyncpg.LockNotAvailableError:
             return None
         if row is None:
-            raise RuntimeError(f"group {self._group!r} has no leader row; was it registered?")
+            raise RuntimeError(f"group {self._group!r} has no leader row and cannot get one")
         log_ended_transactions(self._group, row)
-        return Office(term=row["term"], acquired_at=row["acquired_at"])
+        return int(row["term"])
 
     async def heartbeat(self, instance_id: str, term: int) -> bool:
         """Refresh our heartbeat; False means the lock or the term is no longer ours."""
@@ -187,14 +187,27 @@ class LockSession:
             )
         return row is not None
 
-    async def resign(self, instance_id: str, term: int, reason: str) -> None:
-        """Clear the holder, record why, notify, then unlock: the next waiter wakes at once."""
-        async with asyncio.timeout(self._config.heartbeat_timeout + self._config.office_wait):
-            async with self._busy:
+    async def resign(self, term: Term, reason: str) -> None:
+        """Clear the holder, record why, notify, then unlock: the next waiter wakes at once.
+
+        If that fails, the lock's state is in doubt: the session is dropped,
+        and the campaign's next ``win()`` starts on a fresh one.
+        """
+        try:
+            async with asyncio.timeout(self._config.resign_timeout), self._busy:
                 # The lock_timeout set when the lock was granted bounds the statement.
                 await resign_and_unlock(
-                    self._conn, self._sql, self._group, instance_id, term, reason, self._lock
+                    self._conn,
+                    self._sql,
+                    self._group,
+                    self._config.instance_id,
+                    term.number,
+                    reason,
+                    self._lock,
                 )
+        except BaseException:
+            self.abort()
+            raise
 
     def abort(self) -> None:
         """Drop the connection now; the server frees the lock when it notices."""

@@ -1,6 +1,6 @@
-"""Shared-session mode: one connection per process for any number of groups.
+"""The shared campaign: one connection per process for any number of groups.
 
-The blocking mode spends one connection per group, which is right for a
+The blocking campaign spends one connection per group, which is right for a
 handful of groups and wrong for thousands: connections are PostgreSQL's
 scarce resource. Here one session holds every lock this process leads.
 Followers do not block; every ``poll_interval`` (sooner when a NOTIFY says a
@@ -10,38 +10,49 @@ and heartbeats everything it leads in one statement.
 
 The price is crash failover: a dead leader cannot NOTIFY, so its groups wait
 for the next poll. The trust deadline, fencing and terms work as in the
-blocking mode, with one difference: the session is shared, so when its trust
-expires or its state is in doubt, every leadership on it ends together and
-the session is replaced. That also keeps the rule that a lock is never tried
-again on a session that holds it (advisory locks stack).
+blocking campaign, with one difference: the session is shared, so when it
+closes or its state is in doubt, every term on it ends together and the
+session is replaced. That also keeps the rule that a lock is never tried
+again on a session that holds it (advisory locks stack). A group whose term
+just ended is not tried for two polls, so that the followers who waited get
+it first, as they would in a lock queue.
+
+The poller never dies: any error ends the session's terms, is logged once
+with its cause, and is retried on a fresh, checked session after a jittered
+back-off; :attr:`SharedCampaign.problem` says why meanwhile.
+
+The module is longer than most (about 370 lines) because it is one concept
+whose parts share one state: the session, the groups waiting, the terms
+held and their cool-downs. Split, each part would reach into the others.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
 import os
 import random
-import socket
 import time
 from collections.abc import Mapping
-from typing import Protocol
 
 import asyncpg
 
-from coordinator._config import CoordinatorConfig
-from coordinator._connect import TRANSIENT_ERRORS, connect
+from coordinator._campaign import Seat, Trouble
+from coordinator._config import HOST, CoordinatorConfig
+from coordinator._connect import connect
+from coordinator._describe import describe_error
 from coordinator._logging import get_logger
 from coordinator._session import log_ended_transactions, resign_and_unlock
-from coordinator._signals import HeartbeatDone, Signal
+from coordinator._signals import HeartbeatDone
 from coordinator._sql import Statements, notify_channel
+from coordinator._term import DemotionReason, Term
 
-__all__ = ["SharedSession"]
+__all__ = ["SharedCampaign"]
 
 log = get_logger()
 
-_HOST = socket.gethostname()
 #: Fair spreading takes up to the fair share, but sheds leaderships only above
 #: fair share + this, so that they do not flap.
 HYSTERESIS = 1
@@ -49,116 +60,73 @@ HYSTERESIS = 1
 _VACATING = frozenset({"resigned", "fenced", "expired", "lost"})
 
 
-class _Member(Protocol):
-    """What the shared session needs from a group."""
+class SharedCampaign:
+    """The poller, and the one connection that holds this process's locks."""
 
-    name: str
-    lock_key: int
-
-    def seat_lost(self, seat: object) -> None: ...
-
-    def apply_heartbeat(self, term: int, started: float, still_ours: bool) -> None: ...
-
-    def request_resign(self) -> None: ...
-
-
-class _Runtime(Protocol):
-    def emit(self, signal: Signal) -> None: ...
-
-
-class SharedSeat:
-    """One group's leadership on the shared session, as its elector sees it."""
-
-    def __init__(self, shared: SharedSession, group: str) -> None:
-        self._shared = shared
-        self._group = group
-
-    @property
-    def backend_pid(self) -> int:
-        return self._shared.backend_pid
-
-    async def resign(self, instance_id: str, term: int, reason: str) -> None:
-        await self._shared.resign(self._group, term, reason)
-
-    def abort(self) -> None:
-        """The term ended abnormally: the shared session's state is in doubt, replace it."""
-        self._shared.abort()
-
-
-class SharedSession:
-    """The poller and the one connection that holds this process's locks."""
-
-    def __init__(
-        self,
-        config: CoordinatorConfig,
-        sql: Statements,
-        groups: Mapping[str, _Member],
-        runtime: _Runtime,
-    ) -> None:
+    def __init__(self, config: CoordinatorConfig, sql: Statements, keys: Mapping[str, int]) -> None:
         self._config = config
         self._sql = sql
-        self._groups = dict(groups)
-        self._by_key = {group.lock_key: name for name, group in groups.items()}
-        self._runtime = runtime
+        self._keys = dict(keys)  # group -> lock key
+        self._by_key = {key: name for name, key in keys.items()}
         self._conn: asyncpg.Connection | None = None
         self._busy = asyncio.Lock()
         self._wake = asyncio.Event()
-        self._waiting: dict[str, asyncio.Future[tuple[int, float]]] = {}
-        self._held: dict[str, int] = {}  # group -> term, in the order taken
-        self._seats: dict[str, SharedSeat] = {}
+        self._waiting: dict[str, asyncio.Future[Term]] = {}
+        self._held: dict[str, Term] = {}  # in the order taken
         self._cooldown: dict[str, float] = {}
-        self._shedding: set[str] = set()
+        self._trouble = Trouble(config)
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
         self._lock_timeout = f"{int(config.office_wait * 1000)}ms"
         self._log = log.bind(instance_id=config.instance_id)
 
+    def candidacy(self, group: str) -> SharedCandidacy:
+        """The campaign of one group, as its elector drives it."""
+        return SharedCandidacy(self, group)
+
+    @property
+    def problem(self) -> str | None:
+        return self._trouble.problem
+
     @property
     def backend_pid(self) -> int:
         return int(self._conn.get_server_pid()) if self._conn is not None else 0
 
-    # -- driven by the groups -------------------------------------------------
+    # -- driven by the electors and the heartbeat job -------------------------------
 
-    def wait_for_office(self, group: _Member) -> asyncio.Future[tuple[int, float]]:
-        """A future resolved with (term, start of taking office) when ``group`` is won."""
-        future: asyncio.Future[tuple[int, float]] = asyncio.get_running_loop().create_future()
-        self._waiting[group.name] = future
+    async def win(self, group: str) -> Term:
+        """Wait until the poller wins ``group`` and takes office."""
+        future: asyncio.Future[Term] = asyncio.get_running_loop().create_future()
+        self._waiting[group] = future
         self._wake.set()
-        return future
+        try:
+            return await future
+        except asyncio.CancelledError:
+            if future.done() and not future.cancelled():
+                # Won just as the elector stopped: hand it straight back.
+                won = future.result()
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(self.resign(group, won, DemotionReason.STOPPING))
+            raise
+        finally:
+            if self._waiting.get(group) is future:
+                del self._waiting[group]
 
-    def cancel_wait(self, group: _Member) -> None:
-        future = self._waiting.pop(group.name, None)
-        if future is not None and not future.done():
-            future.cancel()
-
-    def seat(self, group: str) -> SharedSeat:
-        return self._seats[group]
-
-    async def resign(self, group: str, term: int, reason: str) -> None:
+    async def resign(self, group: str, term: Term, reason: DemotionReason) -> None:
         """Clear the holder, record why, notify, unlock; then stay away for a while."""
         conn = self._conn
         self._held.pop(group, None)
-        self._seats.pop(group, None)
-        self._shedding.discard(group)
-        if reason == "resigned":
-            # Handing over means letting someone else take it: skip it for two polls.
-            self._cooldown[group] = time.monotonic() + 2 * self._config.poll_interval
+        if reason is DemotionReason.RESIGNED:
+            self._cool_down(group)  # handing over means letting someone else take it
         if conn is None or conn.is_closed():
             return
-        key = self._groups[group].lock_key
-        limit = self._config.heartbeat_timeout + self._config.office_wait
+        lock = (self._config.lock_namespace, self._keys[group])
         try:
-            async with asyncio.timeout(limit), self._busy:
+            async with asyncio.timeout(self._config.resign_timeout), self._busy:
                 await resign_and_unlock(
-                    conn,
-                    self._sql,
-                    group,
-                    self._config.instance_id,
-                    term,
-                    reason,
-                    (self._config.lock_namespace, key),
+                    conn, self._sql, group, self._config.instance_id, term.number, reason, lock
                 )
-        except TRANSIENT_ERRORS:
+        except BaseException:
             # The lock may still be held on a session that no longer knows it: replace it.
             self.abort()
             raise
@@ -167,37 +135,41 @@ class SharedSession:
         if self._conn is not None and not self._conn.is_closed():
             self._conn.terminate()
 
-    async def heartbeat(self) -> None:
+    async def heartbeat(self) -> HeartbeatDone | None:
         """One statement for every group this process leads."""
-        conn, held = self._conn, dict(self._held)
+        conn = self._conn
+        held = {group: term for group, term in self._held.items() if term.ended is None}
         if conn is None or not held:
-            return
+            return None
         started = time.monotonic()
+        groups = tuple(held)
         try:
             async with asyncio.timeout(self._config.heartbeat_timeout), self._busy:
                 rows = await conn.fetch(
                     self._sql.leader_heartbeat,
                     self._config.instance_id,
                     self._config.lock_namespace,
-                    list(held),
-                    list(held.values()),
+                    list(groups),
+                    [term.number for term in held.values()],
                 )
-        except TRANSIENT_ERRORS as error:
-            self._runtime.emit(HeartbeatDone(None, time.monotonic() - started, ok=False))
-            self._log.warning("heartbeat_failed", groups=len(held), error=repr(error))
-            return
-        self._runtime.emit(HeartbeatDone(None, time.monotonic() - started, ok=True))
+        except Exception as error:  # noqa: BLE001 - the trust deadline deals with failures
+            self._log.warning("heartbeat_failed", groups=len(held), error=describe_error(error))
+            return HeartbeatDone(groups, time.monotonic() - started, ok=False, batch=True)
         still_ours = {row["group_name"] for row in rows}
         for group, term in held.items():
-            self._groups[group].apply_heartbeat(term, started, group in still_ours)
+            if group in still_ours:
+                term.extend(started)
+            else:
+                term.end(DemotionReason.LOCK_LOST)
+        return HeartbeatDone(groups, time.monotonic() - started, ok=True, batch=True)
 
-    # -- lifecycle --------------------------------------------------------------
+    # -- lifecycle -------------------------------------------------------------------
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="coordinator-shared-session")
+        self._task = asyncio.create_task(self._run(), name="coordinator-shared-campaign")
 
     async def stop(self) -> None:
-        """Called after every group has stopped (and resigned)."""
+        """Called after every elector has stopped (and resigned)."""
         self._stopping = True
         self._wake.set()
         if self._task is not None:
@@ -216,33 +188,41 @@ class SharedSession:
                     await self._connect()
                 await self._poll()
                 failures = 0
-            except TRANSIENT_ERRORS as error:
+                self._trouble.cleared()
+            except Exception as error:  # noqa: BLE001 - the poller never dies
                 failures += 1
                 event = (
                     "lock_table_full"
                     if isinstance(error, asyncpg.OutOfMemoryError)
                     else "poll_failed"
                 )
-                self._log.warning(event, error=repr(error), attempt=failures)
+                self._log.warning(event, error=self._trouble.failed(error), attempt=failures)
                 # Locks a failed statement may have granted are not in office: start clean.
                 self.abort()
-            await self._sleep(self._pause(failures))
+            await self._sleep(
+                self._config.reconnect_delay(failures) if failures else self._until_next_poll()
+            )
 
-    def _pause(self, failures: int) -> float:
-        if not failures:
-            return self._config.poll_interval
-        return self._config.reconnect_delay(failures)
+    def _until_next_poll(self) -> float:
+        """A poll interval, or less when a group waiting for it comes out of its cool-down.
+
+        Waking then, not a poll later, keeps the order of a lock queue: the
+        one who handed over earlier gets the next turn.
+        """
+        now = time.monotonic()
+        ends = [
+            end for group, end in self._cooldown.items() if group in self._waiting and end > now
+        ]
+        return min([self._config.poll_interval, *(end - now for end in ends)])
 
     async def _sleep(self, seconds: float) -> None:
-        try:
+        with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(seconds):
                 await self._wake.wait()
-        except TimeoutError:
-            pass
         self._wake.clear()
 
     async def _connect(self) -> None:
-        conn = await connect(self._config)
+        conn = await connect(self._config.connection)
         try:
             await conn.execute(self._sql.set_session_lock_timeout, self._lock_timeout)
             await conn.add_listener(notify_channel(self._config.schema), self._notified)
@@ -253,15 +233,17 @@ class SharedSession:
         self._conn = conn
 
     def _closed(self, conn: asyncpg.Connection) -> None:
-        """Every leadership on this session ends with it."""
+        """Every term on this session ends with it."""
         if conn is not self._conn:
             return
-        seats, self._seats = self._seats, {}
-        self._held.clear()
-        self._shedding.clear()
-        for group, seat in seats.items():
-            self._groups[group].seat_lost(seat)
+        held, self._held = self._held, {}
+        for group, term in held.items():
+            self._cool_down(group)
+            term.end(DemotionReason.CONNECTION_LOST)
         self._wake.set()
+
+    def _cool_down(self, group: str) -> None:
+        self._cooldown[group] = time.monotonic() + 2 * self._config.poll_interval
 
     def _notified(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
         try:
@@ -271,7 +253,7 @@ class SharedSession:
         if change.get("kind") in _VACATING and change.get("group") in self._waiting:
             self._wake.set()
 
-    # -- one poll ----------------------------------------------------------------
+    # -- one poll ---------------------------------------------------------------------
 
     async def _poll(self) -> None:
         conn = self._conn
@@ -292,7 +274,7 @@ class SharedSession:
             budget = min(budget, share - len(self._held))
         if budget <= 0:
             return
-        keys = [self._groups[name].lock_key for name in candidates]
+        keys = [self._keys[name] for name in candidates]
         async with self._busy:
             rows = await conn.fetch(self._sql.try_locks, self._config.lock_namespace, keys, budget)
         won = [self._by_key[row["lock_key"]] for row in rows]
@@ -320,17 +302,16 @@ class SharedSession:
             if group not in taken:
                 async with self._busy:
                     await conn.execute(
-                        self._sql.unlock, self._config.lock_namespace, self._groups[group].lock_key
+                        self._sql.unlock, self._config.lock_namespace, self._keys[group]
                     )
-        for group, term in offices:
-            self._held[group] = term
-            self._seats[group] = SharedSeat(self, group)
+        for group, number in offices:
+            term = self._held[group] = Term(number, started, self._config.trust_window)
             future = self._waiting.pop(group, None)
             if future is None or future.done():
                 # The group stopped while we won it: hand it straight back.
-                await self.resign(group, term, "stopping")
+                await self.resign(group, term, DemotionReason.STOPPING)
             else:
-                future.set_result((term, started))
+                future.set_result(term)
 
     async def _office_transaction(
         self, conn: asyncpg.Connection, groups: list[str]
@@ -340,7 +321,7 @@ class SharedSession:
                 self._sql.take_office,
                 groups,
                 self._config.instance_id,
-                _HOST,
+                HOST,
                 os.getpid(),
                 self._config.ttl,
             )
@@ -351,16 +332,53 @@ class SharedSession:
     async def _fair_share(self, conn: asyncpg.Connection) -> int:
         async with self._busy:
             members = await conn.fetchval(
-                self._sql.live_members, list(self._groups), self._config.ttl
+                self._sql.live_members, list(self._keys), self._config.ttl
             )
-        return math.ceil(len(self._groups) / max(1, int(members)))
+        return math.ceil(len(self._keys) / max(1, int(members)))
 
     def _shed_surplus(self, share: int) -> None:
         """Hand over what this process leads above its fair share, newest first."""
-        leading = [group for group in self._held if group not in self._shedding]
+        leading = [group for group, term in self._held.items() if term.ended is None]
         if len(leading) <= share + HYSTERESIS:
             return
         for group in reversed(leading[share:]):
-            self._shedding.add(group)
-            self._groups[group].request_resign()
+            self._held[group].end(DemotionReason.RESIGNED)
         self._log.info("spreading_leaderships", share=share, handing_over=len(leading) - share)
+
+
+class SharedCandidacy:
+    """One group's campaign on the shared session."""
+
+    def __init__(self, shared: SharedCampaign, group: str) -> None:
+        self._shared = shared
+        self._group = group
+
+    @property
+    def problem(self) -> str | None:
+        return self._shared.problem
+
+    async def win(self) -> tuple[Seat, Term]:
+        term = await self._shared.win(self._group)
+        return _SharedSeat(self._shared, self._group), term
+
+    async def close(self) -> None:
+        """The shared session outlives the groups; the coordinator stops it last."""
+
+
+class _SharedSeat:
+    """One group's leadership on the shared session."""
+
+    def __init__(self, shared: SharedCampaign, group: str) -> None:
+        self._shared = shared
+        self._group = group
+
+    @property
+    def backend_pid(self) -> int:
+        return self._shared.backend_pid
+
+    async def resign(self, term: Term, reason: DemotionReason) -> None:
+        await self._shared.resign(self._group, term, reason)
+
+    def abort(self) -> None:
+        """The term ended abnormally: the shared session's state is in doubt, replace it."""
+        self._shared.abort()

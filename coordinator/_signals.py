@@ -42,11 +42,22 @@ class Fenced:
 
 @dataclass(frozen=True)
 class HeartbeatDone:
-    """One heartbeat finished; ``group`` is None for a statement that covers several groups."""
+    """One heartbeat statement finished, covering exactly ``groups``.
 
-    group: str | None
+    ``batch`` is true for one statement on behalf of several groups (the
+    followers' member heartbeat; in poll mode also the leaders' heartbeat on
+    the shared session), false for one leader's heartbeat on its own session.
+    """
+
+    groups: tuple[str, ...]
     duration_s: float
     ok: bool
+    batch: bool = False
+
+    @property
+    def group(self) -> str | None:
+        """The one group of a leader's own heartbeat; None for a batch."""
+        return None if self.batch else self.groups[0]
 
 
 Signal = Elected | Demoted | Fenced | HeartbeatDone

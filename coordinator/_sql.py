@@ -3,6 +3,7 @@
 The schema name is substituted once per coordinator (``{schema}``); the
 notification channel likewise (``{channel}``). Migrations are plain SQL files
 in ``migrations/``; everything else is here, so a reviewer sees it all.
+That is why this is the longest module: it holds a list, not logic.
 
 Advisory locks use the two-int4 keyspace: in ``pg_locks`` such a lock shows
 ``classid = namespace``, ``objid = key``, ``objsubid = 2``.
@@ -10,14 +11,28 @@ Advisory locks use the two-int4 keyspace: in ``pg_locks`` such a lock shows
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, fields
 
-__all__ = ["Statements", "notify_channel"]
+__all__ = ["Statements", "in_schema", "notify_channel"]
+
+# Where a shipped SQL file (migrations/, sql/least_privilege.sql) names the
+# default schema: a qualified name, or the schema in CREATE/GRANT ... SCHEMA.
+_SCHEMA_REFERENCE = re.compile(
+    r"\bcoordinator(?=\.)|(?<=SCHEMA )coordinator\b|(?<=SCHEMA IF NOT EXISTS )coordinator\b"
+)
 
 
 def notify_channel(schema: str) -> str:
     """The LISTEN/NOTIFY channel on which leadership changes are announced."""
     return f"{schema}_leadership"
+
+
+def in_schema(script: str, schema: str) -> str:
+    """A shipped SQL file with its references to the default schema moved to ``schema``."""
+    if schema == "coordinator":
+        return script
+    return _SCHEMA_REFERENCE.sub(f'"{schema}"', script)
 
 
 @dataclass(frozen=True)
@@ -31,12 +46,15 @@ class Statements:
     """
 
     # Server-side keepalives and tcp_user_timeout: a vanished client's session
-    # (and so its lock) dies in seconds instead of after the OS defaults.
+    # (and so its lock) dies in seconds instead of after the OS defaults. The
+    # same round trip brings the server's facts for the connect checks.
     set_keepalives: str = """
         SELECT set_config('tcp_keepalives_idle', $1, false),
                set_config('tcp_keepalives_interval', $2, false),
                set_config('tcp_keepalives_count', $3, false),
-               set_config('tcp_user_timeout', $4, false)
+               set_config('tcp_user_timeout', $4, false),
+               pg_is_in_recovery() AS in_recovery,
+               pg_backend_pid() AS backend_pid
     """
 
     schema_version: str = "SELECT coalesce(max(version), 0) FROM {schema}.schema_migrations"
@@ -90,13 +108,6 @@ class Statements:
             WHERE locktype = 'advisory' AND pid = pg_backend_pid() AND granted
               AND classid = $1::int::oid AND objid = $2::int::oid AND objsubid = 2
         )
-    """
-
-    # Shared-session mode: the keys this session holds, to reconcile after an error.
-    held_keys: str = """
-        SELECT objid::bigint::int AS lock_key FROM pg_catalog.pg_locks
-         WHERE locktype = 'advisory' AND pid = pg_backend_pid() AND granted
-           AND classid = $1::int::oid AND objsubid = 2
     """
 
     # Shared-session mode: try the given groups in one statement, winning at
@@ -155,14 +166,23 @@ class Statements:
     # $1 group, $2 instance, $3 term, $4 reason
     resign: str = "SELECT resigned_term FROM {schema}.resign($1, $2, $3, $4)"
 
-    # Written from the control connection after a leader lost its session, so
-    # the history says what happened. Best effort: the database may be gone,
-    # and it is refused while that term's backend still holds the lock.
-    record_lost: str = "SELECT lost_term FROM {schema}.record_lost($1, $2, $3, $4)"
+    # Written from the control connection after leaderships lost their
+    # session, so the history says what happened: one statement for any
+    # number of them (a shared session takes thousands down at once).
+    # Best effort: the database may be gone, and each is refused while that
+    # term's backend still holds the lock. $1 group names, $2 their terms,
+    # $3 reasons, $4 instance.
+    record_lost: str = """
+        SELECT lost.group_name, recorded.lost_term
+          FROM unnest($1::text[], $2::bigint[], $3::text[]) AS lost(group_name, term, reason),
+               LATERAL {schema}.record_lost(lost.group_name, $4, lost.term, lost.reason)
+                       AS recorded
+    """
 
     # The monitor, in one statement. A stale holder (heartbeat older than its
     # ttl on the database clock) whose recorded backend still holds the lock is
-    # terminated; one whose lock is held by nobody is marked vacant.
+    # terminated, once per backend (migration 0005); one whose lock is held by
+    # nobody is marked vacant. Every group gets its own event.
     fence_stale_leaders: str = """
         SELECT group_name, kind, term, instance_id FROM {schema}.fence_stale_leaders($1)
     """
@@ -233,6 +253,35 @@ class Statements:
 
     # Keeps an idle LISTEN connection honest: a dead peer shows up as an error.
     ping: str = "SELECT 1"
+
+    # Sessions blocked in pg_advisory_lock: followers lined up to take over
+    # (`coordinator demo` waits for them before each fault).
+    lock_waiters: str = """
+        SELECT count(*) FROM pg_catalog.pg_locks WHERE locktype = 'advisory' AND NOT granted
+    """
+
+    # The migration runner (coordinator/_migrations.py); the migrations
+    # themselves are the files in migrations/. A session lock serialises
+    # concurrent runners; $1 namespace, $2 key.
+    migration_lock: str = "SELECT pg_advisory_lock($1, $2)"
+
+    migrations_table: str = """
+        CREATE SCHEMA IF NOT EXISTS {schema};
+        CREATE TABLE IF NOT EXISTS {schema}.schema_migrations (
+            version    integer     PRIMARY KEY,
+            name       text        NOT NULL,
+            checksum   text        NOT NULL,
+            applied_at timestamptz NOT NULL DEFAULT now()
+        )
+    """
+
+    migrations_table_exists: str = "SELECT to_regclass('{schema}.schema_migrations') IS NOT NULL"
+
+    applied_migrations: str = "SELECT version, name, checksum FROM {schema}.schema_migrations"
+
+    record_migration: str = """
+        INSERT INTO {schema}.schema_migrations (version, name, checksum) VALUES ($1, $2, $3)
+    """
 
     # `coordinator grant`; the rest of its SQL is coordinator/sql/least_privilege.sql.
     # {role} is a checked, quoted identifier. Utility statements take no

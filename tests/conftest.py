@@ -28,6 +28,7 @@ import pytest
 
 from coordinator import migrate, redact_dsn
 from coordinator.testing import CoordinatorProcess, LocalPostgres, TcpProxy
+from helpers import WAITS
 
 
 @dataclass(frozen=True)
@@ -216,6 +217,12 @@ async def _admin(pg_server: PgServer, statement: str) -> None:
         await conn.execute(statement)
     finally:
         await conn.close()
+
+
+@pytest.fixture(params=WAITS)
+def wait(request: pytest.FixtureRequest) -> str:
+    """How followers wait: the protocol suite runs once per mode."""
+    return str(request.param)
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""Shared test helpers: short timings, and waiting on conditions instead of sleeping."""
+"""Shared test helpers: short timings, both wait modes, and waiting on conditions, not sleeping."""
 
 from __future__ import annotations
 
@@ -20,6 +20,26 @@ from coordinator import Coordinator
 FAST: dict[str, float] = {"ttl": 1.5, "heartbeat_interval": 0.2, "heartbeat_timeout": 0.4}
 
 
+#: How followers wait; the protocol suite runs in each (the ``wait`` fixture).
+WAITS = ("block", "poll")
+#: Poll mode with polls short enough for the tests' timeouts.
+_POLL = {"poll_interval": 0.1}
+
+
+def wait_settings(wait: str) -> dict[str, Any]:
+    """The coordinator settings of wait mode ``wait``."""
+    return {"wait": wait, **(_POLL if wait == "poll" else {})}
+
+
+def wait_args(wait: str) -> list[str]:
+    """The same, as ``coordinator run`` options."""
+    return [
+        arg
+        for key, value in wait_settings(wait).items()
+        for arg in (f"--{key.replace('_', '-')}", str(value))
+    ]
+
+
 #: Two group names whose lock keys collide (found by search; asserted in test_keys).
 COLLIDING_NAMES = ("tenant-5256", "tenant-5447")
 
@@ -34,8 +54,10 @@ async def connected(dsn: str) -> AsyncIterator[asyncpg.Connection]:
         await conn.close()
 
 
-def coordinator(dsn: str, instance_id: str, *groups: str, **settings: Any) -> Coordinator:
-    merged = {**FAST, **settings}
+def coordinator(
+    dsn: str, instance_id: str, *groups: str, wait: str = "block", **settings: Any
+) -> Coordinator:
+    merged = {**FAST, **wait_settings(wait), **settings}
     coord = Coordinator(dsn, instance_id=instance_id, **merged)
     for name in groups or ("scheduler",):
         coord.group(name)
@@ -101,6 +123,22 @@ async def lock_waiters(dsn: str) -> int:
                 "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
             )
         )
+
+
+async def followers_ready(dsn: str, wait: str, count: int = 1) -> bool:
+    """Whether ``count`` followers are ready to take over at once.
+
+    Blocking: they wait in pg_advisory_lock. Polling: they are members whose
+    heartbeat is recent (their poller tries the free groups every poll).
+    """
+    if wait == "block":
+        return await lock_waiters(dsn) >= count
+    async with connected(dsn) as conn:
+        members = await conn.fetchval(
+            "SELECT count(*) FROM coordinator.heartbeats "
+            "WHERE role = 'follower' AND heartbeat_at > now() - interval '1 second'"
+        )
+    return int(members) >= count
 
 
 def coordinator_cli(

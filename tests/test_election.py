@@ -5,18 +5,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
+from prometheus_client import generate_latest
 
 from coordinator import (
     Coordinator,
     DemotionReason,
+    Health,
     HeartbeatDone,
     KeyCollisionError,
     Signal,
     read_status,
 )
+from coordinator.integrations.http import CoordinatorMetrics
 from coordinator.testing import TcpProxy
 from helpers import (
     COLLIDING_NAMES,
@@ -25,10 +30,12 @@ from helpers import (
     coordinator,
     current_leader,
     events,
+    followers_ready,
     lock_waiters,
     wait_until,
 )
 
+#: Every test here runs in both wait modes (the ``wait`` fixture).
 pytestmark = pytest.mark.core
 
 
@@ -51,8 +58,8 @@ async def first_elected(coords: tuple[Coordinator, ...], group: str = "scheduler
     return waits[done.pop()]
 
 
-async def test_exactly_one_of_several_instances_leads(dsn: str) -> None:
-    coords = tuple(coordinator(dsn, f"i{n}") for n in range(4))
+async def test_exactly_one_of_several_instances_leads(dsn: str, wait: str) -> None:
+    coords = tuple(coordinator(dsn, f"i{n}", wait=wait) for n in range(4))
     async with running(*coords):
         leader = await first_elected(coords)
         assert [c.instance_id for c in coords if c.group("scheduler").is_leader] == [
@@ -69,14 +76,14 @@ async def test_exactly_one_of_several_instances_leads(dsn: str) -> None:
         assert all(c.group("scheduler").term is None for c in followers)
 
 
-async def test_terms_count_up_across_successive_leaders(dsn: str) -> None:
-    coords = tuple(coordinator(dsn, f"i{n}") for n in range(3))
+async def test_terms_count_up_across_successive_leaders(dsn: str, wait: str) -> None:
+    coords = tuple(coordinator(dsn, f"i{n}", wait=wait) for n in range(3))
     seen_terms = []
     async with running(*coords):
         remaining = list(coords)
         for _ in range(3):
             if len(remaining) > 1:
-                await wait_until(lambda: lock_waiters(dsn), 5, what="followers to wait")
+                await wait_until(lambda: followers_ready(dsn, wait), 5, what="followers to wait")
             leader = await first_elected(tuple(remaining))
             seen_terms.append(leader.group("scheduler").term)
             await leader.stop()
@@ -93,10 +100,10 @@ async def test_terms_count_up_across_successive_leaders(dsn: str) -> None:
     ]
 
 
-async def test_one_process_takes_part_in_several_groups(dsn: str) -> None:
+async def test_one_process_takes_part_in_several_groups(dsn: str, wait: str) -> None:
     names = ("scheduler", "billing-sweeper", "mailer")
-    first = coordinator(dsn, "first", *names)
-    second = coordinator(dsn, "second", *names)
+    first = coordinator(dsn, "first", *names, wait=wait)
+    second = coordinator(dsn, "second", *names, wait=wait)
     async with running(first, second):
         for name in names:
             assert await first.group(name).wait_elected(10) == 1
@@ -105,26 +112,26 @@ async def test_one_process_takes_part_in_several_groups(dsn: str) -> None:
         assert {s.group: s.leader for s in statuses} == dict.fromkeys(names, "first")
 
 
-async def test_resign_hands_over_at_once_and_follows_again(dsn: str) -> None:
-    coords = (coordinator(dsn, "a"), coordinator(dsn, "b"))
+async def test_resign_hands_over_at_once_and_follows_again(dsn: str, wait: str) -> None:
+    coords = (coordinator(dsn, "a", wait=wait), coordinator(dsn, "b", wait=wait))
     demoted: list[str] = []
     async with running(*coords):
         leader = await first_elected(coords)
         other = coords[1] if leader is coords[0] else coords[0]
         leader.group("scheduler").on_demoted(demoted.append)
-        await wait_until(lambda: lock_waiters(dsn), 5, what="the follower to wait")
+        await wait_until(lambda: followers_ready(dsn, wait), 5, what="the follower to wait")
         await leader.group("scheduler").resign()
         assert await other.group("scheduler").wait_elected(5) == 2
         assert not leader.group("scheduler").is_leader
         assert demoted == ["resigned"]
         # The one who resigned waits in line again and takes over when asked.
-        await wait_until(lambda: lock_waiters(dsn), 5, what="the old leader to wait")
+        await wait_until(lambda: followers_ready(dsn, wait), 5, what="the old leader to wait")
         await other.group("scheduler").resign()
         assert await leader.group("scheduler").wait_elected(5) == 3
 
 
-async def test_callbacks_receive_term_and_reason(dsn: str) -> None:
-    coord = coordinator(dsn, "solo")
+async def test_callbacks_receive_term_and_reason(dsn: str, wait: str) -> None:
+    coord = coordinator(dsn, "solo", wait=wait)
     calls: list[tuple[str, object]] = []
     group = coord.group("scheduler")
 
@@ -141,13 +148,13 @@ async def test_callbacks_receive_term_and_reason(dsn: str) -> None:
     assert calls == [("elected", 1), ("demoted", "stopping")]
 
 
-async def test_terminated_session_demotes_at_once_and_reelects(dsn: str) -> None:
-    coords = (coordinator(dsn, "a"), coordinator(dsn, "b"))
+async def test_terminated_session_demotes_at_once_and_reelects(dsn: str, wait: str) -> None:
+    coords = (coordinator(dsn, "a", wait=wait), coordinator(dsn, "b", wait=wait))
     reasons: list[str] = []
     async with running(*coords):
         leader = await first_elected(coords)
         leader.group("scheduler").on_demoted(reasons.append)
-        await wait_until(lambda: lock_waiters(dsn), 5, what="the follower to wait")
+        await wait_until(lambda: followers_ready(dsn, wait), 5, what="the follower to wait")
         row = await current_leader(dsn)
         assert row is not None
         async with connected(dsn) as conn:
@@ -160,9 +167,14 @@ async def test_terminated_session_demotes_at_once_and_reelects(dsn: str) -> None
     assert ("lost", 1, leader.instance_id) in history
 
 
-async def test_leader_demotes_itself_before_anyone_may_fence_it(dsn: str) -> None:
+async def test_leader_demotes_itself_before_anyone_may_fence_it(
+    dsn: str, wait: str, make_proxy: Callable[[], TcpProxy]
+) -> None:
     """Heartbeats that hang make is_leader false before the monitor's ttl could pass."""
-    coord = coordinator(dsn, "stuck")
+    proxy = make_proxy()
+    # The default connect timeout: asyncpg's cancel request for a timed-out heartbeat
+    # waits that long in the blackhole before it gives up on the connection.
+    coord = coordinator(proxy.dsn(dsn), "stuck", wait=wait)
     group = coord.group("scheduler")
     observed: dict[str, object] = {}
     probe = await asyncpg.connect(dsn)
@@ -181,17 +193,8 @@ async def test_leader_demotes_itself_before_anyone_may_fence_it(dsn: str) -> Non
     try:
         async with running(coord):
             await group.wait_elected(5)
-            session = group._session
-            assert session is not None
-            hung = asyncio.Event()
-
-            async def hanging_heartbeat(instance_id: str, term: int) -> bool:
-                hung.set()
-                await asyncio.Event().wait()  # never answers; the job's timeout cancels it
-                return True
-
-            session.heartbeat = hanging_heartbeat  # type: ignore[method-assign]
-            await asyncio.wait_for(hung.wait(), 5)
+            # The fault: every statement from now on hangs, sockets stay open.
+            proxy.blackhole()
             await group.wait_demoted(FAST["ttl"] * 4)
             assert not group.is_leader
             assert group.term is None
@@ -202,63 +205,58 @@ async def test_leader_demotes_itself_before_anyone_may_fence_it(dsn: str) -> Non
 
 
 async def test_slow_heartbeat_that_ends_after_the_deadline_does_not_revive_the_term(
-    dsn: str,
+    dsn: str, wait: str, make_proxy: Callable[[], TcpProxy]
 ) -> None:
-    coord = coordinator(dsn, "slow")
+    proxy = make_proxy()
+    coord = coordinator(proxy.dsn(dsn), "slow", connect_timeout=5.0, wait=wait)
     group = coord.group("scheduler")
+    reasons: list[str] = []
+    group.on_demoted(reasons.append)
     async with running(coord):
-        await group.wait_elected(5)
-        session = group._session
-        assert session is not None
-        real = session.heartbeat
-        release = asyncio.Event()
-
-        async def slow_heartbeat(instance_id: str, term: int) -> bool:
-            await release.wait()
-            return await real(instance_id, term)
-
-        session.heartbeat = slow_heartbeat  # type: ignore[method-assign]
-        term = group._term
-        assert term is not None
+        assert await group.wait_elected(5) == 1
+        # The fault: every answer arrives later than the heartbeat timeout allows.
+        proxy.delay(FAST["ttl"] * 2)
         await group.wait_demoted(FAST["ttl"] * 4)
-        release.set()
-        # Whatever the late heartbeat answered, the ended term stays ended.
-        assert term.ended == DemotionReason.TRUST_EXPIRED
+        assert reasons == [DemotionReason.TRUST_EXPIRED]
         assert not group.is_leader
+        # Late answers arrive now; whatever they say, the ended term stays ended:
+        # leadership comes back only as a new term.
+        proxy.delay(0)
+        assert await group.wait_elected(FAST["ttl"] * 8) == 2
 
 
-async def test_colliding_group_names_across_processes_are_refused(dsn: str) -> None:
+async def test_colliding_group_names_across_processes_are_refused(dsn: str, wait: str) -> None:
     first, second = COLLIDING_NAMES
-    async with running(coordinator(dsn, "a", first)):
+    async with running(coordinator(dsn, "a", first, wait=wait)):
         with pytest.raises(KeyCollisionError, match=f"{first!r} already uses"):
-            await coordinator(dsn, "b", second).start()
+            await coordinator(dsn, "b", second, wait=wait).start()
 
 
-async def test_stopping_follower_leaves_no_lock_behind(dsn: str) -> None:
+async def test_stopping_follower_leaves_no_lock_behind(dsn: str, wait: str) -> None:
     """A follower stopped while it waits releases a lock granted at the last moment."""
-    leader = coordinator(dsn, "leader")
-    follower = coordinator(dsn, "follower")
+    leader = coordinator(dsn, "leader", wait=wait)
+    follower = coordinator(dsn, "follower", wait=wait)
     async with running(leader):
         await leader.group("scheduler").wait_elected(5)
         async with running(follower):
-            await wait_until(lambda: lock_waiters(dsn), 5, what="the follower to wait")
+            await wait_until(lambda: followers_ready(dsn, wait), 5, what="the follower to wait")
         # The follower is gone; its wait did not linger as a queued lock request.
         assert not await lock_waiters(dsn)
         assert leader.group("scheduler").is_leader
 
 
 async def test_partitioned_leader_demotes_itself_and_is_fenced(
-    dsn: str, make_proxy: Callable[[], TcpProxy]
+    dsn: str, wait: str, make_proxy: Callable[[], TcpProxy]
 ) -> None:
     """A silent network (TCP open, nothing delivered) ends leadership on both sides."""
     proxy = make_proxy()
-    cut_off = coordinator(proxy.dsn(dsn), "cut-off", connect_timeout=1.0)
+    cut_off = coordinator(proxy.dsn(dsn), "cut-off", connect_timeout=1.0, wait=wait)
     reasons: list[str] = []
     cut_off.group("scheduler").on_demoted(reasons.append)
     async with running(cut_off):
         await cut_off.group("scheduler").wait_elected(5)
-        async with running(coordinator(dsn, "direct")) as (direct,):
-            await wait_until(lambda: lock_waiters(dsn), 5, what="the follower to wait")
+        async with running(coordinator(dsn, "direct", wait=wait)) as (direct,):
+            await wait_until(lambda: followers_ready(dsn, wait), 5, what="the follower to wait")
             proxy.blackhole()
             await cut_off.group("scheduler").wait_demoted(FAST["ttl"] * 4)
             assert reasons == [DemotionReason.TRUST_EXPIRED]
@@ -270,7 +268,7 @@ async def test_partitioned_leader_demotes_itself_and_is_fenced(
     assert history.index(("fenced", 1, "cut-off")) < history.index(("elected", 2, "direct"))
 
 
-async def test_server_wide_timeouts_do_not_cut_a_followers_wait(dsn: str) -> None:
+async def test_server_wide_timeouts_do_not_cut_a_followers_wait(dsn: str, wait: str) -> None:
     """A database default statement_timeout or lock_timeout must not end the blocking wait."""
     admin = await asyncpg.connect(dsn)
     try:
@@ -281,13 +279,19 @@ async def test_server_wide_timeouts_do_not_cut_a_followers_wait(dsn: str) -> Non
         )
     finally:
         await admin.close()
-    leader, follower = coordinator(dsn, "leader"), coordinator(dsn, "follower")
+    leader, follower = (
+        coordinator(dsn, "leader", wait=wait),
+        coordinator(dsn, "follower", wait=wait),
+    )
     async with running(leader):
         await leader.group("scheduler").wait_elected(5)
         async with running(follower):
-            await wait_until(lambda: lock_waiters(dsn), 5, what="the follower to wait")
+            await wait_until(lambda: followers_ready(dsn, wait), 5, what="the follower to wait")
             await _heartbeat_jobs(follower, 5)  # a second, several times the timeouts
-            assert await lock_waiters(dsn) == 1
+            if wait == "block":
+                assert await lock_waiters(dsn) == 1
+            else:
+                assert await followers_ready(dsn, wait)
             await leader.group("scheduler").resign()
             assert await follower.group("scheduler").wait_elected(5) == 2
 
@@ -306,3 +310,78 @@ async def _heartbeat_jobs(coord: Coordinator, count: int) -> None:
 
     coord.add_listener(listen)
     await asyncio.wait_for(done.wait(), count * 2)
+
+
+async def test_a_read_only_database_keeps_the_loop_failing_visibly_until_it_recovers(
+    dsn: str, wait: str
+) -> None:
+    """A loop never dies: a non-transient error is retried on fresh sessions, and shown."""
+    coord = coordinator(dsn, "ro", wait=wait)
+    health = Health(coord)
+    metrics = CoordinatorMetrics(coord, health=health)
+    group = coord.group("scheduler")
+    async with running(coord), connected(dsn) as admin:
+        assert await group.wait_elected(5) == 1
+        database = await admin.fetchval("SELECT current_database()")
+        await admin.execute(f'ALTER DATABASE "{database}" SET default_transaction_read_only = on')
+        # The fault: every session reconnects, and finds the database read-only.
+        await admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE application_name = 'coordinator:ro'"
+        )
+        await group.wait_demoted(5)
+        failing = await wait_until(
+            lambda: _failing(coord), FAST["ttl"] * 4, what="the loop to say it keeps failing"
+        )
+        assert "ReadOnlySQLTransactionError" in failing["scheduler"]
+        verdict = health.ready()
+        assert not verdict.ok
+        assert "ReadOnlySQLTransactionError" in verdict.reason
+        failing_gauge = 'coordinator_election_failing{group="scheduler"} 1.0'
+        assert failing_gauge in generate_latest(metrics.registry).decode()
+        await admin.execute(f'ALTER DATABASE "{database}" RESET default_transaction_read_only')
+        assert await group.wait_elected(FAST["ttl"] * 8) == 2
+        await wait_until(lambda: _healthy(health), FAST["ttl"] * 4, what="ready again")
+        assert coord.failing == {}
+
+
+async def _failing(coord: Coordinator) -> dict[str, str]:
+    return coord.failing
+
+
+async def _healthy(health: Health) -> bool:
+    return health.ready().ok
+
+
+async def test_a_fenced_shared_session_is_terminated_once_with_an_event_per_group(
+    dsn: str, pg_server: Any, make_proxy: Callable[[], TcpProxy]
+) -> None:
+    """One backend holds every lock of a polling process: one terminate, one event per group."""
+    names = [f"tenant-{n}" for n in range(5)]
+    proxy = make_proxy()
+    cut_off = coordinator(proxy.dsn(dsn), "cut-off", *names, connect_timeout=1.0, wait="poll")
+    log = pg_server.local.log_path if pg_server.local is not None else None
+    warnings_before = _terminate_warnings(log)
+    async with running(cut_off):
+        for name in names:
+            await cut_off.group(name).wait_elected(5)
+        async with running(coordinator(dsn, "direct", *names, wait="poll")) as (direct,):
+            proxy.blackhole()
+            for name in names:
+                assert await direct.group(name).wait_elected(FAST["ttl"] * 6) == 2
+            proxy.heal()
+    fenced = [
+        (name, kind, term)
+        for name in names
+        for kind, term, instance_id in await events(dsn, name)
+        if kind == "fenced" and instance_id == "cut-off"
+    ]
+    assert fenced == [(name, "fenced", 1) for name in names]
+    assert _terminate_warnings(log) == warnings_before
+
+
+def _terminate_warnings(log: Path | None) -> int:
+    """The server's complaints about pg_terminate_backend on a pid that has already gone."""
+    if log is None:
+        return 0
+    return log.read_text(errors="replace").count("is not a PostgreSQL backend process")

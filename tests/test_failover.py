@@ -5,11 +5,22 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Sequence
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
+from coordinator import Coordinator
 from coordinator.testing import CoordinatorProcess
-from helpers import FAST, connected, current_leader, events, leader_row, wait_until
+from helpers import (
+    FAST,
+    connected,
+    coordinator,
+    current_leader,
+    events,
+    leader_row,
+    wait_args,
+    wait_until,
+)
 
 pytestmark = [pytest.mark.core, pytest.mark.slow]
 
@@ -17,8 +28,12 @@ Spawn = Callable[..., CoordinatorProcess]
 SLACK = 5.0  # generous: the machines are shared; the benchmarks measure the real figures
 
 
-def start_instances(spawn: Spawn, dsn: str, count: int) -> list[CoordinatorProcess]:
-    return [spawn(dsn, ["scheduler"], instance_id=f"p{n}", **FAST) for n in range(1, count + 1)]
+def start_instances(spawn: Spawn, dsn: str, count: int, wait: str) -> list[CoordinatorProcess]:
+    """``count`` instances of one group, as processes, followers waiting as ``wait`` says."""
+    return [
+        spawn(dsn, ["scheduler"], instance_id=f"p{n}", extra_args=wait_args(wait), **FAST)
+        for n in range(1, count + 1)
+    ]
 
 
 def by_id(instances: Sequence[CoordinatorProcess], instance_id: str) -> CoordinatorProcess:
@@ -33,8 +48,10 @@ async def wait_leader(dsn: str, after_term: int = 0, timeout: float = 15.0) -> A
     )
 
 
-async def test_killed_leader_is_replaced_and_the_history_says_so(spawn: Spawn, dsn: str) -> None:
-    instances = start_instances(spawn, dsn, 3)
+async def test_killed_leader_is_replaced_and_the_history_says_so(
+    spawn: Spawn, dsn: str, wait: str
+) -> None:
+    instances = start_instances(spawn, dsn, 3, wait)
     first = await wait_leader(dsn)
     old = by_id(instances, first["leader"])
     old.kill()
@@ -47,8 +64,8 @@ async def test_killed_leader_is_replaced_and_the_history_says_so(spawn: Spawn, d
     assert history[:2] == [("elected", 1, old.instance_id), ("elected", 2, new.instance_id)]
 
 
-async def test_sigterm_resigns_and_hands_over(spawn: Spawn, dsn: str) -> None:
-    instances = start_instances(spawn, dsn, 2)
+async def test_sigterm_resigns_and_hands_over(spawn: Spawn, dsn: str, wait: str) -> None:
+    instances = start_instances(spawn, dsn, 2, wait)
     first = await wait_leader(dsn)
     old = by_id(instances, first["leader"])
     old.terminate()
@@ -65,8 +82,10 @@ async def test_sigterm_resigns_and_hands_over(spawn: Spawn, dsn: str) -> None:
     ]
 
 
-async def test_frozen_leader_is_fenced_and_stays_demoted_after_thaw(spawn: Spawn, dsn: str) -> None:
-    instances = start_instances(spawn, dsn, 2)
+async def test_frozen_leader_is_fenced_and_stays_demoted_after_thaw(
+    spawn: Spawn, dsn: str, wait: str
+) -> None:
+    instances = start_instances(spawn, dsn, 2, wait)
     first = await wait_leader(dsn)
     frozen = by_id(instances, first["leader"])
     frozen.freeze()
@@ -100,9 +119,9 @@ async def _is_follower(dsn: str, instance_id: str) -> bool:
 
 
 async def test_database_restart_under_running_instances_elects_again(
-    spawn: Spawn, dsn: str, pg_server: Any
+    spawn: Spawn, dsn: str, wait: str, pg_server: Any
 ) -> None:
-    instances = start_instances(spawn, dsn, 3)
+    instances = start_instances(spawn, dsn, 3, wait)
     first = await wait_leader(dsn)
     await asyncio.to_thread(pg_server.restart)
     second = await wait_leader(dsn, after_term=first["term"], timeout=30)
@@ -117,3 +136,33 @@ async def test_database_restart_under_running_instances_elects_again(
     ]
     assert claims == [second["leader"]]
     assert second["lock_held"]
+
+
+async def test_a_reconnect_that_lands_on_a_standby_is_refused_until_the_primary_is_back(
+    dsn: str, wait: str, pg_server: Any
+) -> None:
+    """A multi-host DSN may reconnect to a standby: every new connection is checked again."""
+    if pg_server.local is None:
+        pytest.skip("needs a server the suite runs itself")
+    standby = await asyncio.to_thread(pg_server.create_standby)
+    try:
+        parts = urlsplit(dsn)
+        both = f"{parts.netloc},{parts.hostname}:{standby.port}"
+        coord = coordinator(urlunsplit(parts._replace(netloc=both)), "multi", wait=wait)
+        group = coord.group("scheduler")
+        async with coord:
+            assert await group.wait_elected(SLACK) == 1
+            await asyncio.to_thread(pg_server.local.stop)
+            failing = await wait_until(
+                lambda: _failing(coord), SLACK * 2, what="the loop to refuse the standby"
+            )
+            assert "is a standby" in failing["scheduler"]
+            assert not group.is_leader
+            await asyncio.to_thread(pg_server.start)
+            assert await group.wait_elected(SLACK * 4) == 2
+    finally:
+        await asyncio.to_thread(standby.close)
+
+
+async def _failing(coord: Coordinator) -> dict[str, str]:
+    return coord.failing

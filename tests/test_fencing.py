@@ -16,7 +16,7 @@ import pytest
 import structlog
 
 from coordinator import Coordinator, NotLeader, StaleTerm
-from helpers import FAST, coordinator, lock_waiters, wait_until
+from helpers import FAST, coordinator, followers_ready, wait_until
 
 GROUP = "ledger"
 SLACK = 10.0  # generous bound for waits; the machines are shared
@@ -74,8 +74,10 @@ async def end_lock_session(conn: asyncpg.Connection) -> None:
 # -- the API ------------------------------------------------------------------
 
 
-async def test_fenced_write_commits_with_the_current_term(dsn: str, db: asyncpg.Connection) -> None:
-    leader = coordinator(dsn, "a", GROUP)
+async def test_fenced_write_commits_with_the_current_term(
+    dsn: str, wait: str, db: asyncpg.Connection
+) -> None:
+    leader = coordinator(dsn, "a", GROUP, wait=wait)
     pool = await asyncpg.create_pool(dsn, min_size=1, max_size=2)
     try:
         async with leader:
@@ -92,9 +94,12 @@ async def test_fenced_write_commits_with_the_current_term(dsn: str, db: asyncpg.
 
 
 async def test_follower_and_wrong_term_are_refused_before_anything_is_written(
-    dsn: str, db: asyncpg.Connection
+    dsn: str, wait: str, db: asyncpg.Connection
 ) -> None:
-    leader, follower = coordinator(dsn, "a", GROUP), coordinator(dsn, "b", GROUP)
+    leader, follower = (
+        coordinator(dsn, "a", GROUP, wait=wait),
+        coordinator(dsn, "b", GROUP, wait=wait),
+    )
     async with leader:
         term = await leader.group(GROUP).wait_elected(SLACK)
         async with follower:
@@ -112,9 +117,9 @@ async def test_follower_and_wrong_term_are_refused_before_anything_is_written(
 
 
 async def test_assert_term_in_sql_names_the_current_term_and_holds_the_row(
-    dsn: str, db: asyncpg.Connection
+    dsn: str, wait: str, db: asyncpg.Connection
 ) -> None:
-    leader = coordinator(dsn, "a", GROUP)
+    leader = coordinator(dsn, "a", GROUP, wait=wait)
     async with leader:
         await leader.group(GROUP).wait_elected(SLACK)
         with pytest.raises(asyncpg.PostgresError) as stale:
@@ -143,7 +148,7 @@ async def test_assert_term_in_sql_names_the_current_term_and_holds_the_row(
 
 
 async def test_a_writer_role_needs_only_execute_and_cannot_change_who_leads(
-    dsn: str, db: asyncpg.Connection
+    dsn: str, wait: str, db: asyncpg.Connection
 ) -> None:
     writer = f"writer_{secrets.token_hex(4)}"
     await db.execute(f"""
@@ -152,7 +157,7 @@ async def test_a_writer_role_needs_only_execute_and_cannot_change_who_leads(
         GRANT EXECUTE ON FUNCTION coordinator.assert_term(text, bigint) TO {writer};
         GRANT INSERT ON writes TO {writer};
     """)
-    leader = coordinator(dsn, "a", GROUP)
+    leader = coordinator(dsn, "a", GROUP, wait=wait)
     try:
         async with leader:
             await leader.group(GROUP).wait_elected(SLACK)
@@ -220,13 +225,13 @@ async def python_transaction(
     ids=["sql-commit", "sql-rollback", "fenced-block-of-a-demoted-leader"],
 )
 async def test_new_term_appears_only_after_the_fenced_transaction_in_flight_ends(
-    dsn: str, db: asyncpg.Connection, opener: Any, commit: bool
+    dsn: str, wait: str, db: asyncpg.Connection, opener: Any, commit: bool
 ) -> None:
-    old, new = coordinator(dsn, "a", GROUP), coordinator(dsn, "b", GROUP)
+    old, new = coordinator(dsn, "a", GROUP, wait=wait), coordinator(dsn, "b", GROUP, wait=wait)
     async with old:
         assert await old.group(GROUP).wait_elected(SLACK) == 1
         async with new:
-            await wait_until(lambda: lock_waiters(dsn), SLACK, what="b to follow")
+            await wait_until(lambda: followers_ready(dsn, wait), SLACK, what="b to follow")
             finish, expected_rows = await opener(dsn, old, commit=commit)
             await end_lock_session(db)
             await old.group(GROUP).wait_demoted(SLACK)
@@ -244,7 +249,7 @@ async def test_new_term_appears_only_after_the_fenced_transaction_in_flight_ends
 # -- a paused old leader, as a real process ---------------------------------------
 
 
-async def fenced_writer(dsn: str, instance_id: str) -> None:
+async def fenced_writer(dsn: str, instance_id: str, wait: str) -> None:
     """A leader process that writes through fenced transactions when told to.
 
     Protocol, one line each way: ``write`` commits one row in the elected
@@ -260,7 +265,7 @@ async def fenced_writer(dsn: str, instance_id: str) -> None:
     async def read_line() -> str:
         return (await loop.run_in_executor(None, sys.stdin.readline)).strip()
 
-    leader = coordinator(dsn, instance_id, GROUP)
+    leader = coordinator(dsn, instance_id, GROUP, wait=wait)
     async with leader:
         term = await leader.group(GROUP).wait_elected(SLACK)
         conn = await asyncpg.connect(dsn)
@@ -285,10 +290,10 @@ class Writer:
         self.log = log
 
     @classmethod
-    async def start(cls, dsn: str, instance_id: str, log: Path) -> Writer:
+    async def start(cls, dsn: str, instance_id: str, wait: str, log: Path) -> Writer:
         code = (
             f"import asyncio, sys; sys.path.insert(0, {str(TESTS)!r}); import test_fencing; "
-            "asyncio.run(test_fencing.fenced_writer(sys.argv[1], sys.argv[2]))"
+            "asyncio.run(test_fencing.fenced_writer(*sys.argv[1:4]))"
         )
         with log.open("wb") as stderr:
             process = await asyncio.create_subprocess_exec(
@@ -297,6 +302,7 @@ class Writer:
                 code,
                 dsn,
                 instance_id,
+                wait,
                 stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=stderr,
@@ -332,10 +338,10 @@ class Writer:
 @pytest.mark.slow
 @pytest.mark.parametrize("paused", ["between-writes", "inside-a-transaction"])
 async def test_paused_old_leader_cannot_write_with_its_old_term(
-    dsn: str, db: asyncpg.Connection, tmp_path: Path, paused: str
+    dsn: str, wait: str, db: asyncpg.Connection, tmp_path: Path, paused: str
 ) -> None:
-    writer = await Writer.start(dsn, "old", tmp_path / "writer.log")
-    new = coordinator(dsn, "new", GROUP)
+    writer = await Writer.start(dsn, "old", wait, tmp_path / "writer.log")
+    new = coordinator(dsn, "new", GROUP, wait=wait)
     try:
         assert await writer.reply() == {"elected": 1}
         async with new:

@@ -27,6 +27,7 @@ DOCUMENTED = {
     "coordinator_heartbeat_failures": "counter",
     "coordinator_heartbeat_age_seconds": "gauge",
     "coordinator_heartbeat_job_age_seconds": "gauge",
+    "coordinator_election_failing": "gauge",
     "coordinator_build_info": "gauge",
 }
 

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from coordinator import ConnectionFailed, LeadershipEvent, observe
-from helpers import connected, coordinator, lock_waiters, wait_until
+from helpers import connected, coordinator, followers_ready, wait_until
 
 GROUP = "jobs"
 SLACK = 10.0
@@ -115,10 +115,10 @@ async def history(dsn: str, *options: str) -> Any:
 
 
 async def test_observe_and_watch_see_every_change_in_order_with_terms(
-    dsn: str, tmp_path: Path
+    dsn: str, wait: str, tmp_path: Path
 ) -> None:
-    a, b = coordinator(dsn, "a", GROUP), coordinator(dsn, "b", GROUP)
-    other = coordinator(dsn, "c", "other")  # changes of another group are not shown
+    a, b = coordinator(dsn, "a", GROUP, wait=wait), coordinator(dsn, "b", GROUP, wait=wait)
+    other = coordinator(dsn, "c", "other", wait=wait)  # changes of another group are not shown
     async with a, other:
         await a.group(GROUP).wait_elected(SLACK)
         async with watching(dsn, tmp_path / "watch.log") as (observer, watch):
@@ -127,7 +127,7 @@ async def test_observe_and_watch_see_every_change_in_order_with_terms(
             assert await watch.next() == ("current", 1, "a")
             async with b:
                 for term, leader, follower in ((2, a, b), (3, b, a), (4, a, b)):
-                    await wait_until(lambda: lock_waiters(dsn), SLACK, what="a follower")
+                    await wait_until(lambda: followers_ready(dsn, wait), SLACK, what="a follower")
                     await leader.group(GROUP).resign()
                     assert await follower.group(GROUP).wait_elected(SLACK) == term
                 await a.stop()  # a follower leaves quietly
@@ -147,9 +147,9 @@ async def test_observe_and_watch_see_every_change_in_order_with_terms(
 
 
 async def test_observe_and_watch_reconnect_and_say_who_leads_again(
-    dsn: str, tmp_path: Path
+    dsn: str, wait: str, tmp_path: Path
 ) -> None:
-    a, b = coordinator(dsn, "a", GROUP), coordinator(dsn, "b", GROUP)
+    a, b = coordinator(dsn, "a", GROUP, wait=wait), coordinator(dsn, "b", GROUP, wait=wait)
     async with a:
         await a.group(GROUP).wait_elected(SLACK)
         async with watching(dsn, tmp_path / "watch.log") as (observer, watch):
@@ -164,7 +164,7 @@ async def test_observe_and_watch_reconnect_and_say_who_leads_again(
             assert await observer.next() == ("current", 1, "a")
             assert await watch.next() == ("current", 1, "a")
             async with b:
-                await wait_until(lambda: lock_waiters(dsn), SLACK, what="b to follow")
+                await wait_until(lambda: followers_ready(dsn, wait), SLACK, what="b to follow")
                 await a.group(GROUP).resign()
                 assert await b.group(GROUP).wait_elected(SLACK) == 2
                 assert [await observer.next() for _ in range(2)] == [
@@ -177,8 +177,8 @@ async def test_observe_and_watch_reconnect_and_say_who_leads_again(
                 ]
 
 
-async def test_history_filters_by_group_and_time_and_reads_for_people(dsn: str) -> None:
-    a = coordinator(dsn, "a", GROUP, "other")
+async def test_history_filters_by_group_and_time_and_reads_for_people(dsn: str, wait: str) -> None:
+    a = coordinator(dsn, "a", GROUP, "other", wait=wait)
     async with a:
         await a.group(GROUP).wait_elected(SLACK)
         await a.group("other").wait_elected(SLACK)

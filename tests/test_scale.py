@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -169,3 +170,25 @@ async def test_more_groups_than_the_lock_table_holds_are_refused(dsn: str) -> No
             await coord.start()
         # Refused before anything was written.
         assert await conn.fetchval("SELECT count(*) FROM coordinator.leaders") == 0
+
+
+async def test_every_leadership_lost_in_a_restart_is_recorded(dsn: str, pg_server: Any) -> None:
+    """A shared session takes hundreds of leaderships down at once; each gets its lost event."""
+    groups = names(300)
+    async with coordinator(dsn, "big", *groups, **POLL, **ROOMY):
+        await wait_until(lambda: _leads_all(dsn, "big", len(groups)), 60, what="all groups won")
+        await asyncio.to_thread(pg_server.restart)
+        await wait_until(lambda: _lost(dsn, "big", len(groups)), 60, what="every lost event")
+        await wait_until(lambda: _leads_all(dsn, "big", len(groups)), 60, what="all won again")
+
+
+async def _lost(dsn: str, instance_id: str, count: int) -> bool:
+    async with connected(dsn) as conn:
+        return bool(
+            await conn.fetchval(
+                "SELECT count(DISTINCT group_name) = $2 FROM coordinator.events "
+                "WHERE kind = 'lost' AND instance_id = $1",
+                instance_id,
+                count,
+            )
+        )

@@ -18,6 +18,8 @@ import asyncpg
 
 from coordinator._errors import ConfigurationError, CoordinatorError
 from coordinator._migrations import migrate
+from coordinator._observe import read_history
+from coordinator._sql import Statements
 from coordinator._status import read_status
 from coordinator.cli._common import Subparsers
 from coordinator.cli.status import format_status
@@ -93,38 +95,29 @@ class _Demo:
         )
         return leader, term
 
-    def query(self, sql: str, *args: object) -> list[asyncpg.Record]:
-        async def fetch() -> list[asyncpg.Record]:
+    def lock_waiters(self) -> int:
+        async def fetch() -> int:
             conn = await asyncpg.connect(self.dsn)
             try:
-                rows: list[asyncpg.Record] = await conn.fetch(sql, *args)
+                return int(await conn.fetchval(Statements.lock_waiters))
             finally:
                 await conn.close()
-            return rows
 
         return asyncio.run(fetch())
 
     def wait_followers(self, count: int) -> None:
         """Wait until ``count`` followers are blocked in pg_advisory_lock, ready to take over."""
         deadline = time.monotonic() + WAIT
-        waiting = "SELECT count(*) AS n FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
-        while self.query(waiting)[0]["n"] < count:
+        while self.lock_waiters() < count:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{count} followers did not line up within {WAIT:g} s")
             time.sleep(0.02)
 
     def history(self) -> None:
-        rows = self.query(
-            "SELECT to_char(at, 'HH24:MI:SS.MS') AS at, kind, term, instance_id, reason "
-            "FROM coordinator.events WHERE group_name = $1 ORDER BY id",
-            GROUP,
-        )
-        for row in rows:
-            reason = f"  ({row['reason']})" if row["reason"] else ""
-            _say(
-                f"    {row['at']}  {row['kind']:<9} term {row['term']}  "
-                f"{row['instance_id']}{reason}"
-            )
+        for event in asyncio.run(read_history(self.dsn, group=GROUP)):
+            reason = f"  ({event.reason})" if event.reason else ""
+            at = event.at.astimezone().strftime("%H:%M:%S.%f")[:-3] if event.at else "?"
+            _say(f"    {at}  {event.kind:<9} term {event.term}  {event.instance_id}{reason}")
 
     def run(self) -> None:
         for instance in self.instances:

@@ -24,11 +24,11 @@ from importlib import resources
 
 import asyncpg
 
-from coordinator._config import CoordinatorConfig
+from coordinator._config import ConnectionOptions
 from coordinator._connect import connect
 from coordinator._errors import ConfigurationError, CoordinatorError
 from coordinator._migrations import check_schema
-from coordinator._sql import Statements
+from coordinator._sql import Statements, in_schema
 from coordinator.cli._common import Subparsers, add_database_options, require_dsn
 
 __all__ = ["grant_sql", "register", "scram_verifier"]
@@ -37,7 +37,6 @@ _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 # How the script names the role and the schema.
 _ROLE_LITERAL = re.compile(r"'coordinator_app'")
 _ROLE_IDENTIFIER = re.compile(r"\bcoordinator_app\b")
-_SCHEMA_REFERENCE = re.compile(r"\bcoordinator(?=\.)|(?<=SCHEMA )coordinator\b")
 _SCRAM_ITERATIONS = 4096  # PostgreSQL's default, scram_iterations
 
 
@@ -108,7 +107,7 @@ def grant_sql(
     script = resources.files("coordinator").joinpath("sql/least_privilege.sql").read_text()
     script = _ROLE_LITERAL.sub(f"'{role}'", script)
     script = _ROLE_IDENTIFIER.sub(identifier, script)
-    script = _SCHEMA_REFERENCE.sub(f'"{schema}"', script)
+    script = in_schema(script, schema)
     statements = Statements.for_schema(schema)
     if fence_any_role:
         script += textwrap.dedent(statements.grant_signal_backend).strip() + ";\n"
@@ -147,9 +146,9 @@ def _password(variable: str) -> str:
 
 
 async def _grant(dsn: str, schema: str, role: str, sql: str, password: str | None) -> None:
-    config = CoordinatorConfig(dsn=dsn, schema=schema, instance_id="grant")
     statements = Statements.for_schema(schema)
-    conn = await connect(config)
+    options = ConnectionOptions(dsn=dsn, application_name="coordinator:grant")
+    conn = await connect(options)
     try:
         await check_schema(conn, schema, statements.schema_version)
         async with conn.transaction():
@@ -167,7 +166,7 @@ async def _grant(dsn: str, schema: str, role: str, sql: str, password: str | Non
         ) from None
     except asyncpg.ReadOnlySQLTransactionError:
         raise CoordinatorError(
-            f"the database at {config.redacted_dsn} is read-only (a standby, or "
+            f"the database at {options.redacted_dsn} is read-only (a standby, or "
             "default_transaction_read_only is on): run grant against the primary"
         ) from None
     finally:

@@ -62,11 +62,13 @@ from apscheduler.schedulers.base import BaseScheduler
 
 from coordinator._config import default_instance_id
 from coordinator._connect import TRANSIENT_ERRORS
+from coordinator._describe import describe_error, name_of
 from coordinator._errors import ConfigurationError, NotLeader, StaleTerm
-from coordinator._group import DemotionReason, Group
+from coordinator._group import Group
 from coordinator._logging import get_logger
 from coordinator._run import RunContext
 from coordinator._sql import Statements
+from coordinator._term import DemotionReason
 from coordinator._timetable import Mode, Outcome, Timetable
 
 __all__ = ["LeaderOnlyJobs", "RunContext"]
@@ -247,7 +249,10 @@ class LeaderOnlyJobs:
             except _DATABASE_ERRORS as error:
                 failures += 1
                 self._log.warning(
-                    "leader_jobs_adopt_failed", term=term, error=_describe(error), attempt=failures
+                    "leader_jobs_adopt_failed",
+                    term=term,
+                    error=describe_error(error),
+                    attempt=failures,
                 )
                 await asyncio.sleep(min(_ADOPT_RETRY_MAX_S, 0.1 * 2**failures))
 
@@ -416,7 +421,7 @@ class LeaderOnlyJobs:
                 job=job.id,
                 term=term,
                 scheduled_at=scheduled_at.isoformat(),
-                error=_describe(error),
+                error=describe_error(error),
             )
             return None
         if attempt is None:
@@ -506,7 +511,7 @@ class LeaderOnlyJobs:
                 job=job_id,
                 term=term,
                 outcome=outcome.value,
-                error=_describe(error),
+                error=describe_error(error),
             )
 
     def _stale(
@@ -519,7 +524,7 @@ class LeaderOnlyJobs:
             job=job_id,
             term=term,
             scheduled_at=scheduled_at.isoformat(),
-            **({"error": _describe(error)} if error is not None else {}),
+            **({"error": describe_error(error)} if error is not None else {}),
         )
 
 
@@ -569,7 +574,7 @@ def _missed(job: Job, scheduled_at: datetime, now: datetime) -> bool:
 def _check_job(
     func: JobFunction, args: tuple[Any, ...], kwargs: dict[str, Any], options: dict[str, Any]
 ) -> _Spec:
-    name = _name_of(func)
+    name = name_of(func)
     if not inspect.iscoroutinefunction(func):
         raise ConfigurationError(
             f"leader-only job {name} is not a coroutine function: define it with `async def` "
@@ -612,11 +617,3 @@ def _passes(func: JobFunction) -> tuple[str | None, str]:
         if name == "run" or hints.get(name) is RunContext or parameter.annotation == "RunContext":
             return "run", name
     return ("term" if "term" in parameters else None), "run"
-
-
-def _name_of(func: Callable[..., Any]) -> str:
-    return getattr(func, "__qualname__", repr(func))
-
-
-def _describe(error: BaseException) -> str:
-    return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__

@@ -67,6 +67,7 @@ from starlette.routing import Route
 from coordinator._config import CoordinatorConfig
 from coordinator._connect import connect
 from coordinator._coordinator import Coordinator
+from coordinator._describe import describe_error
 from coordinator._errors import ConfigurationError
 from coordinator._health import Health, ReadyWhen, Verdict
 from coordinator._logging import get_logger
@@ -310,11 +311,11 @@ class _DatabaseReader:
         except TimeoutError:
             return None, f"no answer from the database within {STATUS_READ_TIMEOUT:g} s"
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
-            return None, f"{type(error).__name__}: {error}"
+            return None, describe_error(error)
 
     async def _read(self, reading: Callable[..., Awaitable[T]]) -> T:
         if self._conn is None or self._conn.is_closed():
-            self._conn = await connect(self._config)
+            self._conn = await connect(self._config.connection)
         try:
             return await reading(self._conn, schema=self._config.schema)
         except BaseException:
