@@ -18,6 +18,7 @@ from typing import Any
 
 import asyncpg
 
+from coordinator._drivers import fetch_value_sync
 from coordinator._errors import StaleTerm
 from coordinator._fencing import STALE_TERM_SQLSTATE
 from coordinator._reading import fetch_rows
@@ -128,16 +129,25 @@ class Timetable:
     ) -> bool:
         """Record how a run ended, on ``conn`` (a fenced transaction) or the pool."""
         target = self.pool if conn is None else conn
-        done: bool = await target.fetchval(
+        args = self._finish_args(term, job_id, scheduled_at, outcome, duration_s)
+        done: bool = await target.fetchval(self._sql.finish_tick, *args)
+        return done
+
+    def finish_sync(
+        self, conn: Any, term: int, job_id: str, scheduled_at: datetime, duration_s: float
+    ) -> bool:
+        """Mark a run done in a fenced transaction of a blocking driver (psycopg, SQLAlchemy)."""
+        done: bool = fetch_value_sync(
+            conn,
             self._sql.finish_tick,
-            self.group,
-            term,
-            job_id,
-            scheduled_at,
-            outcome.value,
-            duration_s,
+            *self._finish_args(term, job_id, scheduled_at, Outcome.DONE, duration_s),
         )
         return done
+
+    def _finish_args(
+        self, term: int, job_id: str, scheduled_at: datetime, outcome: Outcome, duration_s: float
+    ) -> tuple[Any, ...]:
+        return (self.group, term, job_id, scheduled_at, outcome.value, duration_s)
 
     async def _fenced(self, statement: str, term: int, *args: Any) -> Any:
         try:

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import concurrent.futures
 import contextlib
 import functools
 import inspect
@@ -56,7 +57,7 @@ from apscheduler.events import (
     EVENT_JOB_MISSED,
     JobExecutionEvent,
 )
-from apscheduler.executors.asyncio import AsyncIOExecutor
+from apscheduler.executors.base import BaseExecutor
 from apscheduler.job import Job
 from apscheduler.schedulers.base import BaseScheduler
 
@@ -66,7 +67,7 @@ from coordinator._describe import describe_error, name_of
 from coordinator._errors import ConfigurationError, NotLeader, StaleTerm
 from coordinator._group import Group
 from coordinator._logging import get_logger
-from coordinator._run import RunContext
+from coordinator._run import RunContext, ThreadRunContext
 from coordinator._sql import Statements
 from coordinator._term import DemotionReason
 from coordinator._timetable import Mode, Outcome, Timetable
@@ -125,7 +126,9 @@ class LeaderOnlyJobs:
     ``instance_id`` and ``schema`` should be the coordinator's
     (``coordinator.instance_id``, ``coordinator.config.schema``).
     ``drain_timeout`` bounds how long a graceful hand-over waits for runs in
-    progress; keep it below the coordinator's ``callback_timeout``.
+    progress; keep it below the coordinator's ``callback_timeout``. ``loop``
+    is the coordinator's, when the scheduler is not an ``AsyncIOScheduler``
+    (:class:`coordinator.sync.LeaderOnlyJobs` passes it).
     """
 
     def __init__(
@@ -137,6 +140,7 @@ class LeaderOnlyJobs:
         instance_id: str | None = None,
         schema: str = "coordinator",
         drain_timeout: float = 10.0,
+        loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
         if drain_timeout < 0:
             raise ConfigurationError(
@@ -160,7 +164,7 @@ class LeaderOnlyJobs:
         self._log = log.bind(group=group.name)
         self._executor = f"coordinator.leader_only.{group.name}"
         try:
-            scheduler.add_executor(_TimetableExecutor(self), alias=self._executor)
+            scheduler.add_executor(_TimetableExecutor(self, loop), alias=self._executor)
         except ValueError:
             raise ConfigurationError(
                 f"the scheduler already has leader-only jobs of group {group.name!r}: "
@@ -528,27 +532,47 @@ class LeaderOnlyJobs:
         )
 
 
-class _TimetableExecutor(AsyncIOExecutor):  # type: ignore[misc]
-    """Runs fired leader-only jobs through :meth:`LeaderOnlyJobs.run_ticks`.
+class _TimetableExecutor(BaseExecutor):  # type: ignore[misc]  # APScheduler 3 is untyped
+    """Runs fired leader-only jobs through :meth:`LeaderOnlyJobs.run_ticks`, on the loop.
 
     APScheduler hands an executor the scheduled fire times; the job itself
     never sees them. This executor passes them on, so that each tick is
-    claimed by its own fire time.
+    claimed by its own fire time. The loop is the scheduler's
+    (``AsyncIOScheduler``) or the one given (a scheduler in a thread of its own).
     """
 
-    def __init__(self, jobs: LeaderOnlyJobs) -> None:
+    def __init__(self, jobs: LeaderOnlyJobs, loop: asyncio.AbstractEventLoop | None) -> None:
         super().__init__()
         self._jobs = jobs
+        self._loop = loop
+        self._pending: set[concurrent.futures.Future[list[JobExecutionEvent]]] = set()
+
+    def start(self, scheduler: BaseScheduler, alias: str) -> None:
+        super().start(scheduler, alias)
+        if self._loop is None:
+            self._loop = getattr(scheduler, "_eventloop", None)
+        if self._loop is None:
+            raise ConfigurationError(
+                f"leader-only jobs of group {self._jobs.group.name!r} need an asyncio loop: "
+                "use an AsyncIOScheduler, or coordinator.sync.LeaderOnlyJobs for a "
+                "BackgroundScheduler"
+            )
+
+    def shutdown(self, wait: bool = True) -> None:
+        for pending in list(self._pending):
+            pending.cancel()
+        self._pending.clear()
 
     def _do_submit_job(self, job: Job, run_times: list[datetime]) -> None:
-        def finished(task: asyncio.Task[list[JobExecutionEvent]]) -> None:
-            self._pending_futures.discard(task)
-            events = [] if task.cancelled() else task.result()
+        def finished(future: concurrent.futures.Future[list[JobExecutionEvent]]) -> None:
+            self._pending.discard(future)
+            events = [] if future.cancelled() else future.result()
             self._run_job_success(job.id, events)
 
-        task = self._eventloop.create_task(self._jobs.run_ticks(job, run_times))
-        task.add_done_callback(finished)
-        self._pending_futures.add(task)
+        assert self._loop is not None  # set by start()
+        future = asyncio.run_coroutine_threadsafe(self._jobs.run_ticks(job, run_times), self._loop)
+        future.add_done_callback(finished)
+        self._pending.add(future)
 
 
 def _passed_through(func: JobFunction) -> JobFunction:
@@ -607,6 +631,10 @@ def _check_job(
     return spec
 
 
+#: The annotations that ask for a run context: the asyncio one and coordinator.sync's.
+_RUN_CONTEXTS = {RunContext.__name__, ThreadRunContext.__name__}
+
+
 def _passes(func: JobFunction) -> tuple[str | None, str]:
     """What the job asks for: its run context (by name ``run`` or annotation), ``term``, or none."""
     parameters = inspect.signature(func).parameters
@@ -614,6 +642,7 @@ def _passes(func: JobFunction) -> tuple[str | None, str]:
     with contextlib.suppress(Exception):  # unresolvable annotations: names and strings decide
         hints = get_type_hints(func)
     for name, parameter in parameters.items():
-        if name == "run" or hints.get(name) is RunContext or parameter.annotation == "RunContext":
+        annotation = hints.get(name, parameter.annotation)
+        if name == "run" or getattr(annotation, "__name__", annotation) in _RUN_CONTEXTS:
             return "run", name
     return ("term" if "term" in parameters else None), "run"
