@@ -2,6 +2,7 @@
 
     python -m bench.jobs                    # 30 faults of each kind, both systems
     python -m bench.jobs --faults 3         # a quick look
+    python -m bench.jobs --kinds "kill between runs"   # measure one kind again
 
 Three replicas (``bench/job_subject.py``) run one leader-only job every
 second on one embedded PostgreSQL 18 (durable settings, commit timestamps
@@ -18,7 +19,9 @@ Both systems run the same subject: this tree (the shared timetable) and the
 tree before it (``git archive`` of the parent of the commit that added
 ``migrations/0003_jobs.sql``), whose leader-only jobs live in each replica's
 memory. Writes the "Job continuity" section of ``bench/RESULTS.md`` and the
-samples to ``bench/jobs.json``.
+samples to ``bench/jobs.json``; with ``--kinds``, the kinds measured replace
+theirs in the samples and the others are kept, each row saying which run it
+comes from.
 """
 
 from __future__ import annotations
@@ -180,6 +183,13 @@ class Probe:
         )
         return count
 
+    async def committed(self, term: int) -> int:
+        """The runs of ``term`` committed so far."""
+        count: int = await self.conn.fetchval(
+            "SELECT count(*) FROM bench_ticks WHERE term = $1", term
+        )
+        return count
+
     async def in_run(self) -> bool:
         return bool(await self.conn.fetchval(IN_RUN))
 
@@ -195,11 +205,13 @@ class Probe:
 async def one_fault(probe: Probe, replicas: Replicas, kind: str) -> Fault:
     leader, term = await until("a leader", probe.leader)
     await until("two ticks of the term on time", lambda: _at_least(probe, term, 2))
+    await until("a run", probe.in_run)
     if kind == "kill between runs":
-        await until("a run", probe.in_run)
-        await until("the run to end", lambda: _not(probe.in_run))
-    else:
-        await until("a run", probe.in_run)
+        # Between runs means after the run's commit, not after its INSERT: a
+        # fenced run still has its own statements to make before COMMIT, and a
+        # kill there is a kill during a run (the tick runs again).
+        committed = await probe.committed(term)
+        await until("the run to commit", lambda: _more(probe, term, committed))
     fault = Fault(kind, datetime.now(UTC), term)
     signum = {
         "kill between runs": signal.SIGKILL,
@@ -224,8 +236,8 @@ async def _at_least(probe: Probe, term: int, count: int) -> bool:
     return await probe.on_time(term) >= count
 
 
-async def _not(check: Any) -> bool:
-    return not await check()
+async def _more(probe: Probe, term: int, than: int) -> bool:
+    return await probe.committed(term) > than
 
 
 def figures(records: list[asyncpg.Record], faults: list[Fault]) -> dict[str, KindFigures]:
@@ -287,7 +299,7 @@ def _with_stale(records: list[asyncpg.Record]) -> list[dict[str, Any]]:
 
 
 async def measure(
-    server: LocalPostgres, system: str, faults: int, log_root: Path
+    server: LocalPostgres, system: str, faults: int, kinds: list[str], log_root: Path
 ) -> dict[str, Any]:
     database = await Database.create(server, f"jobs_{system}")
     with _code_of(system) as python_path:
@@ -303,7 +315,7 @@ async def measure(
                 replicas.start()
             probe = Probe(conn)
             for round_ in range(faults):
-                for kind in KINDS:
+                for kind in kinds:
                     done.append(await one_fault(probe, replicas, kind))
                     print(f"{system}: {kind} {round_ + 1}/{faults}", flush=True)
             ticks = list(await conn.fetch(TICKS))
@@ -314,7 +326,7 @@ async def measure(
     return {
         "system": system,
         "tracebacks": replicas.tracebacks(),
-        "kinds": {kind: asdict(f) for kind, f in by_kind.items()},
+        "kinds": {kind: asdict(by_kind[kind]) for kind in kinds},
     }
 
 
@@ -353,22 +365,50 @@ def _code_of(system: str) -> Iterator[str]:
         yield where
 
 
-def report(results: list[dict[str, Any]], faults: int, command: str) -> str:
+def merged(
+    previous: list[dict[str, Any]], fresh: list[dict[str, Any]], measured: str
+) -> list[dict[str, Any]]:
+    """The samples: each system's kinds from ``fresh`` (run ``measured``), the rest kept."""
+    systems = {result["system"]: result for result in previous}
+    for result in fresh:
+        kept = systems.get(result["system"], {"system": result["system"], "kinds": {}})
+        kinds = dict(kept["kinds"])
+        for kind, samples in result["kinds"].items():
+            kinds[kind] = {**samples, "measured": measured}
+        tracebacks = {
+            run: count
+            for run, count in kept.get("tracebacks", {}).items()
+            if any(samples["measured"] == run for samples in kinds.values())
+        }
+        systems[result["system"]] = {
+            "system": result["system"],
+            "tracebacks": {**tracebacks, measured: result["tracebacks"]},
+            "kinds": kinds,
+        }
+    return list(systems.values())
+
+
+def report(results: list[dict[str, Any]]) -> str:
+    runs = list(dict.fromkeys(f["measured"] for r in results for f in r["kinds"].values()))
+    faults = {len(f["gaps"]) for r in results for f in r["kinds"].values()}  # one gap per fault
+    where = f"{runs[0]}" + "".join(
+        f"; the rows of {_kinds_of(results, run)} by {run}" for run in runs[1:]
+    )
     lines = [
         BEGIN,
         "## Job continuity",
         "",
-        f"Measured by `{command}` on {datetime.now(UTC):%Y-%m-%d %H:%M} UTC: 3 replicas "
+        f"Measured by {where}: 3 replicas "
         f"(`bench/job_subject.py`), one leader-only job every {INTERVAL:g} s whose run inserts "
         f"a row and holds its transaction {WORK:g} s; ttl {TTL:g} s, heartbeat every "
         f"{HEARTBEAT:g} s, `misfire_grace_time` {GRACE} s, `coalesce=True` (APScheduler's "
-        f"default); {faults} faults of each kind, one at a time, on one embedded "
+        f"default); {_faults(faults)} faults of each kind, one at a time, on one embedded "
         "PostgreSQL 18 (durable settings, "
         "`track_commit_timestamp` on). *timetable* is this version (the job takes its run "
         "context and writes through `run.fenced()`); *before* is the version before the shared "
         "timetable (jobs in each replica's memory, writing through `group.fenced`). Gaps are "
         "between consecutive commits (`pg_xact_commit_timestamp`); samples in "
-        "[jobs.json](jobs.json).",
+        "[jobs.json](jobs.json). A kill between runs comes right after a run's commit.",
         "",
         "| fault | system | longest gap: median / p99 / max | early runs | run twice | "
         "not run | stale commits | election to first run: median / max |",
@@ -376,6 +416,8 @@ def report(results: list[dict[str, Any]], faults: int, command: str) -> str:
     ]
     for kind in KINDS:
         for result in results:
+            if kind not in result["kinds"]:
+                continue
             f = result["kinds"][kind]
             gaps = Distribution.of(f["gaps"])
             first = Distribution.of(f["elected_to_first_run"] or [0.0])
@@ -386,7 +428,15 @@ def report(results: list[dict[str, Any]], faults: int, command: str) -> str:
                 f"{twice} | {f['not_run']} | {f['stale']} | {format_seconds(first.median)} / "
                 f"{format_seconds(first.max)} |"
             )
-    tracebacks = ", ".join(f"{_label(r['system'])} {r['tracebacks']}" for r in results)
+    tracebacks = "; ".join(
+        ", ".join(
+            f"{_label(r['system'])} {r['tracebacks'][run]}"
+            for r in results
+            if run in r["tracebacks"]
+        )
+        + (f" ({_kinds_of(results, run)})" if len(runs) > 1 else "")
+        for run in runs
+    )
     lines += [
         "",
         f"Tracebacks in the replicas' output: {tracebacks}. *Early runs*: a run that started "
@@ -401,21 +451,37 @@ def report(results: list[dict[str, Any]], faults: int, command: str) -> str:
     return "\n".join(lines)
 
 
+def _kinds_of(results: list[dict[str, Any]], run: str) -> str:
+    kinds = dict.fromkeys(
+        kind for r in results for kind, f in r["kinds"].items() if f["measured"] == run
+    )
+    return ", ".join(f"*{kind}*" for kind in kinds)
+
+
+def _faults(counts: set[int]) -> str:
+    return str(min(counts)) if len(counts) == 1 else f"{min(counts)}-{max(counts)}"
+
+
 def _label(system: str) -> str:
     return "timetable" if system == "timetable" else "before"
 
 
 async def run(args: argparse.Namespace) -> None:
     settings = {**DURABLE, "track_commit_timestamp": "on"}
-    results = []
+    fresh = []
     with (
         LocalPostgres.embedded(settings=settings) as server,
         tempfile.TemporaryDirectory(prefix="bench-jobs-") as logs,
     ):
         for system in args.systems:
-            results.append(await measure(server, system, args.faults, Path(logs)))
+            fresh.append(await measure(server, system, args.faults, args.kinds, Path(logs)))
     command = "python -m bench.jobs" + (f" --faults {args.faults}" if args.faults != 30 else "")
-    section = report(results, args.faults, command)
+    if args.kinds != list(KINDS):
+        command += " --kinds " + " ".join(f'"{kind}"' for kind in args.kinds)
+    measured = f"`{command}` on {datetime.now(UTC):%Y-%m-%d %H:%M} UTC"
+    previous = [] if args.kinds == list(KINDS) else json.loads(SAMPLES.read_text())
+    results = merged(previous, fresh, measured)
+    section = report(results)
     print(section)
     if not args.dry_run:
         write_section(section, BEGIN, END)
@@ -431,6 +497,13 @@ def main() -> None:
         choices=("baseline", "timetable"),
         default=["baseline", "timetable"],
         help="which systems to measure (both)",
+    )
+    parser.add_argument(
+        "--kinds",
+        nargs="+",
+        choices=KINDS,
+        default=list(KINDS),
+        help="which faults to measure (all); the others keep their samples in jobs.json",
     )
     parser.add_argument("--dry-run", action="store_true", help="print, do not write the results")
     args = parser.parse_args()

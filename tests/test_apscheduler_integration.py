@@ -11,6 +11,7 @@ from typing import Any
 import asyncpg
 import pytest
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from apscheduler.schedulers.background import BackgroundScheduler
 
 from coordinator import HEARTBEAT_JOB_ID, MONITOR_JOB_ID, ConfigurationError, Coordinator
 from coordinator.integrations.apscheduler import LeaderOnlyJobs, RunContext
@@ -195,3 +196,11 @@ def test_jobs_that_cannot_run_as_leader_only_are_refused_with_the_fix(
     with pytest.raises(ConfigurationError, match=f"leader-only job .*{fragment}"):
         jobs.add_job(func, "interval", seconds=1, **options)
     assert jobs.job_ids == []
+
+
+def test_a_scheduler_without_an_asyncio_loop_is_refused_with_the_fix() -> None:
+    scheduler = BackgroundScheduler()
+    LeaderOnlyJobs(scheduler, Coordinator("postgresql://app@db.invalid/app").group(GROUP))
+    with pytest.raises(ConfigurationError, match="need an asyncio loop: use an AsyncIOScheduler"):
+        scheduler.start()
+    assert not scheduler.running
