@@ -58,6 +58,7 @@ ROOT = HERE.parent
 SUBJECT = HERE / "job_subject.py"
 SAMPLES = HERE / "jobs.json"
 BEGIN, END = "<!-- jobs:begin -->", "<!-- jobs:end -->"
+SYSTEMS = ("baseline", "timetable")
 KINDS = ("kill between runs", "kill during a run", "stop past the ttl", "term during a run")
 INTERVAL, WORK, TTL, HEARTBEAT, GRACE = 1.0, 0.3, 3.0, 1.0, 10
 EARLY_S = 0.2
@@ -389,16 +390,21 @@ def merged(
 
 
 def report(results: list[dict[str, Any]]) -> str:
-    runs = list(dict.fromkeys(f["measured"] for r in results for f in r["kinds"].values()))
+    runs = sorted(  # oldest first: a label ends with its date
+        {f["measured"] for r in results for f in r["kinds"].values()},
+        key=lambda run: run.rpartition(" on ")[2],
+    )
     faults = {len(f["gaps"]) for r in results for f in r["kinds"].values()}  # one gap per fault
-    where = f"{runs[0]}" + "".join(
-        f"; the rows of {_kinds_of(results, run)} by {run}" for run in runs[1:]
+    where = (
+        f"by {runs[0]}"
+        if len(runs) == 1
+        else "in several runs: " + "; ".join(f"{_rows_of(results, run)} by {run}" for run in runs)
     )
     lines = [
         BEGIN,
         "## Job continuity",
         "",
-        f"Measured by {where}: 3 replicas "
+        f"Measured {where}. 3 replicas "
         f"(`bench/job_subject.py`), one leader-only job every {INTERVAL:g} s whose run inserts "
         f"a row and holds its transaction {WORK:g} s; ttl {TTL:g} s, heartbeat every "
         f"{HEARTBEAT:g} s, `misfire_grace_time` {GRACE} s, `coalesce=True` (APScheduler's "
@@ -429,12 +435,12 @@ def report(results: list[dict[str, Any]]) -> str:
                 f"{format_seconds(first.max)} |"
             )
     tracebacks = "; ".join(
-        ", ".join(
+        (f"in the run of {run}: " if len(runs) > 1 else "")
+        + ", ".join(
             f"{_label(r['system'])} {r['tracebacks'][run]}"
             for r in results
             if run in r["tracebacks"]
         )
-        + (f" ({_kinds_of(results, run)})" if len(runs) > 1 else "")
         for run in runs
     )
     lines += [
@@ -451,11 +457,15 @@ def report(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def _kinds_of(results: list[dict[str, Any]], run: str) -> str:
-    kinds = dict.fromkeys(
-        kind for r in results for kind, f in r["kinds"].items() if f["measured"] == run
-    )
-    return ", ".join(f"*{kind}*" for kind in kinds)
+def _rows_of(results: list[dict[str, Any]], run: str) -> str:
+    """Which rows of the table ``run`` measured: "the *before* rows of *kill between runs*"."""
+    parts = []
+    for r in results:
+        kinds = [kind for kind in KINDS if r["kinds"].get(kind, {}).get("measured") == run]
+        if kinds:
+            which = "" if len(kinds) == len(KINDS) else " of " + ", ".join(f"*{k}*" for k in kinds)
+            parts.append(f"the *{_label(r['system'])}* rows{which}")
+    return " and ".join(parts)
 
 
 def _faults(counts: set[int]) -> str:
@@ -476,10 +486,13 @@ async def run(args: argparse.Namespace) -> None:
         for system in args.systems:
             fresh.append(await measure(server, system, args.faults, args.kinds, Path(logs)))
     command = "python -m bench.jobs" + (f" --faults {args.faults}" if args.faults != 30 else "")
+    everything = args.kinds == list(KINDS) and args.systems == list(SYSTEMS)
+    if args.systems != list(SYSTEMS):
+        command += " --systems " + " ".join(args.systems)
     if args.kinds != list(KINDS):
         command += " --kinds " + " ".join(f'"{kind}"' for kind in args.kinds)
     measured = f"`{command}` on {datetime.now(UTC):%Y-%m-%d %H:%M} UTC"
-    previous = [] if args.kinds == list(KINDS) else json.loads(SAMPLES.read_text())
+    previous = [] if everything else json.loads(SAMPLES.read_text())
     results = merged(previous, fresh, measured)
     section = report(results)
     print(section)
@@ -494,8 +507,8 @@ def main() -> None:
     parser.add_argument(
         "--systems",
         nargs="+",
-        choices=("baseline", "timetable"),
-        default=["baseline", "timetable"],
+        choices=SYSTEMS,
+        default=list(SYSTEMS),
         help="which systems to measure (both)",
     )
     parser.add_argument(

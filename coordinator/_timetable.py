@@ -71,6 +71,10 @@ class Timetable:
         self._sql = sql
         self.pool = pool
 
+    def on(self, conn: asyncpg.Connection) -> Timetable:
+        """The same timetable on one connection of the pool, for several statements in a row."""
+        return Timetable(self.group, self._sql, conn)
+
     async def rows(self) -> dict[str, TimetableRow]:
         records = await self.pool.fetch(self._sql.timetable, self.group)
         return {r["job_id"]: TimetableRow(**dict(r)) for r in records}
