@@ -9,6 +9,7 @@ from datetime import datetime, timedelta
 import psycopg
 import pytest
 from apscheduler.schedulers.background import BackgroundScheduler
+from test_drivers import sync_target
 
 from coordinator import ConfigurationError, HeartbeatDone, sync
 from helpers import FAST, eventually, lock_waiters_now
@@ -185,6 +186,29 @@ def test_a_fenced_tick_cut_off_by_a_lost_session_runs_again_in_the_next_term(
         scheduler.shutdown()
     assert attempts == [(1, due, 1), (2, due, 2)]
     assert ticks_done(dsn) == [("hourly", 2, due)]
+
+
+@pytest.mark.parametrize("kind", ["psycopg", "sqlalchemy-connection", "sqlalchemy-session"])
+def test_run_fenced_marks_the_tick_done_through_each_blocking_driver(
+    dsn: str, make: Callable[[str], sync.Coordinator], kind: str
+) -> None:
+    leader = make("a")
+    scheduler = BackgroundScheduler()
+    jobs = sync.LeaderOnlyJobs(scheduler, leader.group(GROUP))
+
+    @jobs.scheduled_job("interval", seconds=0.05, id="tick")
+    def tick(run: sync.RunContext) -> None:
+        with sync_target(kind, dsn) as target, run.fenced(target) as tx:
+            assert tx.term == run.term
+
+    scheduler.start()
+    leader.start()
+    try:
+        eventually(lambda: ticks_done(dsn), SLACK, what="a tick done in the job's transaction")
+    finally:
+        leader.stop()
+        scheduler.shutdown()
+    assert {(job_id, term) for job_id, term, _ in ticks_done(dsn)} == {("tick", 1)}
 
 
 def test_a_leader_only_job_needs_an_id(make: Callable[[str], sync.Coordinator]) -> None:
