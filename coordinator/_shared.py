@@ -44,7 +44,12 @@ from coordinator._config import HOST, CoordinatorConfig
 from coordinator._connect import connect
 from coordinator._describe import describe_error
 from coordinator._logging import get_logger
-from coordinator._session import log_ended_transactions, resign_and_unlock
+from coordinator._session import (
+    Reserved,
+    log_ended_transactions,
+    refused_as_reserved,
+    resign_and_unlock,
+)
 from coordinator._signals import HeartbeatDone
 from coordinator._sql import Statements, notify_channel
 from coordinator._term import DemotionReason, Term
@@ -116,7 +121,7 @@ class SharedCampaign:
         """Clear the holder, record why, notify, unlock; then stay away for a while."""
         conn = self._conn
         self._held.pop(group, None)
-        if reason is DemotionReason.RESIGNED:
+        if reason in (DemotionReason.RESIGNED, DemotionReason.SWITCHOVER):
             self._cool_down(group)  # handing over means letting someone else take it
         if conn is None or conn.is_closed():
             return
@@ -286,7 +291,7 @@ class SharedCampaign:
         started = time.monotonic()
         try:
             offices = await self._office_transaction(conn, won)
-        except asyncpg.LockNotAvailableError:
+        except (asyncpg.LockNotAvailableError, Reserved):
             offices = []
             for group in won:
                 try:
@@ -297,6 +302,9 @@ class SharedCampaign:
                         group=group,
                         reason="fenced transactions of the previous term are still open",
                     )
+                except Reserved as reserved:
+                    self._cool_down(group)  # the member a switchover names goes first
+                    self._log.info("switchover_standing_aside", group=group, reason=str(reserved))
         taken = dict(offices)
         for group in won:
             if group not in taken:
@@ -316,7 +324,8 @@ class SharedCampaign:
     async def _office_transaction(
         self, conn: asyncpg.Connection, groups: list[str]
     ) -> list[tuple[str, int]]:
-        async with self._busy:  # one statement, bounded by the session's lock_timeout
+        # One statement, bounded by the session's lock_timeout.
+        async with self._busy, refused_as_reserved():
             rows = await conn.fetch(
                 self._sql.take_office,
                 groups,

@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, fields
 
-__all__ = ["Statements", "in_schema", "notify_channel"]
+__all__ = ["Statements", "in_schema", "notify_channel", "switchover_channel"]
 
 # Where a shipped SQL file (migrations/, sql/least_privilege.sql) names the
 # default schema: a qualified name, or the schema in CREATE/GRANT ... SCHEMA.
@@ -26,6 +26,11 @@ _SCHEMA_REFERENCE = re.compile(
 def notify_channel(schema: str) -> str:
     """The LISTEN/NOTIFY channel on which leadership changes are announced."""
     return f"{schema}_leadership"
+
+
+def switchover_channel(schema: str) -> str:
+    """The channel on which switchover requests are announced to the leaders."""
+    return f"{schema}_switchover"
 
 
 def in_schema(script: str, schema: str) -> str:
@@ -357,6 +362,31 @@ class Statements:
 
     # Runs are history, pruned with the events' retention.
     prune_job_runs: str = "SELECT {schema}.prune_job_runs($1)"
+
+    # -- switchover (migration 0006) ------------------------------------------
+
+    # $1 group, $2 target instance or NULL for any other live member. The
+    # function refuses with SQLSTATE LT004 and the cause, writing nothing.
+    request_switchover: str = """
+        SELECT term, holder, expires_at FROM {schema}.request_switchover($1, $2)
+    """
+
+    # The fresh requests that ask this instance ($1) to hand over: a
+    # notification on the switchover channel is only a hint to read them.
+    pending_switchovers: str = """
+        SELECT group_name, term, target FROM {schema}.switchovers
+         WHERE from_instance = $1 AND expires_at > now()
+    """
+
+    # Who leads $1 now, and until when a request still stands, for the
+    # requester that waits for the hand-over.
+    group_leader: str = """
+        SELECT s.leader, s.term, r.expires_at AS request_stands_until
+          FROM {schema}.leader_status AS s
+          LEFT JOIN {schema}.switchovers AS r
+                 ON r.group_name = s.group_name AND r.expires_at > now()
+         WHERE s.group_name = $1
+    """
 
     @classmethod
     def for_schema(cls, schema: str) -> Statements:
