@@ -12,10 +12,10 @@ import asyncpg
 import pytest
 from apscheduler.job import Job
 from prometheus_client import CollectorRegistry, generate_latest
-from test_apscheduler_integration import SLACK, Replica, leader_of, replicas
+from test_apscheduler_integration import GROUP, SLACK, Replica, leader_of, replicas
 from test_least_privilege import Role, cli, make_role  # noqa: F401 - the fixture
 
-from coordinator import StaleTerm
+from coordinator import StaleTerm, request_switchover
 from coordinator.integrations.apscheduler import RunContext
 from coordinator.integrations.job_metrics import LeaderJobMetrics
 from coordinator.testing import capture_logs
@@ -89,7 +89,10 @@ async def test_the_next_leader_picks_up_a_changed_trigger_and_drops_removed_jobs
         assert second.next_run_time("kept").minute % 5 == 0
 
 
-async def test_resign_drains_a_run_in_progress_which_commits_in_its_term(dsn: str) -> None:
+@pytest.mark.parametrize("hand_over", ["resign", "switchover"])
+async def test_a_graceful_hand_over_drains_a_run_in_progress_which_commits_in_its_term(
+    dsn: str, hand_over: str
+) -> None:
     started = asyncio.Event()
     release = asyncio.Event()
     async with replicas(dsn, "a", "b") as both:
@@ -105,7 +108,11 @@ async def test_resign_drains_a_run_in_progress_which_commits_in_its_term(dsn: st
         first = await leader_of(both)
         await asyncio.wait_for(started.wait(), SLACK)
         with capture_logs() as logs:
-            resigning = asyncio.create_task(first.group.resign())
+            resigning = asyncio.create_task(
+                first.group.resign()
+                if hand_over == "resign"
+                else request_switchover(dsn, GROUP, timeout=SLACK)
+            )
             await wait_until(_draining(first), SLACK, what="the hand-over to drain")
             release.set()
             await asyncio.wait_for(resigning, SLACK)

@@ -30,7 +30,7 @@ What "once" means:
 * any other job (taking ``term=``, or nothing) runs at most once per tick:
   the claim commits before it starts.
 
-Leadership ending gracefully (resign, stop, fair spreading) lets runs in
+Leadership ending gracefully (resign, stop, switchover, fair spreading) lets runs in
 progress finish for up to ``drain_timeout`` before they are cancelled and
 the lock is released; a lost leadership cancels them at once. A run that
 meets ``NotLeader`` or ``StaleTerm`` ends with one ``leader_job_stale`` line.
@@ -69,7 +69,7 @@ from coordinator._group import Group
 from coordinator._logging import get_logger
 from coordinator._run import RunContext, ThreadRunContext
 from coordinator._sql import Statements
-from coordinator._term import DemotionReason
+from coordinator._term import GRACEFUL
 from coordinator._timetable import Mode, Outcome, Timetable
 
 __all__ = ["LeaderOnlyJobs", "RunContext"]
@@ -82,7 +82,6 @@ F = TypeVar("F", bound=JobFunction)
 #: Database failures after which a tick is left for the next fire time or leader.
 _DATABASE_ERRORS: tuple[type[BaseException], ...] = (*TRANSIENT_ERRORS, asyncpg.PostgresError)
 _RECORD_ERRORS: tuple[type[BaseException], ...] = (*_DATABASE_ERRORS, TimeoutError)
-_GRACEFUL = {DemotionReason.RESIGNED.value, DemotionReason.STOPPING.value}
 _RECORD_TIMEOUT_S = 2.0
 _ADOPT_RETRY_MAX_S = 2.0
 
@@ -337,7 +336,7 @@ class LeaderOnlyJobs:
         runs = list(self._running)
         drained: set[asyncio.Task[Any]] = set()
         try:
-            if runs and reason in _GRACEFUL and self.drain_timeout > 0 and not self._drained:
+            if runs and reason in GRACEFUL and self.drain_timeout > 0 and not self._drained:
                 # The term has ended here: run.fenced() may still commit in it
                 # (the database holds the lock until after this), group.fenced not.
                 self.draining = self._running[runs[0]]
