@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from coordinator._status import GroupStatus, MemberStatus, read_members, read_status
     from coordinator._switchover import HandOver, request_switchover
     from coordinator._term import DemotionReason
+    from coordinator._timetable import JobStatus, read_jobs
 
 __all__ = [
     "DEFAULT_LOCK_NAMESPACE",
@@ -64,6 +65,7 @@ __all__ = [
     "HandOver",
     "Health",
     "HeartbeatDone",
+    "JobStatus",
     "KeyCollisionError",
     "Leadership",
     "LeadershipEvent",
@@ -86,6 +88,7 @@ __all__ = [
     "migrate",
     "observe",
     "read_history",
+    "read_jobs",
     "read_members",
     "read_status",
     "redact_dsn",
@@ -139,6 +142,8 @@ _HOMES = {
     "MemberStatus": "_status",
     "read_members": "_status",
     "read_status": "_status",
+    "JobStatus": "_timetable",
+    "read_jobs": "_timetable",
 }
 
 

@@ -243,7 +243,7 @@ class Coordinator:
         await asyncio.gather(*(elector.stop() for elector in self._electors.values()))
         if self._shared is not None:
             await self._shared.stop()
-        await self._jobs.stop()
+        await self._jobs.stop(timeout=self.config.heartbeat_timeout)
         await self._lost.stop()
         with contextlib.suppress(Exception):  # members expire on their own anyway
             await self._control.run(

@@ -7,18 +7,14 @@ INFO through ``apscheduler.executors.<alias>``; the coordinator's jobs run
 several times per heartbeat interval, so that logger is set to WARNING
 (unless the application set a level itself): failures and missed runs still
 show, routine runs do not, and the application's own jobs log as before.
-
-Stopping waits for a run in progress (each is bounded by its own timeout)
-instead of letting the scheduler's shutdown cancel it: APScheduler logs a
-cancelled run as a failed job, with a traceback.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from apscheduler.executors.asyncio import AsyncIOExecutor
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -42,7 +38,7 @@ class Jobs:
         self.scheduler = scheduler
         self._owns_scheduler = scheduler is None
         self._added_executor = False
-        self._runs: set[asyncio.Task[None]] = set()
+        self._runs: set[asyncio.Task[Any]] = set()  # runs in progress
 
     def start(self, heartbeat: tuple[Job, float], monitor: tuple[Job, float]) -> None:
         if self.scheduler is None:
@@ -58,7 +54,7 @@ class Jobs:
             quiet.setLevel(logging.WARNING)
         for job_id, (func, seconds) in ((HEARTBEAT_JOB_ID, heartbeat), (MONITOR_JOB_ID, monitor)):
             scheduler.add_job(
-                functools.partial(self._tracked, func),
+                self._tracked(func),
                 "interval",
                 seconds=seconds,
                 id=job_id,
@@ -75,17 +71,12 @@ class Jobs:
                 scheduler.start()
             self._owns_scheduler = True
 
-    async def _tracked(self, func: Job) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._runs.add(task)
-        try:
-            await func()
-        finally:
-            self._runs.discard(task)
+    async def stop(self, timeout: float) -> None:
+        """Remove the jobs; let a run in progress end (up to ``timeout``) before a shutdown.
 
-    async def stop(self) -> None:
-        """Remove the jobs, let a run in progress finish, then stop what was started here."""
+        Shutting a scheduler down cancels the runs in progress, which
+        APScheduler would log as a job that raised an exception.
+        """
         scheduler = self.scheduler
         if scheduler is None:
             return
@@ -93,9 +84,21 @@ class Jobs:
             if scheduler.get_job(job_id) is not None:
                 scheduler.remove_job(job_id)
         if self._runs:
-            await asyncio.wait(set(self._runs))
+            await asyncio.wait(self._runs, timeout=timeout)
         if self._owns_scheduler and scheduler.running:
             scheduler.shutdown(wait=False)
         elif self._added_executor:
             scheduler.remove_executor(EXECUTOR, shutdown=False)
             self._added_executor = False
+
+    def _tracked(self, func: Job) -> Job:
+        async def run() -> None:
+            task = asyncio.current_task()
+            assert task is not None  # a job runs as a task of the scheduler's loop
+            self._runs.add(task)
+            try:
+                await func()
+            finally:
+                self._runs.discard(task)
+
+        return run

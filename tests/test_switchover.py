@@ -367,7 +367,8 @@ async def test_a_request_nobody_acts_on_lapses_and_reserves_nothing(
         assert "got no new leader within 0.3 s (a still leads in term 1" in lines[0], err
         async with connected(dsn) as conn:
             lives = await conn.fetchval(
-                "SELECT extract(epoch FROM expires_at - requested_at) FROM coordinator.switchovers"
+                "SELECT extract(epoch FROM expires_at - requested_at)::float8"
+                " FROM coordinator.switchovers"
             )
         assert lives == pytest.approx(FAST["ttl"])
         await wait_until(lambda: request_lapsed(dsn), WAIT, what="the request to lapse")
