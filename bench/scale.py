@@ -309,11 +309,12 @@ def report(single: list[dict[str, Any]], spread: list[dict[str, Any]], command: 
     return "\n".join(lines)
 
 
-def write_section(section: str) -> None:
+def write_section(section: str, begin: str = BEGIN, end: str = END) -> None:
+    """Replace the part of bench/RESULTS.md between ``begin`` and ``end`` (or append it)."""
     text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    if BEGIN in text and END in text:
-        head, _, rest = text.partition(BEGIN)
-        _, _, tail = rest.partition(END)
+    if begin in text and end in text:
+        head, _, rest = text.partition(begin)
+        _, _, tail = rest.partition(end)
         text = head + section + tail
     else:
         text = text.rstrip("\n") + "\n\n" + section + "\n"

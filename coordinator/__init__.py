@@ -29,6 +29,7 @@ if TYPE_CHECKING:
         SchemaNotMigrated,
         StaleTerm,
         SwitchoverFailed,
+        TermExhausted,
         UnsupportedDatabase,
     )
     from coordinator._fencing import FencedTransaction
@@ -42,6 +43,7 @@ if TYPE_CHECKING:
     from coordinator._status import GroupStatus, MemberStatus, read_members, read_status
     from coordinator._switchover import HandOver, request_switchover
     from coordinator._term import DemotionReason
+    from coordinator._timetable import JobStatus, read_jobs
 
 __all__ = [
     "DEFAULT_LOCK_NAMESPACE",
@@ -63,6 +65,7 @@ __all__ = [
     "HandOver",
     "Health",
     "HeartbeatDone",
+    "JobStatus",
     "KeyCollisionError",
     "Leadership",
     "LeadershipEvent",
@@ -77,6 +80,7 @@ __all__ = [
     "Signal",
     "StaleTerm",
     "SwitchoverFailed",
+    "TermExhausted",
     "UnsupportedDatabase",
     "Verdict",
     "default_instance_id",
@@ -84,6 +88,7 @@ __all__ = [
     "migrate",
     "observe",
     "read_history",
+    "read_jobs",
     "read_members",
     "read_status",
     "redact_dsn",
@@ -111,6 +116,7 @@ _HOMES = {
     "SwitchoverFailed": "_errors",
     "HandOver": "_switchover",
     "request_switchover": "_switchover",
+    "TermExhausted": "_errors",
     "UnsupportedDatabase": "_errors",
     "FencedTransaction": "_fencing",
     "DemotionReason": "_term",
@@ -136,6 +142,8 @@ _HOMES = {
     "MemberStatus": "_status",
     "read_members": "_status",
     "read_status": "_status",
+    "JobStatus": "_timetable",
+    "read_jobs": "_timetable",
 }
 
 

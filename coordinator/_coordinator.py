@@ -243,7 +243,7 @@ class Coordinator:
         await asyncio.gather(*(elector.stop() for elector in self._electors.values()))
         if self._shared is not None:
             await self._shared.stop()
-        self._jobs.stop()
+        await self._jobs.stop(timeout=self.config.heartbeat_timeout)
         await self._lost.stop()
         with contextlib.suppress(Exception):  # members expire on their own anyway
             await self._control.run(
@@ -293,7 +293,12 @@ class Coordinator:
             self._listeners.emit(signal)
 
     def _following(self) -> list[str]:
-        return [name for name, e in self._electors.items() if e.role is Role.FOLLOWER]
+        """Groups this instance is a candidate in: following, its election loop not failing."""
+        return [
+            name
+            for name, e in self._electors.items()
+            if e.role is Role.FOLLOWER and e.problem is None
+        ]
 
     def _terms(self) -> dict[str, Term]:
         return {name: e.term for name, e in self._electors.items() if e.term is not None}

@@ -11,13 +11,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 
 import asyncpg
 
 from coordinator._config import HOST, CoordinatorConfig
 from coordinator._connect import connect
+from coordinator._errors import TermExhausted
 from coordinator._logging import get_logger
 from coordinator._sql import Statements
 from coordinator._term import DemotionReason, Term
@@ -28,12 +29,15 @@ __all__ = [
     "log_ended_transactions",
     "refused_as_reserved",
     "resign_and_unlock",
+    "terms_must_fit",
 ]
 
 log = get_logger(__name__)
 
 #: take_office refused: a switchover reserves the group for another member.
 RESERVED_SQLSTATE = "LT003"
+#: The largest term: the term column is a bigint.
+LAST_TERM = 2**63 - 1
 
 
 class Reserved(Exception):
@@ -107,6 +111,20 @@ def log_ended_transactions(group: str, office: asyncpg.Record) -> None:
             backend_pid=pid,
             reason="it held the new term off past take_office_timeout",
         )
+
+
+@contextlib.asynccontextmanager
+async def terms_must_fit(groups: Sequence[str]) -> AsyncIterator[None]:
+    """Taking office past the largest term raises TermExhausted, which names the fix."""
+    try:
+        yield
+    except asyncpg.NumericValueOutOfRangeError as error:
+        names = ", ".join(repr(group) for group in groups)
+        raise TermExhausted(
+            f"the next term of group {names} would not fit in a bigint (the largest term is "
+            f"{LAST_TERM}): terms are fencing tokens and never go back, so the group cannot be "
+            "led again; use a new group name"
+        ) from error
 
 
 class LockSession:
@@ -206,7 +224,8 @@ class LockSession:
         """
         args = ([self._group], instance_id, HOST, os.getpid(), self._config.ttl)
         try:
-            async with self._busy, refused_as_reserved():  # lock_timeout: set with the lock
+            # lock_timeout was set when the lock was granted.
+            async with self._busy, refused_as_reserved(), terms_must_fit([self._group]):
                 row = await self._prepared.take_office.fetchrow(*args)
                 if row is None:
                     await self._conn.execute(

@@ -53,11 +53,14 @@ class Statements:
     # Server-side keepalives and tcp_user_timeout: a vanished client's session
     # (and so its lock) dies in seconds instead of after the OS defaults. The
     # same round trip brings the server's facts for the connect checks.
+    # Also read committed, whatever the database's default: the protocol's
+    # statements wait for row locks where serializable would fail them.
     set_keepalives: str = """
         SELECT set_config('tcp_keepalives_idle', $1, false),
                set_config('tcp_keepalives_interval', $2, false),
                set_config('tcp_keepalives_count', $3, false),
                set_config('tcp_user_timeout', $4, false),
+               set_config('default_transaction_isolation', 'read committed', false),
                pg_is_in_recovery() AS in_recovery,
                pg_backend_pid() AS backend_pid
     """
@@ -342,6 +345,56 @@ class Statements:
             EXECUTE format('REVOKE CONNECT ON DATABASE %I FROM PUBLIC', current_database());
         END
         $$"""
+
+    # -- the shared timetable of leader-only jobs (migrations/0003_jobs.sql) --
+
+    # $1 group. What the previous leaders left: one row per job.
+    timetable: str = """
+        SELECT job_id, trigger, last_fire_at, next_fire_at
+          FROM {schema}.jobs WHERE group_name = $1
+    """
+
+    # $1 group, $2 term, $3 job ids, $4 trigger texts, $5 next fire times.
+    sync_jobs: str = "SELECT {schema}.sync_jobs($1, $2, $3, $4, $5)"
+
+    # $1 group, $2 term. Runs that no term finished: a fenced one may be claimed again.
+    open_ticks: str = """
+        SELECT job_id, scheduled_at, term, mode, attempt
+          FROM {schema}.job_runs
+         WHERE group_name = $1 AND term < $2 AND outcome IN ('running', 'interrupted')
+         ORDER BY scheduled_at
+    """
+
+    # $1 group, $2 term, $3 job, $4 fire time, $5 instance, $6 mode, $7 outcome, $8 next fire
+    # time. The attempt number, or NULL if the tick is taken.
+    claim_tick: str = "SELECT {schema}.claim_tick($1, $2, $3, $4, $5, $6, $7, $8)"
+
+    # $1 group, $2 term, $3 job, $4 fire time, $5 outcome, $6 duration in seconds.
+    finish_tick: str = "SELECT {schema}.finish_tick($1, $2, $3, $4, $5, $6)"
+
+    # $1 group, $2 term, $3 the job ids whose open fenced ticks run again.
+    abandon_ticks: str = "SELECT {schema}.abandon_ticks($1, $2, $3)"
+
+    # $1 group or NULL for all. Each job with its latest claimed tick.
+    jobs: str = """
+        SELECT j.group_name, j.job_id, j.trigger, j.last_fire_at, j.next_fire_at,
+               r.scheduled_at AS last_scheduled_at, r.term AS last_term,
+               r.instance_id AS last_instance_id, r.outcome AS last_outcome,
+               r.duration_s AS last_duration_s, r.attempt AS last_attempt
+          FROM {schema}.jobs AS j
+          LEFT JOIN LATERAL (
+              SELECT scheduled_at, term, instance_id, outcome, duration_s, attempt
+                FROM {schema}.job_runs AS r
+               WHERE r.group_name = j.group_name AND r.job_id = j.job_id
+               ORDER BY r.scheduled_at DESC
+               LIMIT 1
+          ) AS r ON true
+         WHERE $1::text IS NULL OR j.group_name = $1
+         ORDER BY j.group_name, j.job_id
+    """
+
+    # Runs are history, pruned with the events' retention.
+    prune_job_runs: str = "SELECT {schema}.prune_job_runs($1)"
 
     # -- switchover (migration 0006) ------------------------------------------
 

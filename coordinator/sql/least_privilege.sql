@@ -62,6 +62,17 @@ GRANT EXECUTE ON FUNCTION
     coordinator.assert_term(text, bigint)
 TO coordinator_app;
 
+-- Leader-only jobs: the shared timetable is read directly and written only
+-- through its functions, which check the term first (migrations/0003_jobs.sql).
+GRANT SELECT ON coordinator.jobs, coordinator.job_runs TO coordinator_app;
+GRANT EXECUTE ON FUNCTION
+    coordinator.sync_jobs(text, bigint, text[], text[], timestamptz[]),
+    coordinator.claim_tick(text, bigint, text, timestamptz, text, text, text, timestamptz),
+    coordinator.finish_tick(text, bigint, text, timestamptz, text, float8),
+    coordinator.abandon_ticks(text, bigint, text[]),
+    coordinator.prune_job_runs(float8)
+TO coordinator_app;
+
 -- Switchover (`coordinator resign`): whoever may run instances may ask a
 -- leader to hand over; the function checks the group, its live leader and
 -- the target. To keep hand-overs to operators, revoke it from this role
