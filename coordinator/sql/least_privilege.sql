@@ -53,6 +53,7 @@ GRANT EXECUTE ON FUNCTION
     coordinator.leader_heartbeat(text, integer, text[], bigint[]),
     coordinator.member_heartbeat(text[], text, text, integer),
     coordinator.resign(text, text, bigint, text),
+    coordinator.resign_and_unlock(text, text, bigint, text, integer, integer),
     coordinator.record_lost(text, text, bigint, text),
     coordinator.fence_stale_leaders(text),
     coordinator.prune_events(float8),
