@@ -153,9 +153,8 @@ def _new_term(trial: Trial) -> int | None:
 
 
 _HANDED_OVER: list[tuple[str, Point]] = [
-    ("the next leader's lock wait answered (granted)", _report("new", "query", "lock_wait")),
     ("take office commit recorded", _committed("elected", _new_term)),
-    ("the next leader's take office answered", _report("new", "query", "take_office")),
+    ("the next leader's lock wait and take office answered", _report("new", "query", "campaign")),
     ("the next leader's on_elected runs", _report("new", "elected")),
 ]
 _POINTS: dict[Fault, list[tuple[str, Point]]] = {

@@ -23,7 +23,7 @@ from typing import Protocol
 from coordinator._config import CoordinatorConfig
 from coordinator._describe import describe_error
 from coordinator._logging import get_logger
-from coordinator._session import LockSession, Reserved
+from coordinator._session import HeldOff, LockSession, Reserved
 from coordinator._signals import HeartbeatDone
 from coordinator._sql import Statements
 from coordinator._term import DemotionReason, Term
@@ -142,25 +142,59 @@ class BlockingCampaign:
         never comes (the reservation then expires, one ttl after the hand-over).
         """
         while True:
-            await session.wait_for_lock()
             try:
-                return await self._take_office(session)
+                term = await self._campaign_once(session)
             except Reserved as reserved:
                 await session.unlock()
                 self._log.info("switchover_standing_aside", reason=str(reserved))
                 await asyncio.sleep(self._config.poll_interval)
+                continue
+            if term is not None:
+                return await self._confirmed(session, term)
+
+    async def _campaign_once(self, session: LockSession) -> Term | None:
+        """One bounded wait for the lock; the term, if it was granted and won.
+
+        The wait and taking office are one statement, so the term is trusted
+        from the moment it was sent (``lock_wait`` bounds how long ago that is).
+        """
+        started = time.monotonic()
+        try:
+            number = await session.campaign(self._config.instance_id)
+        except HeldOff:
+            self._log_held_off()
+            return await self._take_office(session)
+        return None if number is None else Term(number, started, self._config.trust_window)
 
     async def _take_office(self, session: LockSession) -> Term:
+        """Holding the lock, take office until a term is issued."""
         while True:
             started = time.monotonic()
             number = await session.take_office(self._config.instance_id)
             if number is not None:
                 return Term(number, started, self._config.trust_window)
-            self._log.warning(
-                "take_office_waiting",
-                reason="fenced transactions of the previous term are still open",
-                waited_s=self._config.office_wait,
-            )
+            self._log_held_off()
+
+    def _log_held_off(self) -> None:
+        self._log.warning(
+            "take_office_waiting",
+            reason="fenced transactions of the previous term are still open",
+            waited_s=self._config.office_wait,
+        )
+
+    async def _confirmed(self, session: LockSession, term: Term) -> Term:
+        """``term``, confirmed by one heartbeat now if its trust would not last
+        until the heartbeat job's next beat (a term that waited long for
+        fenced transactions)."""
+        cycle = self._config.heartbeat_interval + self._config.heartbeat_timeout
+        if term.trusted_until - time.monotonic() >= cycle:
+            return term
+        started = time.monotonic()
+        if await session.heartbeat(self._config.instance_id, term.number):
+            term.extend(started)
+        else:
+            term.end(DemotionReason.LOCK_LOST)
+        return term
 
     async def heartbeat(self) -> HeartbeatDone | None:
         term, session = self._term, self._session

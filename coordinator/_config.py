@@ -234,6 +234,19 @@ class CoordinatorConfig:
         return min(self.take_office_timeout, self.trust_window / 2)
 
     @property
+    def lock_wait(self) -> float:
+        """How long one blocking wait for a group's lock lasts before it is sent again.
+
+        A wait and taking office are one statement (``Statements.campaign``),
+        so a term won at the end of a wait is trusted from the wait's start:
+        half the room between the trust window and a heartbeat cycle, at most
+        2 s, leaves every new term time for its first heartbeat. Short waits
+        also keep a follower's snapshot from holding vacuum back.
+        """
+        room = self.trust_window - self.heartbeat_interval - self.heartbeat_timeout
+        return max(0.001, min(2.0, room / 2))
+
+    @property
     def resign_timeout(self) -> float:
         """How long a resignation may take: one statement, plus its wait for fenced transactions."""
         return self.heartbeat_timeout + self.office_wait

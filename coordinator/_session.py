@@ -24,6 +24,7 @@ from coordinator._sql import Statements
 from coordinator._term import DemotionReason, Term
 
 __all__ = [
+    "HeldOff",
     "LockSession",
     "Reserved",
     "log_ended_transactions",
@@ -44,6 +45,11 @@ class Reserved(Exception):
     """A switchover reserves the group for another member: unlock and wait again."""
 
 
+class HeldOff(Exception):
+    """The lock was granted, but fenced transactions of the old term held the term off
+    past ``office_wait``: the lock is the session's; take office again."""
+
+
 @contextlib.asynccontextmanager
 async def refused_as_reserved() -> AsyncIterator[None]:
     """Raise take_office's refusal (SQLSTATE LT003) as :class:`Reserved`."""
@@ -57,6 +63,7 @@ async def refused_as_reserved() -> AsyncIterator[None]:
 
 @dataclass(frozen=True)
 class _Prepared:
+    campaign: asyncpg.prepared_stmt.PreparedStatement
     take_office: asyncpg.prepared_stmt.PreparedStatement
     heartbeat: asyncpg.prepared_stmt.PreparedStatement
     resign_and_unlock: asyncpg.prepared_stmt.PreparedStatement
@@ -150,7 +157,6 @@ class LockSession:
         self._group = group
         self._lock = (config.lock_namespace, lock_key)
         self._busy = asyncio.Lock()
-        self._lock_timeout = f"{int(config.office_wait * 1000)}ms"
 
     @classmethod
     async def open(
@@ -163,10 +169,11 @@ class LockSession:
     ) -> LockSession:
         conn = await connect(config.connection)
         try:
-            await conn.execute(sql.no_statement_timeout)
+            await conn.execute(sql.lock_session_setup, f"{int(config.office_wait * 1000)}ms")
             # Parsed and planned now, while following, so that taking office
             # after a crash, and handing over later, cost execution only.
             prepared = _Prepared(
+                campaign=await conn.prepare(sql.campaign),
                 take_office=await conn.prepare(sql.take_office),
                 heartbeat=await conn.prepare(sql.leader_heartbeat),
                 resign_and_unlock=await conn.prepare(sql.resign_and_unlock),
@@ -189,19 +196,39 @@ class LockSession:
     def is_closed(self) -> bool:
         return bool(self._conn.is_closed())
 
-    async def wait_for_lock(self) -> None:
-        """Block in ``pg_advisory_lock`` until granted.
+    async def campaign(self, instance_id: str) -> int | None:
+        """Wait up to ``lock_wait`` for the lock and, once granted, take office
+        in the same statement; return the term, or None if the lock was not
+        granted in time (nothing was written: call again).
+
+        Raises :class:`HeldOff` when the lock was granted but no term issued,
+        and :class:`Reserved` while a switchover reserves the group for
+        another member; either way the lock is this session's. A group
+        without a leader row (a server that lost recent commits) is
+        registered again, and None returned.
 
         A cancelled wait races with the grant: the server may have granted the
         lock just before the cancel arrived. After a cancellation we look in
         ``pg_locks`` and release a lock that was granted anyway, so that a
         stopping follower never leaves a held lock behind.
         """
+        wait_ms = max(1, int(self._config.lock_wait * 1000))
+        args = (self._group, instance_id, HOST, os.getpid(), self._config.ttl, wait_ms)
         try:
-            await self._conn.execute(self._sql.wait_for_lock, *self._lock, self._lock_timeout)
+            async with refused_as_reserved(), terms_must_fit([self._group]):
+                row = await self._prepared.campaign.fetchrow(*args)
         except asyncio.CancelledError:
             await asyncio.shield(self._release_if_granted())
             raise
+        except asyncpg.LockNotAvailableError:
+            raise HeldOff from None
+        if row is None:
+            return None
+        if row["term"] is None:
+            await self._register_again()
+            return None
+        log_ended_transactions(self._group, row)
+        return int(row["term"])
 
     async def _release_if_granted(self) -> None:
         try:
@@ -224,18 +251,11 @@ class LockSession:
         """
         args = ([self._group], instance_id, HOST, os.getpid(), self._config.ttl)
         try:
-            # lock_timeout was set when the lock was granted.
+            # The session's lock_timeout is office_wait.
             async with self._busy, refused_as_reserved(), terms_must_fit([self._group]):
                 row = await self._prepared.take_office.fetchrow(*args)
                 if row is None:
-                    await self._conn.execute(
-                        self._sql.register_groups,
-                        [self._group],
-                        [self._lock[1]],
-                        self._lock[0],
-                        self._config.ttl,
-                    )
-                    log.warning("group_registered_again", group=self._group)
+                    await self._register_again()
                     row = await self._prepared.take_office.fetchrow(*args)
         except asyncpg.LockNotAvailableError:
             return None
@@ -243,6 +263,14 @@ class LockSession:
             raise RuntimeError(f"group {self._group!r} has no leader row and cannot get one")
         log_ended_transactions(self._group, row)
         return int(row["term"])
+
+    async def _register_again(self) -> None:
+        """The group's leader row is gone (a server that lost recent commits): make it again."""
+        namespace, key = self._lock
+        await self._conn.execute(
+            self._sql.register_groups, [self._group], [key], namespace, self._config.ttl
+        )
+        log.warning("group_registered_again", group=self._group)
 
     async def unlock(self) -> None:
         """Give the lock back without taking office (a switchover reserves the group)."""
@@ -265,7 +293,7 @@ class LockSession:
         """
         try:
             async with asyncio.timeout(self._config.resign_timeout), self._busy:
-                # The lock_timeout set when the lock was granted bounds the statement.
+                # The session's lock_timeout bounds the statement.
                 await resign_and_unlock(
                     self._conn,
                     self._sql,

@@ -92,20 +92,28 @@ class Statements:
     # A lock session's waits are bounded by the coordinator, never by a
     # server-wide default: a statement timeout would cut a follower's wait.
     # (It has to be set before the waiting statement starts: its timer is
-    # armed when a statement begins.)
-    no_statement_timeout: str = "SELECT set_config('statement_timeout', '0', false)"
+    # armed when a statement begins.) The session's lock_timeout, $1, bounds
+    # how long taking office and resigning wait for fenced transactions, in
+    # single-statement transactions: the fewest round trips after a grant.
+    # A waiting backend whose client died leaves the lock queue within a
+    # quarter second (PostgreSQL 14 and later check the socket while a
+    # statement runs): it can no longer be granted the lock, and take office,
+    # for a process that is gone.
+    lock_session_setup: str = """
+        SELECT set_config('statement_timeout', '0', false), set_config('lock_timeout', $1, false),
+               set_config('client_connection_check_interval', '250ms', false)
+    """
 
-    # Blocks until granted: the wake-up on the holder's death is what makes
-    # crash failover take milliseconds. Nested so that they run in order:
-    # no lock_timeout may cut the wait short; once the lock is granted, the
-    # session's lock_timeout becomes $3, which bounds how long taking office
-    # and resigning wait for fenced transactions, in single-statement
-    # transactions: the fewest round trips after a grant.
-    wait_for_lock: str = """
-        SELECT set_config('lock_timeout', $3, false)
-          FROM (SELECT pg_advisory_lock($1, $2)
-                  FROM (SELECT set_config('lock_timeout', '0', false) OFFSET 0) AS unbounded
-                OFFSET 0) AS granted
+    # A blocking follower's wait and the new leader's take office, in one
+    # statement (migrations/0007_faster_handover.sql): no round trip lies
+    # between the grant and the term. $1 group, $2 instance, $3 host, $4 pid,
+    # $5 ttl, $6 how long to wait (ms). No row: not granted within $6, and
+    # nothing written; the follower sends it again. A row without a term:
+    # the group has no leader row (register it again). Otherwise
+    # take_office's answer.
+    campaign: str = """
+        SELECT group_name, term, acquired_at, ended_backends
+          FROM {schema}.campaign($1, $2, $3, $4, $5, $6)
     """
 
     unlock: str = "SELECT pg_advisory_unlock($1, $2)"

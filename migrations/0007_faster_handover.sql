@@ -8,6 +8,12 @@
 -- names everything with pg_catalog, for a caller that reaches it with a
 -- search path of its own.
 --
+-- take_office() is its ownership check and start_terms(), which does the
+-- rest (a switchover's reservation, the row lock, the term, heartbeat and
+-- event) and is called only by owner functions: campaign() below has just
+-- been granted the lock itself and needs no second look at pg_locks. The
+-- switchover check builds its message only when a reservation exists.
+--
 -- resign_and_unlock(group, instance, term, reason, namespace, key) is the
 -- graceful hand-over's one statement. It checks the lock and takes the
 -- leader row, releases the advisory lock, and only then writes the
@@ -19,10 +25,25 @@
 -- resign() and resign_and_unlock() share record_resignation(), which checks
 -- nothing and is called only by them.
 --
+-- campaign(group, instance, host, pid, ttl, wait_ms) is a blocking
+-- follower's wait and a new leader's take office in one statement: it waits
+-- up to wait_ms for the group's advisory lock (the key stored in its leader
+-- row) and, once granted, takes office as take_office() does (the same
+-- answer, and every check but the look in pg_locks), so no round trip to
+-- the client lies between the grant and the term. Not granted in time, it
+-- returns no row and writes nothing, and the follower sends it again: a wait
+-- is a statement, and a statement holds the backend's snapshot (and so the
+-- database's xmin horizon) while it runs, so bounded waits keep a long-lived
+-- follower from holding vacuum back. A group without a leader row (a server
+-- that lost recent commits) gets a row without a term, and no lock. Once
+-- granted, the lock stays with the session whatever happens next: a caller
+-- whose take office failed (fenced transactions held it off, a switchover
+-- reserves the group) still holds it, and unlocks or takes office again.
+--
 -- Rolling upgrade from version 6: the previous release resigns through
--- resign() and its own statement, both unchanged in effect. Re-run
--- `coordinator grant` after the rollout: the runtime role needs EXECUTE on
--- resign_and_unlock.
+-- resign() and its own statement, and waits in pg_advisory_lock, both
+-- unchanged in effect. Run `coordinator grant` before the rollout: the
+-- runtime role needs EXECUTE on resign_and_unlock and campaign.
 
 CREATE OR REPLACE FUNCTION coordinator.my_locks()
 RETURNS TABLE (lock_namespace oid, lock_key oid)
@@ -35,6 +56,123 @@ AS $$
        AND k.pid = pg_catalog.pg_backend_pid()
        AND k.database = (SELECT d.oid FROM pg_catalog.pg_database AS d
                           WHERE d.datname = pg_catalog.current_database())
+$$;
+
+-- take_office's work once the lock is known to be the caller's.
+CREATE FUNCTION coordinator.start_terms(
+    group_names text[], instance_id text, host text, pid integer, ttl_s float8)
+RETURNS TABLE (group_name text, term bigint, acquired_at timestamptz, ended_backends integer[])
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+    reserved text;
+    first_term bigint := coordinator.timeline_first_term();
+    ended integer[] := '{}';
+BEGIN
+    -- A switchover in progress reserves the group for its target (or, without
+    -- a target, for anyone but the leader that hands over) until it expires.
+    IF EXISTS (SELECT 1 FROM coordinator.switchovers AS s
+                WHERE s.group_name = ANY(start_terms.group_names)
+                  AND s.expires_at > clock_timestamp()) THEN
+        SELECT string_agg(format('%s (for %s)', s.group_name,
+                                 coalesce(quote_literal(s.target),
+                                          'anyone but ' || quote_literal(s.from_instance))),
+                          ', ' ORDER BY s.group_name)
+          INTO reserved
+          FROM coordinator.switchovers AS s
+         WHERE s.group_name = ANY(start_terms.group_names)
+           AND s.expires_at > clock_timestamp()
+           AND CASE WHEN s.target IS NULL THEN s.from_instance = start_terms.instance_id
+                    ELSE s.target <> start_terms.instance_id END;
+        IF reserved IS NOT NULL THEN
+            RAISE EXCEPTION 'a switchover reserves group(s) %', reserved
+                  USING ERRCODE = 'LT003',
+                        HINT = 'unlock and wait: the switchover''s target takes office, or the '
+                               'reservation expires one ttl after the hand-over';
+        END IF;
+    END IF;
+    -- A term handed out must survive a crash: never commit it asynchronously.
+    IF current_setting('synchronous_commit') IN ('off', 'local', 'remote_write') THEN
+        PERFORM set_config('synchronous_commit', 'on', true);
+    END IF;
+    BEGIN
+        PERFORM 1 FROM coordinator.leaders AS l
+         WHERE l.group_name = ANY(start_terms.group_names)
+         ORDER BY l.group_name
+           FOR NO KEY UPDATE;
+    EXCEPTION WHEN lock_not_available THEN
+        ended := coordinator.end_fenced_transactions(start_terms.group_names,
+                                                     start_terms.instance_id);
+        IF cardinality(ended) = 0 THEN
+            RAISE;
+        END IF;
+        PERFORM 1 FROM coordinator.leaders AS l
+         WHERE l.group_name = ANY(start_terms.group_names)
+         ORDER BY l.group_name
+           FOR NO KEY UPDATE;
+    END;
+    -- Times are clock_timestamp(): the row lock may have been waited for, and
+    -- the first heartbeat must not be born old.
+    RETURN QUERY
+    WITH office AS (
+        UPDATE coordinator.leaders AS l
+           SET term = greatest(l.term + 1, first_term), holder = start_terms.instance_id,
+               holder_host = start_terms.host, holder_pid = start_terms.pid,
+               backend_pid = pg_backend_pid(), acquired_at = clock_timestamp(),
+               ttl = make_interval(secs => start_terms.ttl_s)
+         WHERE l.group_name = ANY(start_terms.group_names)
+        RETURNING l.group_name, l.term, l.acquired_at
+    ), handed_over AS (
+        DELETE FROM coordinator.switchovers AS s
+         WHERE s.group_name IN (SELECT office.group_name FROM office)
+    ), beat AS (
+        INSERT INTO coordinator.heartbeats AS h
+               (group_name, instance_id, role, term, host, pid, backend_pid, heartbeat_at)
+        SELECT office.group_name, start_terms.instance_id, 'leader', office.term,
+               start_terms.host, start_terms.pid, pg_backend_pid(), office.acquired_at
+          FROM office
+        ON CONFLICT (group_name, instance_id) DO UPDATE
+           SET role = 'leader', term = excluded.term, host = excluded.host,
+               pid = excluded.pid, backend_pid = excluded.backend_pid,
+               heartbeat_at = excluded.heartbeat_at
+    )
+    SELECT office.group_name, office.term, office.acquired_at, ended
+      FROM office, LATERAL coordinator.record_event(office.group_name, 'elected', office.term,
+                                                    start_terms.instance_id, NULL) AS recorded;
+END
+$$;
+
+-- take_office as in version 6: a term only for the backend that holds the lock.
+CREATE OR REPLACE FUNCTION coordinator.take_office(
+    group_names text[], instance_id text, host text, pid integer, ttl_s float8)
+RETURNS TABLE (group_name text, term bigint, acquired_at timestamptz, ended_backends integer[])
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    refused text[];
+BEGIN
+    SELECT array_agg(g.name ORDER BY g.name) INTO refused
+      FROM unnest(take_office.group_names) AS g(name)
+     WHERE NOT EXISTS (
+           SELECT 1 FROM coordinator.leaders AS l
+             JOIN coordinator.my_locks() AS m
+               ON m.lock_namespace = l.lock_namespace::oid AND m.lock_key = l.lock_key::oid
+            WHERE l.group_name = g.name);
+    IF refused IS NOT NULL THEN
+        RAISE EXCEPTION 'this session does not hold the advisory lock of group(s) %',
+                        array_to_string(refused, ', ')
+              USING ERRCODE = 'LT002',
+                    HINT = 'a term is issued only to the backend that holds the group''s lock: '
+                           'take office after pg_advisory_lock(namespace, key) is granted';
+    END IF;
+    RETURN QUERY SELECT * FROM coordinator.start_terms(take_office.group_names,
+                                                       take_office.instance_id, take_office.host,
+                                                       take_office.pid, take_office.ttl_s);
+END
 $$;
 
 -- What a resignation writes: the holder cleared, a fresh switchover's last
@@ -131,10 +269,51 @@ BEGIN
 END
 $$;
 
+CREATE FUNCTION coordinator.campaign(
+    for_group text, instance_id text, host text, pid integer, ttl_s float8, wait_ms integer)
+RETURNS TABLE (group_name text, term bigint, acquired_at timestamptz, ended_backends integer[])
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    office_wait text := current_setting('lock_timeout');
+    group_lock record;
+BEGIN
+    SELECT l.lock_namespace, l.lock_key INTO group_lock
+      FROM coordinator.leaders AS l WHERE l.group_name = campaign.for_group;
+    IF NOT FOUND THEN
+        -- No leader row (a server that lost recent commits): no lock to wait
+        -- for. A row without a term says so; nothing was locked or written.
+        group_name := campaign.for_group;
+        RETURN NEXT;
+        RETURN;
+    END IF;
+    PERFORM set_config('lock_timeout', campaign.wait_ms || 'ms', true);
+    BEGIN
+        PERFORM pg_advisory_lock(group_lock.lock_namespace, group_lock.lock_key);
+    EXCEPTION WHEN lock_not_available THEN
+        RETURN;
+    END;
+    PERFORM set_config('lock_timeout', office_wait, true);
+    -- The group's lock was granted just now, to this backend: no need to look
+    -- it up again.
+    RETURN QUERY SELECT * FROM coordinator.start_terms(ARRAY[campaign.for_group],
+                                                       campaign.instance_id, campaign.host,
+                                                       campaign.pid, campaign.ttl_s);
+END
+$$;
+
 REVOKE ALL ON FUNCTION
+    coordinator.start_terms(text[], text, text, integer, float8),
     coordinator.record_resignation(text, text, bigint, text),
-    coordinator.resign_and_unlock(text, text, bigint, text, integer, integer)
+    coordinator.resign_and_unlock(text, text, bigint, text, integer, integer),
+    coordinator.campaign(text, text, text, integer, float8, integer)
 FROM PUBLIC;
+
+COMMENT ON FUNCTION coordinator.campaign(text, text, text, integer, float8, integer) IS
+    'Wait up to wait_ms for the group''s advisory lock and take office once granted '
+    '(no row: not granted in time, nothing written).';
 
 COMMENT ON FUNCTION coordinator.resign_and_unlock(text, text, bigint, text, integer, integer) IS
     'Resign the term and release the group''s advisory lock in one statement: the lock is '

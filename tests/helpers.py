@@ -125,6 +125,18 @@ async def lock_waiters(dsn: str) -> int:
         )
 
 
+async def waiting_backends(dsn: str) -> set[int]:
+    """The backends of blocking followers: their last statement is a lock wait, and they
+    hold no advisory lock (a new leader's last statement may be its winning wait)."""
+    async with connected(dsn) as conn:
+        rows = await conn.fetch(
+            "SELECT pid FROM pg_stat_activity WHERE query LIKE '%.campaign(%' "
+            "AND pid <> pg_backend_pid() AND pid NOT IN "
+            "(SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted)"
+        )
+    return {row["pid"] for row in rows}
+
+
 async def followers_ready(dsn: str, wait: str, count: int = 1) -> bool:
     """Whether ``count`` followers are ready to take over at once.
 

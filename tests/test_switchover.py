@@ -31,12 +31,22 @@ from helpers import (
     leader_row,
     wait_args,
     wait_until,
+    waiting_backends,
 )
 
 pytestmark = pytest.mark.core
 
 GROUP = "scheduler"
 WAIT = 15.0
+
+
+async def gone(dsn: str, backends: set[int]) -> bool:
+    """Whether none of ``backends`` is still connected."""
+    async with connected(dsn) as conn:
+        left = await conn.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE pid = ANY($1::int[])", list(backends)
+        )
+    return int(left) == 0
 
 
 async def resign_cli(*args: str) -> tuple[int, str, str]:
@@ -203,6 +213,8 @@ async def test_a_dead_target_holds_the_group_back_for_one_ttl_at_most(
         assert await a.group(GROUP).wait_elected(WAIT) == 1
         c = spawn(dsn, [GROUP], instance_id="c", extra_args=wait_args(wait), **FAST)
         await asyncio.to_thread(c.wait_for, "coordinator_started", WAIT)
+        await wait_until(lambda: followers_ready(dsn, wait, 1), WAIT, what="c")
+        c_backends = await waiting_backends(dsn)
         async with b:
             await wait_until(lambda: followers_ready(dsn, wait, 2), WAIT, what="b and c")
             request = asyncio.create_task(request_switchover(dsn, GROUP, to="c", timeout=WAIT))
@@ -210,6 +222,10 @@ async def test_a_dead_target_holds_the_group_back_for_one_ttl_at_most(
                 await draining.wait()
             c.kill()
             await asyncio.to_thread(c.wait_exit, WAIT)
+            # Its backend leaves the lock queue once the server sees the client gone.
+            await wait_until(
+                lambda: gone(dsn, c_backends), WAIT, what="the dead target's backend to leave"
+            )
             go_on.set()
             # Once the reservation ends, whoever of the live ones comes first leads.
             with pytest.raises(

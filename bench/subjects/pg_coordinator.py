@@ -7,11 +7,13 @@ Settings not given on the command line are the library's defaults.
 
 ``--trace`` adds what :mod:`bench.trace` needs to say where a hand-over's
 time goes, without touching the library: a ``sigterm`` report from the
-signal handler, and a ``query`` report for each lock wait, take-office,
-resign (which unlocks too) and unlock statement as the client sees it
-answered (with its ``elapsed``, so its start is known too): from asyncpg's
-query logger, or, for the prepared statements that bypass it, from a
-wrapper around ``PreparedStatement.fetchrow``. Query loggers run on the
+signal handler, and a ``query`` report for each granted lock wait (which
+takes office too), take-office, resign (which unlocks too) and unlock
+statement as the client sees it answered (with its ``elapsed``, so its
+start is known too): from asyncpg's query logger, or, for the prepared
+statements that bypass it, from a wrapper around
+``PreparedStatement.fetchrow`` (which leaves out answers without a row: a
+lock wait that ran out and is sent again). Query loggers run on the
 event loop's next turn after the answer, so those reports are late by the
 synchronous work that follows an answer: microseconds.
 """
@@ -33,10 +35,10 @@ from coordinator._logging import configure_logging
 
 #: The statements a hand-over trace reports, by a fragment of their text.
 _TRACED = {
+    "campaign": ".campaign(",
     "take_office": ".take_office(",
-    "resign": ".resign(",
+    "resign": ".resign",
     "unlock": "pg_advisory_unlock(",
-    "lock_wait": "pg_advisory_lock(",
 }
 
 
@@ -100,7 +102,8 @@ def _trace_queries() -> None:
     async def fetchrow_traced(self: PreparedStatement, *args: Any, **kwargs: Any) -> Any:
         sent = now()
         row = await fetchrow(self, *args, **kwargs)
-        _report(self.get_query(), now() - sent)
+        if row is not None:
+            _report(self.get_query(), now() - sent)
         return row
 
     PreparedStatement.fetchrow = fetchrow_traced  # type: ignore[method-assign]

@@ -50,6 +50,7 @@ GRANT SELECT ON coordinator.schema_migrations, coordinator.leaders, coordinator.
 GRANT EXECUTE ON FUNCTION
     coordinator.register_groups(text[], integer[], integer, float8),
     coordinator.take_office(text[], text, text, integer, float8),
+    coordinator.campaign(text, text, text, integer, float8, integer),
     coordinator.leader_heartbeat(text, integer, text[], bigint[]),
     coordinator.member_heartbeat(text[], text, text, integer),
     coordinator.resign(text, text, bigint, text),
