@@ -242,7 +242,13 @@ class Statements:
     # Members that stopped heartbeating long ago (crashed, never came back).
     prune_members: str = "SELECT {schema}.prune_members($1)"
 
-    leave_groups: str = "SELECT {schema}.leave_groups($1)"
+    # Committed asynchronously: a stopping instance's last write must not
+    # take a WAL flush from the next leader's term (rows that a crash loses
+    # expire anyway).
+    leave_groups: str = """
+        SELECT {schema}.leave_groups($1)
+          FROM (SELECT set_config('synchronous_commit', 'off', true) OFFSET 0) AS async
+    """
 
     leader_status: str = """
         SELECT group_name, leader, holder, term, acquired_at, heartbeat_at, heartbeat_age_s,
