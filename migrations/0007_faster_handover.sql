@@ -15,8 +15,9 @@
 -- switchover check builds its message only when a reservation exists.
 --
 -- resign_and_unlock(group, instance, term, reason, namespace, key) is the
--- graceful hand-over's one statement. It checks the lock and takes the
--- leader row, releases the advisory lock, and only then writes the
+-- graceful hand-over's one statement. It takes the leader row if it names
+-- the calling backend as the one that took office for that term, releases
+-- the advisory lock, and only then writes the
 -- resignation: the next waiter is granted the lock while the resignation is
 -- being written, and its take_office waits for the leader row until the
 -- resignation commits, so the history still reads "resigned" before
@@ -251,12 +252,14 @@ AS $$
 DECLARE
     ours boolean;
 BEGIN
+    -- The backend that took office for this term, and so holds the lock: a
+    -- session gives its lock up only by unlocking it or by ending. (No look
+    -- in pg_locks: this runs before the unlock, on the hand-over's path.)
     PERFORM 1 FROM coordinator.leaders AS l
-      JOIN coordinator.my_locks() AS m
-        ON m.lock_namespace = l.lock_namespace::oid AND m.lock_key = l.lock_key::oid
      WHERE l.group_name = resign_and_unlock.group_name
        AND l.holder = resign_and_unlock.instance_id AND l.term = resign_and_unlock.term
-       FOR NO KEY UPDATE OF l;
+       AND l.backend_pid = pg_backend_pid()
+       FOR NO KEY UPDATE;
     ours := FOUND;
     unlocked := pg_advisory_unlock(resign_and_unlock.lock_namespace, resign_and_unlock.lock_key);
     IF ours THEN

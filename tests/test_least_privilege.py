@@ -155,6 +155,8 @@ async def test_the_role_can_do_nothing_beyond_its_work(
             # The helpers of the owner's functions are not the role's to call.
             "SELECT coordinator.record_event('g', 'elected', 99, 'x', 'forged')",
             "SELECT coordinator.end_fenced_transactions('{scheduler}', 'x')",
+            "SELECT * FROM coordinator.start_terms('{scheduler}', 'x', 'h', 1, 5)",
+            "SELECT * FROM coordinator.record_resignation('scheduler', 'x', 1, 'forged')",
         ):
             with pytest.raises(asyncpg.InsufficientPrivilegeError):
                 await conn.execute(statement)
@@ -237,6 +239,18 @@ async def test_a_forged_term_is_refused_by_every_function(
         assert renewed == []
         resigned = await conn.fetch("SELECT * FROM coordinator.resign($1, 'a', 1, 'forged')", GROUP)
         assert resigned == []
+        resigned = await conn.fetchrow(
+            "SELECT * FROM coordinator.resign_and_unlock($1, 'a', 1, 'forged', $2, $3)",
+            GROUP,
+            namespace,
+            key,
+        )
+        assert resigned["resigned_term"] is None
+        # The lock is the leader's: a wait runs out, and takes nothing.
+        waited = await conn.fetch(
+            "SELECT * FROM coordinator.campaign($1, 'forger', 'h', 1, 5, 50)", GROUP
+        )
+        assert waited == []
         lost = await conn.fetch(
             "SELECT * FROM coordinator.record_lost($1, 'a', 1, 'forged')", GROUP
         )
