@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-dev
 PG15   := /usr/lib/postgresql/15/bin
 
 .DEFAULT_GOAL := help
-.PHONY: help venv demo example test test-embedded test-pg15 chaos bench lint format clean
+.PHONY: help venv demo example test test-embedded test-pg15 chaos bench bench-handover lint format clean
 
 CHAOS_DURATION ?= 300
 CHAOS_ARGS ?=
@@ -52,6 +52,9 @@ bench: $(VENV)/.installed-bench ## failover, floor, trace, peers, overhead, scal
 	$(BIN)/python -m bench $(BENCH_ARGS)
 	$(BIN)/python -m bench.scale
 	$(BIN)/python -m bench.jobs
+
+bench-handover: $(VENV)/.installed-bench ## pg-coordinator's crash and graceful hand-over against pals's, interleaved, and the trace (about 5 min)
+	$(BIN)/python -m bench.handover $(BENCH_ARGS)
 
 lint: $(STAMP) ## ruff and strict mypy
 	$(BIN)/ruff check .
