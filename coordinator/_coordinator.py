@@ -99,7 +99,7 @@ class Coordinator:
         self._jobs = Jobs(scheduler)
         self._control = ControlConnection(config)
         self._lost = LostEvents(config, self._sql, self._control)
-        self._monitor = Monitor(config, self._sql, self._control, self._leads_any)
+        self._monitor = Monitor(config, self._sql, self._control, self._leads_any, self._polls)
         self._members: Members | None = None
         self._shared: SharedCampaign | None = None
         self._beating: list[Heartbeating] = []
@@ -194,7 +194,7 @@ class Coordinator:
             await check_schema(conn, self.config.schema, self._sql.schema_version)
             members = self._members = Members(self.config, self._sql, self._keys())
             await members.register(conn)
-            beat = await members.heartbeat(conn, self._following())
+            beat = None if self._polls() else await members.heartbeat(conn, self._following())
         except BaseException:
             await conn.close()
             raise
@@ -217,7 +217,7 @@ class Coordinator:
         )
 
     def _start_electors(self) -> None:
-        if self.config.polls(len(self._groups)):
+        if self._polls():
             shared = self._shared = SharedCampaign(self.config, self._sql, self._keys())
             self._beating = [shared]
             for name, elector in self._electors.items():
@@ -260,8 +260,11 @@ class Coordinator:
             self._last_heartbeat_job = time.monotonic()
 
     async def _member_heartbeat(self) -> HeartbeatDone | None:
+        """Blocking mode's followers, one row per group; in poll mode the session row does it."""
         members = self._members
         assert members is not None  # the jobs start after the groups are registered
+        if self._polls():
+            return None
         started = time.monotonic()
         try:
             return await self._control.run(lambda conn: members.heartbeat(conn, self._following()))
@@ -284,6 +287,9 @@ class Coordinator:
 
     def _keys(self) -> dict[str, int]:
         return {name: group.lock_key for name, group in self._groups.items()}
+
+    def _polls(self) -> bool:
+        return self.config.polls(len(self._groups))
 
     def _leads_any(self) -> bool:
         return any(group.is_leader for group in self._groups.values())

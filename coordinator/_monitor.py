@@ -8,6 +8,14 @@ marked vacant (``expired``). A lock held by a backend that is no
 coordinator's (a squatter: nobody can be elected while it holds it) is
 logged once and counted. Pruning old events and members is a leader's
 chore, done every few minutes by instances that lead something.
+
+In poll mode (thousands of groups) that scan runs on one instance only, the
+elected monitor: the one whose shared session is the oldest live one in the
+``sessions`` table. Every other instance runs a cheap statement over that
+table (one row per process) that terminates any session whose row is older
+than its ttl, so a frozen process is fenced whoever it is, the monitor
+included; then the next oldest session is the monitor. Two monitors at once
+(while the table changes) are harmless: fencing is guarded by the term.
 """
 
 from __future__ import annotations
@@ -40,11 +48,13 @@ class Monitor:
         sql: Statements,
         control: ControlConnection,
         leading: Callable[[], bool],
+        polls: Callable[[], bool],
     ) -> None:
         self._config = config
         self._sql = sql
         self._control = control
         self._leading = leading
+        self._polls = polls
         self._last_prune = 0.0
         self._warned_privilege = False
         #: Backends holding a group's lock that are no coordinator's, as last seen.
@@ -52,11 +62,23 @@ class Monitor:
         self._log = log.bind(instance_id=config.instance_id)
 
     async def run(self) -> list[Fenced]:
-        """Fence and vacate what is stale; prune when due. Returns what was dealt with."""
+        """Fence and vacate what is stale; prune when due. Returns what was dealt with.
+
+        In poll mode every instance fences stale sessions (one row per
+        process), and only the elected monitor (see :attr:`Statements.is_monitor`)
+        runs the per-group scan and the chores; in blocking mode, with few
+        groups, every instance runs them.
+        """
+        polls = self._polls()
         try:
-            rows = await self._control.run(
-                lambda conn: conn.fetch(self._sql.fence_stale_leaders, self._config.instance_id)
+            rows = await self._fetch(self._sql.fence_stale_sessions) if polls else []
+            elected = not polls or bool(
+                await self._control.run(
+                    lambda conn: conn.fetchval(self._sql.is_monitor, self._config.instance_id)
+                )
             )
+            if elected:
+                rows += await self._fetch(self._sql.fence_stale_leaders)
         except asyncpg.InsufficientPrivilegeError as error:
             self._warn_privilege(error)
             return []
@@ -66,19 +88,29 @@ class Monitor:
         for one in fenced:
             event = "leader_fenced" if one.kind == "fenced" else "leader_expired"
             self._log.warning(event, group=one.group, term=one.term, holder=one.holder)
+        if elected:
+            await self._chores(prune=polls or self._leading())
+        return fenced
+
+    async def _fetch(self, statement: str) -> list[asyncpg.Record]:
+        return list(
+            await self._control.run(lambda conn: conn.fetch(statement, self._config.instance_id))
+        )
+
+    async def _chores(self, *, prune: bool) -> None:
+        """Report squatters; prune the history and gone members every few minutes."""
         try:
             self._report_squatters(
                 await self._control.run(lambda conn: conn.fetch(self._sql.squatted_locks))
             )
         except Exception as error:  # noqa: BLE001 - the next run looks again
             self._log.warning("squatter_check_failed", error=describe_error(error))
-        if self._leading() and time.monotonic() - self._last_prune > _PRUNE_EVERY_S:
+        if prune and time.monotonic() - self._last_prune > _PRUNE_EVERY_S:
             try:
                 await self._control.run(self._prune)
                 self._last_prune = time.monotonic()
             except Exception as error:  # noqa: BLE001 - the next run prunes
                 self._log.warning("prune_failed", error=describe_error(error))
-        return fenced
 
     def _report_squatters(self, rows: list[asyncpg.Record]) -> None:
         """Log each backend that holds a group's lock without being a coordinator, once."""

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import math
 import os
@@ -67,6 +68,10 @@ class SharedCampaign:
         self._config = config
         self._sql = sql
         self._keys = dict(keys)  # group -> lock key
+        # Fair spreading counts the live sessions that run this same list.
+        listed = "\n".join(sorted(keys)).encode()
+        self._group_set = hashlib.md5(listed, usedforsecurity=False).hexdigest()
+        self._sessions_seen = 0
         self._by_key = {key: name for name, key in keys.items()}
         self._conn: asyncpg.Connection | None = None
         self._busy = asyncio.Lock()
@@ -136,22 +141,16 @@ class SharedCampaign:
             self._conn.terminate()
 
     async def heartbeat(self) -> HeartbeatDone | None:
-        """One statement for every group this process leads."""
+        """One statement, on the session's one row, for every group led and followed."""
         conn = self._conn
-        held = {group: term for group, term in self._held.items() if term.ended is None}
-        if conn is None or not held:
+        if conn is None or conn.is_closed():
             return None
+        held = {group: term for group, term in self._held.items() if term.ended is None}
         started = time.monotonic()
-        groups = tuple(held)
+        groups = (*held, *(group for group in self._waiting if group not in held))
         try:
             async with asyncio.timeout(self._config.heartbeat_timeout), self._busy:
-                rows = await conn.fetch(
-                    self._sql.leader_heartbeat,
-                    self._config.instance_id,
-                    self._config.lock_namespace,
-                    list(groups),
-                    [term.number for term in held.values()],
-                )
+                rows = await self._beat(conn, held)
         except Exception as error:  # noqa: BLE001 - the trust deadline deals with failures
             self._log.warning("heartbeat_failed", groups=len(held), error=describe_error(error))
             return HeartbeatDone(groups, time.monotonic() - started, ok=False, batch=True)
@@ -162,6 +161,23 @@ class SharedCampaign:
             else:
                 term.end(DemotionReason.LOCK_LOST)
         return HeartbeatDone(groups, time.monotonic() - started, ok=True, batch=True)
+
+    async def _beat(
+        self, conn: asyncpg.Connection, held: Mapping[str, Term]
+    ) -> list[asyncpg.Record]:
+        return list(
+            await conn.fetch(
+                self._sql.session_heartbeat,
+                self._config.instance_id,
+                HOST,
+                os.getpid(),
+                len(self._keys),
+                self._group_set,
+                self._config.ttl,
+                list(held),
+                [term.number for term in held.values()],
+            )
+        )
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -175,6 +191,9 @@ class SharedCampaign:
         if self._task is not None:
             await self._task
         if self._conn is not None:
+            with contextlib.suppress(Exception):  # a session row left behind goes stale
+                async with asyncio.timeout(self._config.heartbeat_timeout):
+                    await self._conn.execute(self._sql.close_session, self._config.instance_id)
             try:
                 await self._conn.close(timeout=self._config.heartbeat_timeout)
             except Exception:  # noqa: BLE001 - closing still has to free the socket
@@ -226,6 +245,7 @@ class SharedCampaign:
         try:
             await conn.execute(self._sql.set_session_lock_timeout, self._lock_timeout)
             await conn.add_listener(notify_channel(self._config.schema), self._notified)
+            await self._beat(conn, {})  # counted as a member before the first poll
         except BaseException:
             conn.terminate()
             raise
@@ -258,22 +278,22 @@ class SharedCampaign:
     async def _poll(self) -> None:
         conn = self._conn
         assert conn is not None
+        budget = len(self._keys)
+        if self._config.fair_spread:
+            budget = await self._fair_budget(conn)
+            if budget <= 0:
+                return  # at rest: nothing else to do, not even to list the candidates
         now = time.monotonic()
         candidates = [
             name
             for name in self._waiting
             if name not in self._held and self._cooldown.get(name, 0.0) <= now
         ]
+        if not candidates:
+            return
         # In random order, so that instances polling together do not all
         # contend for the same groups first.
         random.shuffle(candidates)
-        budget = len(candidates)
-        if self._config.fair_spread:
-            share = await self._fair_share(conn)
-            self._shed_surplus(share)
-            budget = min(budget, share - len(self._held))
-        if budget <= 0:
-            return
         keys = [self._keys[name] for name in candidates]
         async with self._busy:
             rows = await conn.fetch(self._sql.try_locks, self._config.lock_namespace, keys, budget)
@@ -329,12 +349,21 @@ class SharedCampaign:
             log_ended_transactions(row["group_name"], row)
         return [(row["group_name"], row["term"]) for row in rows]
 
-    async def _fair_share(self, conn: asyncpg.Connection) -> int:
+    async def _fair_budget(self, conn: asyncpg.Connection) -> int:
+        """How many more groups to try for: the fair share less what is held.
+
+        While sessions are joining (more than at the last poll) nothing is
+        taken: the first of many processes started together would otherwise
+        win everything, then hand nearly all of it over again, one
+        resignation at a time. A session that left counts at once, so a
+        crashed process's groups are taken at the next poll.
+        """
         async with self._busy:
-            members = await conn.fetchval(
-                self._sql.live_members, list(self._keys), self._config.ttl
-            )
-        return math.ceil(len(self._keys) / max(1, int(members)))
+            sessions = int(await conn.fetchval(self._sql.live_sessions, self._group_set))
+        joining, self._sessions_seen = sessions > self._sessions_seen, sessions
+        share = math.ceil(len(self._keys) / max(1, sessions))
+        self._shed_surplus(share)
+        return 0 if joining else share - len(self._held)
 
     def _shed_surplus(self, share: int) -> None:
         """Hand over what this process leads above its fair share, newest first."""

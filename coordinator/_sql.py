@@ -124,11 +124,29 @@ class Statements:
          LIMIT $3
     """
 
-    # Live members of these groups: the fair share is groups / members.
-    live_members: str = """
-        SELECT count(DISTINCT instance_id) FROM {schema}.heartbeats
-         WHERE group_name = ANY($1::text[])
-           AND heartbeat_at > now() - make_interval(secs => $2)
+    # Live shared sessions that run the same list of groups ($1, its md5):
+    # the fair share is groups / sessions. A session whose backend is gone
+    # (its process was killed) stops counting at once, not a ttl later.
+    live_sessions: str = """
+        SELECT count(*) FROM {schema}.sessions AS s
+         WHERE s.group_set = $1 AND s.heartbeat_at > now() - s.ttl
+           AND EXISTS (SELECT 1 FROM pg_catalog.pg_stat_activity AS a
+                        WHERE a.pid = s.backend_pid
+                          AND a.application_name = left('coordinator:' || s.instance_id, 63))
+    """
+
+    # Poll mode elects its monitor without a lock: the instance with the
+    # oldest live session runs the complete per-group scan. With no live
+    # session (blocking mode) every instance runs it. $1 instance.
+    is_monitor: str = """
+        SELECT coalesce((
+            SELECT s.instance_id = $1 FROM {schema}.sessions AS s
+             WHERE s.heartbeat_at > now() - s.ttl
+               AND EXISTS (SELECT 1 FROM pg_catalog.pg_stat_activity AS a
+                            WHERE a.pid = s.backend_pid
+                              AND a.application_name = left('coordinator:' || s.instance_id, 63))
+             ORDER BY s.started_at, s.instance_id
+             LIMIT 1), true)
     """
 
     # Shared-session mode: its waits on fenced transactions (taking office,
@@ -153,6 +171,22 @@ class Statements:
     # leader row, which fenced transactions may hold FOR SHARE.
     leader_heartbeat: str = """
         SELECT group_name FROM {schema}.leader_heartbeat($1, $2, $3::text[], $4::bigint[])
+    """
+
+    # Poll mode: one row per shared session is the liveness of everything it
+    # does, leading and following (migrations/0006_session_liveness.sql).
+    # $1 instance, $2 host, $3 pid, $4 group count, $5 group set, $6 ttl
+    # seconds, $7 group names led, $8 their terms; returns the seats still ours.
+    session_heartbeat: str = """
+        SELECT group_name
+          FROM {schema}.session_heartbeat($1, $2, $3, $4, $5, $6, $7::text[], $8::bigint[])
+    """
+
+    close_session: str = "SELECT {schema}.close_session($1)"
+
+    # The cheap monitor, run by every instance in poll mode: stale sessions.
+    fence_stale_sessions: str = """
+        SELECT group_name, kind, term, instance_id FROM {schema}.fence_stale_sessions($1)
     """
 
     # One statement for every group this instance follows. A row that says

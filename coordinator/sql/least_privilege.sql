@@ -43,7 +43,8 @@ REVOKE ALL ON ALL TABLES IN SCHEMA coordinator FROM coordinator_app;
 -- the stored keys (collisions); fair spreading counts live members; `status`,
 -- `history`, `watch` and the /leader endpoints read the rest.
 GRANT SELECT ON coordinator.schema_migrations, coordinator.leaders, coordinator.heartbeats,
-    coordinator.events, coordinator.leader_status, coordinator.settings TO coordinator_app;
+    coordinator.events, coordinator.leader_status, coordinator.settings,
+    coordinator.sessions TO coordinator_app;
 
 -- Every change of state, each checked by the function itself.
 GRANT EXECUTE ON FUNCTION
@@ -57,6 +58,9 @@ GRANT EXECUTE ON FUNCTION
     coordinator.prune_events(float8),
     coordinator.prune_members(float8),
     coordinator.leave_groups(text),
+    coordinator.session_heartbeat(text, text, integer, integer, text, float8, text[], bigint[]),
+    coordinator.close_session(text),
+    coordinator.fence_stale_sessions(text),
     -- The fencing token check that fenced transactions call first.
     coordinator.assert_term(text, bigint)
 TO coordinator_app;
