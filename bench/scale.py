@@ -8,10 +8,16 @@ processes:
   following process to lead them all after the first is SIGKILLed;
 - many processes sharing G groups: time until every group has a leader, the
   spread of leaderships (most and fewest per process) with and without fair
-  spreading, and the database's CPU and transactions per second at rest.
+  spreading, and the database's CPU and transactions per second at rest;
+- the tier: 50 processes with fair spreading and 1,000, 10,000 and 100,000
+  groups: time until every group is led, the cost at rest (database CPU,
+  transactions/s, per group), and the time until the groups of a SIGKILLed
+  process are all led again. Its plot is ``bench/scale.png``.
 
-Times come from the processes' own log timestamps. The results go to the
-terminal and replace the "Scale" section of ``bench/RESULTS.md``.
+Times come from the processes' own log timestamps, and in the tier from the
+history (the first ``elected`` event of each group, on the database clock of
+this same machine). The results go to the terminal and replace the "Scale"
+section of ``bench/RESULTS.md``.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import asyncio
 import math
 import os
 import signal
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -32,12 +39,14 @@ import asyncpg
 import psutil
 
 from bench.database import Database
+from bench.plot import plot_costs
 from coordinator import migrate
 from coordinator.testing import CoordinatorProcess, LocalPostgres
 
 __all__ = ["main"]
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+PLOT = RESULTS.parent / "scale.png"
 BEGIN, END = "<!-- scale:begin -->", "<!-- scale:end -->"
 #: Production-like timings: the defaults but for a 1 s poll.
 TIMINGS = {"ttl": 15.0, "heartbeat_interval": 5.0, "heartbeat_timeout": 5.0}
@@ -176,12 +185,13 @@ async def one_process(rig: Rig, count: int, wait: str) -> dict[str, float]:
         connections = await rig.connections(first.instance_id)
         xacts, _ = await rig.at_rest()
         second = spawn(rig, f"{wait}-second", groups, *mode)
-        await rig.wait_for(
-            "SELECT count(*) = $1 FROM coordinator.heartbeats WHERE instance_id = $2",
-            count,
-            second.instance_id,
-        )
-        if wait == "block":
+        if wait == "poll":
+            # One session row beats for every group the second one follows.
+            await rig.wait_for(
+                "SELECT count(*) = 1 FROM coordinator.sessions WHERE instance_id = $1",
+                second.instance_id,
+            )
+        else:
             # Lined up: every follower session blocked in pg_advisory_lock.
             await rig.wait_for(
                 "SELECT count(*) = $1 FROM pg_locks WHERE locktype = 'advisory' AND NOT granted",
@@ -257,13 +267,137 @@ async def many_processes(rig: Rig, processes: int, count: int, fair: bool) -> di
             member.close()
 
 
+def spawn_configured(rig: Rig, instance_id: str, config: Path) -> CoordinatorProcess:
+    """A process whose groups and settings come from a TOML file (too many for a command line)."""
+    process = CoordinatorProcess(
+        rig.dsn, [], instance_id=instance_id, extra_args=["--config", str(config)]
+    )
+    process.start()
+    return process
+
+
+def tier_config(directory: Path, count: int) -> Path:
+    path = directory / f"tier-{count}.toml"
+    lines = [
+        f"{name} = {value}" for name, value in {**TIMINGS, "poll_interval": POLL_INTERVAL}.items()
+    ]
+    lines += ['wait = "poll"', "fair_spread = true", "groups = ["]
+    lines += [f'  "{name}",' for name in group_names(count)]
+    path.write_text("\n".join([*lines, "]", ""]))
+    return path
+
+
+async def all_led_at(rig: Rig, count: int, since: float) -> float:
+    """When the last group first got a leader: the latest first ``elected`` event."""
+    await rig.wait_for(
+        "SELECT count(*) = $1 FROM coordinator.leader_status WHERE leader IS NOT NULL", count
+    )
+    return float(
+        str(
+            await rig.fetchval(
+                "SELECT extract(epoch FROM max(first)) FROM (SELECT min(at) AS first "
+                "FROM coordinator.events WHERE kind = 'elected' AND at >= to_timestamp($1) "
+                "GROUP BY group_name) AS e",
+                since,
+            )
+        )
+    )
+
+
+async def tier(rig: Rig, processes: int, count: int) -> dict[str, float]:
+    """``processes`` instances with fair spreading share ``count`` groups; one is SIGKILLed."""
+    with tempfile.TemporaryDirectory() as directory:
+        config = tier_config(Path(directory), count)
+        started = time.time()
+        members = [spawn_configured(rig, f"tier-{n:02d}", config) for n in range(processes)]
+        try:
+            return await _tier_run(rig, members, count, started)
+        finally:
+            for member in members:
+                member.close()
+
+
+async def _tier_run(
+    rig: Rig, members: list[CoordinatorProcess], count: int, started: float
+) -> dict[str, float]:
+    processes = len(members)
+    await rig.wait_for("SELECT count(*) = $1 FROM coordinator.sessions", processes)
+    all_joined = time.time()
+    all_led = await all_led_at(rig, count, started)
+    # Spread: nobody above its share plus the hysteresis; then a quiet window.
+    limit = math.ceil(count / processes) + 1
+    await rig.wait_for(
+        "SELECT coalesce(max(n), 0) <= $1 FROM (SELECT count(*) AS n "
+        "FROM coordinator.leader_status WHERE leader IS NOT NULL GROUP BY leader) AS s",
+        limit,
+    )
+    spread_at = time.time()
+    xacts, cpu = await rig.at_rest()
+    memory = sum(_rss(member.pid) for member in members) / processes
+    victim = members[processes // 2]
+    conn = await asyncpg.connect(rig.dsn)
+    try:
+        orphans = [
+            row["group_name"]
+            for row in await conn.fetch(
+                "SELECT group_name FROM coordinator.leaders WHERE holder = $1",
+                victim.instance_id,
+            )
+        ]
+        killed = time.time()
+        os.kill(victim.pid, signal.SIGKILL)
+        deadline = time.monotonic() + WAIT
+        while await conn.fetchval(
+            "SELECT count(*) FROM coordinator.leader_status WHERE group_name = ANY($1) "
+            "AND leader IS NOT NULL AND leader <> $2",
+            orphans,
+            victim.instance_id,
+        ) < len(orphans):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the groups of {victim.instance_id} were not led again")
+            await asyncio.sleep(0.05)
+        re_led = await conn.fetchval(
+            "SELECT extract(epoch FROM max(first)) FROM (SELECT min(at) AS first "
+            "FROM coordinator.events WHERE kind = 'elected' AND group_name = ANY($1) "
+            "AND at >= to_timestamp($2) GROUP BY group_name) AS e",
+            orphans,
+            killed,
+        )
+    finally:
+        await conn.close()
+    return {
+        "processes": processes,
+        "groups": count,
+        "all_joined_s": all_joined - started,
+        "all_led_s": all_led - started,
+        "spread_s": spread_at - started,
+        "xacts_per_s": xacts,
+        "db_cpu": cpu,
+        "rss_mb": memory / 2**20,
+        "orphans": len(orphans),
+        "re_led_s": float(re_led) - killed,
+    }
+
+
+def _rss(pid: int) -> float:
+    try:
+        return float(psutil.Process(pid).memory_info().rss)
+    except psutil.NoSuchProcess:
+        return 0.0
+
+
 async def fresh_database(server: LocalPostgres, name: str) -> str:
     database = await Database.create(server, name)
     await migrate(database.dsn)
     return database.dsn
 
 
-def report(single: list[dict[str, Any]], spread: list[dict[str, Any]], command: str) -> str:
+def report(
+    single: list[dict[str, Any]],
+    spread: list[dict[str, Any]],
+    tiers: list[dict[str, Any]],
+    command: str,
+) -> str:
     lines = [
         BEGIN,
         "## Scale",
@@ -304,9 +438,39 @@ def report(single: list[dict[str, Any]], spread: list[dict[str, Any]], command: 
     lines += [
         "",
         "In blocking mode the same 20 x 200 would need 4,020 connections; it is not run.",
-        END,
     ]
+    if tiers:
+        lines += tier_report(tiers)
+    lines.append(END)
     return "\n".join(lines)
+
+
+def tier_report(tiers: list[dict[str, Any]]) -> list[str]:
+    lines = [
+        "",
+        "### The tier: many processes, fair spreading on, one SIGKILLed",
+        "",
+        "| processes x groups | all processes connected | all groups led | spread evenly | "
+        "database CPU at rest | per 1,000 groups | transactions/s at rest | "
+        "client memory per process | SIGKILL: its groups all led again |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for row in tiers:
+        lines.append(
+            f"| {row['processes']:.0f} x {row['groups']:,.0f} | {row['all_joined_s']:.1f} s | "
+            f"{row['all_led_s']:.1f} s | {row['spread_s']:.1f} s | "
+            f"{row['db_cpu'] * 100:.1f} % of a core | "
+            f"{row['db_cpu'] * 100 * 1000 / row['groups']:.3f} % | {row['xacts_per_s']:.1f} | "
+            f"{row['rss_mb']:.0f} MB | {row['re_led_s']:.2f} s ({row['orphans']:.0f} groups) |"
+        )
+    lines += [
+        "",
+        'Times are from the start of the first process. "All groups led" is the first '
+        '`elected` event of the last group to get a leader; "spread evenly" is when no '
+        "process leads more than its share plus one. The plot is "
+        "[scale.png](scale.png).",
+    ]
+    return lines
 
 
 def write_section(section: str) -> None:
@@ -321,7 +485,8 @@ def write_section(section: str) -> None:
 
 
 async def run(args: argparse.Namespace) -> None:
-    settings = {"max_connections": "600", "max_locks_per_transaction": "256"}
+    # The tier's 100,000 locks need a bigger lock table: 600 x 512 slots.
+    settings = {"max_connections": "600", "max_locks_per_transaction": "512"}
     with LocalPostgres.embedded(settings=settings) as server:
         single: list[dict[str, Any]] = []
         for mode, count in (("poll", args.groups), ("block", args.block_groups)):
@@ -335,7 +500,15 @@ async def run(args: argparse.Namespace) -> None:
             row = await many_processes(rig, args.processes, args.shared_groups, fair)
             spread.append({"fair": fair, **row})
             print(f"{args.processes} processes, fair={fair}: {row}", flush=True)
-    section = report(single, spread, "make bench (python -m bench.scale)")
+        tiers: list[dict[str, Any]] = []
+        for count in args.tier_groups:
+            rig = Rig(server, await fresh_database(server, f"tier_{count}"))
+            row = await tier(rig, args.tier_processes, count)
+            tiers.append(row)
+            print(f"tier, {args.tier_processes} processes x {count} groups: {row}", flush=True)
+    if tiers:
+        plot_costs(tiers, PLOT)
+    section = report(single, spread, tiers, "make bench (python -m bench.scale)")
     print(section)
     write_section(section)
 
@@ -346,6 +519,13 @@ def main() -> None:
     parser.add_argument("--block-groups", type=int, default=200, help="one process, block mode")
     parser.add_argument("--processes", type=int, default=20)
     parser.add_argument("--shared-groups", type=int, default=200)
+    parser.add_argument("--tier-processes", type=int, default=50)
+    parser.add_argument(
+        "--tier-groups",
+        type=lambda text: [int(n) for n in text.split(",") if n],
+        default=[1000, 10000, 100000],
+        help="comma-separated group counts of the tier; empty to skip it",
+    )
     asyncio.run(run(parser.parse_args()))
 
 

@@ -37,6 +37,7 @@ import os
 import random
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import asyncpg
 import structlog
@@ -79,6 +80,8 @@ class SharedCampaign:
         self._waiting: dict[str, asyncio.Future[Term]] = {}
         self._held: dict[str, Term] = {}  # in the order taken
         self._cooldown: dict[str, float] = {}
+        self._resigning: list[_Resignation] = []
+        self._background: set[asyncio.Task[None]] = set()
         self._trouble = Trouble(config)
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
@@ -118,23 +121,62 @@ class SharedCampaign:
                 del self._waiting[group]
 
     async def resign(self, group: str, term: Term, reason: DemotionReason) -> None:
-        """Clear the holder, record why, notify, unlock; then stay away for a while."""
+        """Clear the holder, record why, notify, unlock; then stay away for a while.
+
+        Resignations that come together (a process handing over its surplus,
+        or stopping) go out together, in one statement: thousands of them
+        one round trip and one commit each would take minutes.
+        """
         conn = self._conn
         self._held.pop(group, None)
         if reason is DemotionReason.RESIGNED:
             self._cool_down(group)  # handing over means letting someone else take it
         if conn is None or conn.is_closed():
             return
-        lock = (self._config.lock_namespace, self._keys[group])
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._resigning.append(_Resignation(group, term.number, reason, done))
+        if len(self._resigning) == 1:
+            task = asyncio.create_task(self._resign_together(conn))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+        await asyncio.shield(done)
+
+    async def _resign_together(self, conn: asyncpg.Connection) -> None:
+        batch: list[_Resignation] = []
         try:
             async with asyncio.timeout(self._config.resign_timeout), self._busy:
-                await resign_and_unlock(
-                    conn, self._sql, group, self._config.instance_id, term.number, reason, lock
-                )
-        except BaseException:
-            # The lock may still be held on a session that no longer knows it: replace it.
+                batch, self._resigning = self._resigning, []
+                await self._resign_batch(conn, batch)
+        except BaseException as error:
+            # Locks may still be held on a session that no longer knows them: replace it.
             self.abort()
-            raise
+            for resignation in batch or self._resigning:
+                if not resignation.done.done():
+                    resignation.done.set_exception(error)
+            if not isinstance(error, Exception):
+                raise
+            return
+        for resignation in batch:
+            resignation.done.set_result(None)
+
+    async def _resign_batch(self, conn: asyncpg.Connection, batch: list[_Resignation]) -> None:
+        ns, me = self._config.lock_namespace, self._config.instance_id
+        try:
+            await conn.execute(
+                self._sql.resign_seats,
+                [r.group for r in batch],
+                me,
+                [r.term for r in batch],
+                [str(r.reason) for r in batch],
+            )
+        except asyncpg.LockNotAvailableError:
+            # Fenced transactions of some term are still open: one by one, so
+            # that only theirs skip the record.
+            for r in batch:
+                lock = (ns, self._keys[r.group])
+                await resign_and_unlock(conn, self._sql, r.group, me, r.term, r.reason, lock)
+            return
+        await conn.execute(self._sql.unlock_many, ns, [self._keys[r.group] for r in batch])
 
     def abort(self) -> None:
         if self._conn is not None and not self._conn.is_closed():
@@ -373,6 +415,14 @@ class SharedCampaign:
         for group in reversed(leading[share:]):
             self._held[group].end(DemotionReason.RESIGNED)
         self._log.info("spreading_leaderships", share=share, handing_over=len(leading) - share)
+
+
+@dataclass(frozen=True)
+class _Resignation:
+    group: str
+    term: int
+    reason: DemotionReason
+    done: asyncio.Future[None]
 
 
 class SharedCandidacy:

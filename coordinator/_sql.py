@@ -184,6 +184,15 @@ class Statements:
 
     close_session: str = "SELECT {schema}.close_session($1)"
 
+    # Many resignations of this session in one statement, then their unlocks.
+    # $1 group names, $2 instance, $3 their terms, $4 their reasons.
+    resign_seats: str = """
+        SELECT count(*) FROM {schema}.resign_seats($1::text[], $2, $3::bigint[], $4::text[])
+    """
+    unlock_many: str = """
+        SELECT count(*) FILTER (WHERE pg_advisory_unlock($1, k)) FROM unnest($2::int[]) AS k
+    """
+
     # The cheap monitor, run by every instance in poll mode: stale sessions.
     fence_stale_sessions: str = """
         SELECT group_name, kind, term, instance_id FROM {schema}.fence_stale_sessions($1)

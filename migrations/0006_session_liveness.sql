@@ -97,6 +97,43 @@ AS $$
        AND EXISTS (SELECT 1 FROM beat)
 $$;
 
+-- Resign many seats of the calling backend at once (a process handing over
+-- its surplus, or stopping): version 4's resign for each, with pg_locks read
+-- once. Only seats whose lock this backend holds, for this instance and
+-- term, are cleared; the session's lock_timeout bounds the wait for fenced
+-- transactions (lock_not_available: the caller resigns one by one).
+CREATE FUNCTION coordinator.resign_seats(
+    group_names text[], instance_id text, terms bigint[], reasons text[])
+RETURNS TABLE (group_name text, resigned_term bigint)
+LANGUAGE sql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+    WITH mine AS MATERIALIZED (
+        SELECT * FROM coordinator.my_locks()
+    ), asked AS (
+        SELECT * FROM unnest(resign_seats.group_names, resign_seats.terms, resign_seats.reasons)
+                   AS t(group_name, term, reason)
+    ), cleared AS (
+        UPDATE coordinator.leaders AS l
+           SET holder = NULL, holder_host = NULL, holder_pid = NULL, backend_pid = NULL
+          FROM asked
+         WHERE l.group_name = asked.group_name AND l.holder = resign_seats.instance_id
+           AND l.term = asked.term
+           AND (l.lock_namespace::oid, l.lock_key::oid) IN (SELECT * FROM mine)
+        RETURNING l.group_name, l.term, asked.reason
+    ), beat AS (
+        UPDATE coordinator.heartbeats AS h
+           SET role = 'follower', term = NULL, backend_pid = NULL, heartbeat_at = now()
+          FROM cleared
+         WHERE h.group_name = cleared.group_name AND h.instance_id = resign_seats.instance_id
+    )
+    SELECT cleared.group_name, cleared.term
+      FROM cleared, LATERAL coordinator.record_event(cleared.group_name, 'resigned', cleared.term,
+                                                     resign_seats.instance_id,
+                                                     cleared.reason) AS recorded
+$$;
+
 -- An instance that stops deletes its session row (and, as before, its
 -- follower rows).
 CREATE FUNCTION coordinator.close_session(instance_id text)
@@ -262,6 +299,7 @@ CROSS JOIN LATERAL (
 REVOKE ALL ON FUNCTION
     coordinator.session_alive(integer, text),
     coordinator.session_heartbeat(text, text, integer, integer, text, float8, text[], bigint[]),
+    coordinator.resign_seats(text[], text, bigint[], text[]),
     coordinator.close_session(text),
     coordinator.fence_stale_sessions(text)
 FROM PUBLIC;

@@ -59,6 +59,7 @@ GRANT EXECUTE ON FUNCTION
     coordinator.prune_members(float8),
     coordinator.leave_groups(text),
     coordinator.session_heartbeat(text, text, integer, integer, text, float8, text[], bigint[]),
+    coordinator.resign_seats(text[], text, bigint[], text[]),
     coordinator.close_session(text),
     coordinator.fence_stale_sessions(text),
     -- The fencing token check that fenced transactions call first.
