@@ -40,7 +40,7 @@ import psutil
 
 from bench.database import Database
 from bench.plot import plot_costs
-from coordinator import migrate
+from coordinator import group_lock_key, migrate
 from coordinator.testing import CoordinatorProcess, LocalPostgres
 
 __all__ = ["main"]
@@ -56,7 +56,14 @@ WAIT = 300.0
 
 
 def group_names(count: int) -> list[str]:
-    return [f"tenant-{n:05d}" for n in range(count)]
+    """``count`` names whose lock keys differ (31-bit keys collide by chance: 1 in 10,000)."""
+    chosen: dict[int, str] = {}
+    serial = 0
+    while len(chosen) < count:
+        name = f"tenant-{serial:06d}"
+        chosen.setdefault(group_lock_key(name), name)
+        serial += 1
+    return list(chosen.values())
 
 
 def logged_at(record: dict[str, object]) -> float:
@@ -107,16 +114,21 @@ class Rig:
 
     async def at_rest(self) -> tuple[float, float]:
         """Transactions per second and database CPU (share of one core) over a quiet window."""
-        server = psutil.Process(self.server.pid)
-        processes = [server, *server.children(recursive=True)]
-        cpu_before = sum(_cpu(p) for p in processes)
+        cpu_before = self._server_cpu()
         xacts_before = await self._xacts()
         started = time.monotonic()
         await asyncio.sleep(REST_WINDOW)  # a measurement window, not a wait for a condition
         elapsed = time.monotonic() - started
         xacts = (await self._xacts() - xacts_before) / elapsed
-        cpu = (sum(_cpu(p) for p in processes) - cpu_before) / elapsed
-        return xacts, cpu
+        cpu_after = self._server_cpu()
+        # Backends that ended during the window (the bench's own) are left out.
+        spent = sum(cpu - cpu_before.get(pid, 0.0) for pid, cpu in cpu_after.items())
+        return xacts, spent / elapsed
+
+    def _server_cpu(self) -> dict[int, float]:
+        """CPU seconds of the server and each of its backends, by pid."""
+        server = psutil.Process(self.server.pid)
+        return {p.pid: _cpu(p) for p in (server, *server.children(recursive=True))}
 
     async def _xacts(self) -> int:
         # The statistics are flushed at most once a second; force it for this session.

@@ -94,6 +94,7 @@ class Coordinator:
         self.config = config
         self._sql = Statements.for_schema(config.schema)
         self._groups: dict[str, Group] = {}
+        self._names_by_key: dict[int, str] = {}  # a collision is found in one look-up
         self._electors: dict[str, Elector] = {}
         self._listeners = Listeners()
         self._jobs = Jobs(scheduler)
@@ -132,12 +133,11 @@ class Coordinator:
             raise RuntimeError("add groups before the coordinator starts")
         validate_group_name(name)
         key = group_lock_key(name)
-        for other in self._groups.values():
-            if other.lock_key == key:
-                raise KeyCollisionError(
-                    f"groups {other.name!r} and {name!r} hash to the same lock key {key}: "
-                    "rename one of them"
-                )
+        other = self._names_by_key.setdefault(key, name)
+        if other != name:
+            raise KeyCollisionError(
+                f"groups {other!r} and {name!r} hash to the same lock key {key}: rename one of them"
+            )
         elector = Elector(
             name, self.config, emit=self._listeners.emit, record_lost=self._lost.record
         )

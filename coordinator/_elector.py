@@ -47,6 +47,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import functools
 import inspect
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
@@ -91,7 +92,6 @@ class Elector:
         self._campaign: Campaign | None = None
         self._emit = emit
         self._record_lost = record_lost
-        self._log = log.bind(group=name, instance_id=config.instance_id)
         self.elected_callbacks: list[ElectedCallback] = []
         self.demoted_callbacks: list[DemotedCallback] = []
         self.role = Role.FOLLOWER
@@ -102,6 +102,11 @@ class Elector:
         self.changed = asyncio.Condition()
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+
+    @functools.cached_property
+    def _log(self) -> Any:
+        # Bound on first use: a process with 100,000 groups keeps 100,000 electors.
+        return log.bind(group=self.name, instance_id=self._config.instance_id)
 
     @property
     def problem(self) -> str | None:

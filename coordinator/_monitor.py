@@ -77,8 +77,10 @@ class Monitor:
                     lambda conn: conn.fetchval(self._sql.is_monitor, self._config.instance_id)
                 )
             )
-            if elected:
-                rows += await self._fetch(self._sql.fence_stale_leaders)
+            # A run that fenced sessions leaves the per-group scan to the next
+            # run: their backends are still ending, and would be hit twice.
+            if elected and not rows:
+                rows = await self._fetch(self._sql.fence_stale_leaders)
         except asyncpg.InsufficientPrivilegeError as error:
             self._warn_privilege(error)
             return []

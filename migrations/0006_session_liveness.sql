@@ -35,7 +35,10 @@ CREATE TABLE coordinator.sessions (
     group_set       text        NOT NULL,
     ttl             interval    NOT NULL,
     started_at      timestamptz NOT NULL DEFAULT now(),
-    heartbeat_at    timestamptz NOT NULL DEFAULT now()
+    heartbeat_at    timestamptz NOT NULL DEFAULT now(),
+    -- Set when the monitor terminated this session's backend: it is
+    -- terminated once, whoever else looks while it ends.
+    fenced_at       timestamptz
 ) WITH (fillfactor = 50);
 -- No index on heartbeat_at: every beat is then a HOT update on a page with room.
 
@@ -82,7 +85,7 @@ AS $$
         ON CONFLICT (instance_id) DO UPDATE
            SET heartbeat_at = now(), backend_pid = excluded.backend_pid, host = excluded.host,
                pid = excluded.pid, group_count = excluded.group_count,
-               group_set = excluded.group_set, ttl = excluded.ttl,
+               group_set = excluded.group_set, ttl = excluded.ttl, fenced_at = NULL,
                started_at = CASE WHEN s.backend_pid = excluded.backend_pid THEN s.started_at
                                  ELSE now() END
          WHERE s.backend_pid = excluded.backend_pid
@@ -148,10 +151,11 @@ $$;
 
 -- The cheap monitor: every session whose row is older than its ttl on the
 -- database clock, while its backend is still that instance's, is terminated
--- once; every leadership it held gets a "fenced" event. A stale row whose
--- backend is gone is deleted (its groups are free; whoever takes them writes
--- a new term, and the complete monitor marks the rest vacant). Rows being
--- written right now are skipped: a session that is heartbeating is alive.
+-- once (fenced_at says so to every later look); every leadership it held
+-- gets a "fenced" event. A stale row whose backend is gone is deleted (its
+-- groups are free; whoever takes them writes a new term, and the complete
+-- monitor marks the rest vacant). Rows being written right now are skipped:
+-- a session that is heartbeating is alive.
 CREATE FUNCTION coordinator.fence_stale_sessions(fencer text)
 RETURNS TABLE (group_name text, kind text, term bigint, instance_id text)
 LANGUAGE sql
@@ -159,7 +163,7 @@ SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
     WITH stale AS MATERIALIZED (
-        SELECT s.instance_id, s.backend_pid,
+        SELECT s.instance_id, s.backend_pid, s.fenced_at,
                extract(epoch FROM now() - s.heartbeat_at)::float8 AS heartbeat_age_s,
                coordinator.session_alive(s.backend_pid, s.instance_id) AS alive
           FROM coordinator.sessions AS s
@@ -167,7 +171,13 @@ AS $$
            FOR UPDATE OF s SKIP LOCKED
     ), terminated AS MATERIALIZED (
         SELECT stale.*, pg_terminate_backend(stale.backend_pid) AS ok
-          FROM stale WHERE stale.alive
+          FROM stale
+         WHERE stale.alive AND stale.fenced_at IS NULL
+    ), marked AS (
+        UPDATE coordinator.sessions AS s
+           SET fenced_at = now()
+          FROM terminated
+         WHERE s.instance_id = terminated.instance_id AND terminated.ok
     ), gone AS (
         DELETE FROM coordinator.sessions AS s
          USING stale

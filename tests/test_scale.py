@@ -189,3 +189,82 @@ async def _lost(dsn: str, instance_id: str, count: int) -> bool:
                 count,
             )
         )
+
+
+#: Short enough for a frozen process to be fenced soon, roomy enough for 2,000 groups.
+BRISK = {"ttl": 5.0, "heartbeat_interval": 1.0, "heartbeat_timeout": 2.0}
+
+
+async def test_frozen_process_is_fenced_once_and_its_groups_led_again(
+    dsn: str, spawn: Callable[..., CoordinatorProcess]
+) -> None:
+    """SIGSTOP: its one session is terminated once, each group gets one fenced event."""
+    groups = names(2000)
+    poll = ["--wait", "poll", "--poll-interval", "0.2"]
+    frozen = spawn(dsn, groups, instance_id="frozen", extra_args=poll, **BRISK)
+    await wait_until(lambda: _leads_all(dsn, "frozen", len(groups)), 60, what="frozen wins all")
+    async with coordinator(dsn, "survivor", *groups, **POLL, **BRISK):
+        await wait_until(lambda: _session_beats(dsn, "survivor"), 30, what="the survivor's beat")
+        backends = await _backends_of(dsn, "frozen")
+        assert len(backends) == 1  # every seat on the one shared session
+        frozen.freeze()
+        try:
+            await wait_until(
+                lambda: _leads_all(dsn, "survivor", len(groups)), 60, what="the survivor to lead"
+            )
+        finally:
+            frozen.thaw()
+        async with connected(dsn) as conn:
+            fenced = await conn.fetch(
+                "SELECT group_name, term, reason FROM coordinator.events "
+                "WHERE kind = 'fenced' AND instance_id = 'frozen'"
+            )
+            statuses = await conn.fetch("SELECT leader, is_stale FROM coordinator.leader_status")
+    # One event per group, all naming the one backend: it was terminated once.
+    assert sorted(row["group_name"] for row in fenced) == sorted(groups)
+    assert {row["term"] for row in fenced} == {1}
+    assert all(f"backend {backends[0]} terminated" in row["reason"] for row in fenced)
+    assert {(row["leader"], row["is_stale"]) for row in statuses} == {("survivor", False)}
+
+
+async def test_killed_process_groups_are_shared_out_again_with_fair_spreading(
+    dsn: str, spawn: Callable[..., CoordinatorProcess]
+) -> None:
+    """SIGKILL of one of three: its groups go to the others, and the view names only the living."""
+    groups = names(3000)
+    fair = ["--wait", "poll", "--poll-interval", "0.2", "--fair-spread", "true"]
+    victim = spawn(dsn, groups, instance_id="victim", extra_args=fair, **BRISK)
+    settings = {**POLL, **BRISK, "fair_spread": True}
+    async with (
+        coordinator(dsn, "left", *groups, **settings),
+        coordinator(dsn, "right", *groups, **settings),
+    ):
+        spread = await wait_until(
+            lambda: _spread_over(dsn, {"victim", "left", "right"}, len(groups)),
+            60,
+            what="the groups to spread over three",
+        )
+        victim.kill()
+        after = await wait_until(
+            lambda: _spread_over(dsn, {"left", "right"}, len(groups)),
+            30,
+            what="the victim's groups to be led again",
+        )
+    assert spread["victim"] > 0
+    assert max(after.values()) <= len(groups) // 2 + 1  # still fair between the two
+
+
+async def _backends_of(dsn: str, instance_id: str) -> list[int]:
+    async with connected(dsn) as conn:
+        rows = await conn.fetch(
+            "SELECT DISTINCT backend_pid FROM coordinator.leaders WHERE holder = $1", instance_id
+        )
+    return [row["backend_pid"] for row in rows]
+
+
+async def _spread_over(dsn: str, leaders: set[str], count: int) -> dict[str, int] | None:
+    """Every group led, by exactly ``leaders``, each within its share plus one."""
+    spread = await led_by(dsn)
+    if set(spread) != leaders or sum(spread.values()) != count:
+        return None
+    return spread if max(spread.values()) <= -(-count // len(leaders)) + 1 else None
