@@ -98,7 +98,9 @@ def plot_costs(rows: Sequence[dict[str, float]], path: Path) -> None:
         axes.plot(groups, xacts, "s--", color=_COLORS["peer"], label="transactions/s")
         axes.set_xscale("log")
         axes.set_yscale("log")
-        axes.set_xlabel(f"groups ({rows[0]['processes']:.0f} processes, fair spreading)")
+        for x, y, row in zip(groups, cpu, rows, strict=True):
+            axes.annotate(f"{row['processes']:.0f} x {row['groups']:,.0f}", (x, y), fontsize=7)
+        axes.set_xlabel("groups (processes x groups at each point; fair spreading on)")
         axes.set_title(f"cost at rest, {unit}", fontsize=10)
         axes.grid(which="both", alpha=0.25)
         axes.legend(fontsize=8)

@@ -246,14 +246,18 @@ class Statements:
 
     # Every member of every group, from the heartbeat table, with the verdict
     # of leader_status on who leads. Live: heartbeat younger than the group's ttl.
+    # A member in poll mode beats through its session's row, not its own.
     members: str = """
-        SELECT h.group_name, h.instance_id, h.term, h.host, h.pid, h.joined_at, h.heartbeat_at,
-               extract(epoch FROM now() - h.heartbeat_at)::float8 AS heartbeat_age_s,
-               now() - h.heartbeat_at <= l.ttl AS is_live,
+        SELECT h.group_name, h.instance_id, h.term, h.host, h.pid, h.joined_at,
+               beat.at AS heartbeat_at,
+               extract(epoch FROM now() - beat.at)::float8 AS heartbeat_age_s,
+               now() - beat.at <= l.ttl AS is_live,
                coalesce(s.leader = h.instance_id AND s.term = h.term, false) AS is_leader
           FROM {schema}.heartbeats AS h
           JOIN {schema}.leaders AS l ON l.group_name = h.group_name
           JOIN {schema}.leader_status AS s ON s.group_name = h.group_name
+          LEFT JOIN {schema}.sessions AS session ON session.instance_id = h.instance_id
+         CROSS JOIN LATERAL (SELECT greatest(h.heartbeat_at, session.heartbeat_at) AS at) AS beat
          ORDER BY h.group_name, h.instance_id
     """
 
