@@ -196,12 +196,12 @@ class SharedCampaign:
         except Exception as error:  # noqa: BLE001 - the trust deadline deals with failures
             self._log.warning("heartbeat_failed", groups=len(held), error=describe_error(error))
             return HeartbeatDone(groups, time.monotonic() - started, ok=False, batch=True)
-        still_ours = {row["group_name"] for row in rows}
+        lost = {row["lost_group"] for row in rows}
         for group, term in held.items():
-            if group in still_ours:
-                term.extend(started)
-            else:
+            if group in lost:
                 term.end(DemotionReason.LOCK_LOST)
+            else:
+                term.extend(started)
         return HeartbeatDone(groups, time.monotonic() - started, ok=True, batch=True)
 
     async def _beat(

@@ -176,9 +176,9 @@ class Statements:
     # Poll mode: one row per shared session is the liveness of everything it
     # does, leading and following (migrations/0006_session_liveness.sql).
     # $1 instance, $2 host, $3 pid, $4 group count, $5 group set, $6 ttl
-    # seconds, $7 group names led, $8 their terms; returns the seats still ours.
+    # seconds, $7 group names led, $8 their terms; returns the seats lost.
     session_heartbeat: str = """
-        SELECT group_name
+        SELECT lost_group
           FROM {schema}.session_heartbeat($1, $2, $3, $4, $5, $6, $7::text[], $8::bigint[])
     """
 

@@ -60,18 +60,19 @@ $$;
 -- The heartbeat of a shared session, for everything it does: the row of the
 -- calling backend is written (created on the first beat, taken over from a
 -- previous session of the same instance whose backend is gone), and the
--- seats of group_names/terms that this backend still holds are returned:
--- the leader row names this instance, this term and this backend. A seat
--- missing from the answer is no longer ours. The locks themselves are not
+-- seats of group_names/terms that this backend no longer holds are returned:
+-- those whose leader row does not name this instance, this term and this
+-- backend. Only the lost are returned: at rest the answer is empty, however
+-- many seats were confirmed. The locks themselves are not
 -- looked up in pg_locks (a copy of the whole lock table, 100,000 entries at
 -- this scale): a session-level advisory lock lasts as long as its backend and
 -- only that backend can release it, and take_office checked it was held. If
 -- the row belongs to another live backend of this instance, nothing is
--- written and no seat is confirmed.
+-- written and every seat is returned as lost.
 CREATE FUNCTION coordinator.session_heartbeat(
     instance_id text, host text, pid integer, group_count integer, group_set text,
     ttl_s float8, group_names text[], terms bigint[])
-RETURNS TABLE (group_name text)
+RETURNS TABLE (lost_group text)
 LANGUAGE sql
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
@@ -92,12 +93,13 @@ AS $$
             OR NOT coordinator.session_alive(s.backend_pid, s.instance_id)
         RETURNING 1
     )
-    SELECT l.group_name
+    SELECT t.group_name
       FROM unnest(session_heartbeat.group_names, session_heartbeat.terms) AS t(group_name, term)
-      JOIN coordinator.leaders AS l ON l.group_name = t.group_name
-     WHERE l.holder = session_heartbeat.instance_id AND l.term = t.term
-       AND l.backend_pid = pg_backend_pid()
-       AND EXISTS (SELECT 1 FROM beat)
+     WHERE NOT EXISTS (SELECT 1 FROM beat)
+        OR NOT EXISTS (
+           SELECT 1 FROM coordinator.leaders AS l
+            WHERE l.group_name = t.group_name AND l.holder = session_heartbeat.instance_id
+              AND l.term = t.term AND l.backend_pid = pg_backend_pid())
 $$;
 
 -- Resign many seats of the calling backend at once (a process handing over
