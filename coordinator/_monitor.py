@@ -10,8 +10,8 @@ logged once and counted. Pruning old events and members is a leader's
 chore, done every few minutes by instances that lead something.
 
 In poll mode (thousands of groups) that scan runs on one instance only, the
-elected monitor: the one whose shared session is the oldest live one in the
-``sessions`` table. Every other instance runs a cheap statement over that
+elected monitor (the one whose shared session is the oldest live one in the
+``sessions`` table), once a ttl. Every other instance runs a cheap statement over that
 table (one row per process) that terminates any session whose row is older
 than its ttl, so a frozen process is fenced whoever it is, the monitor
 included; then the next oldest session is the monitor. Two monitors at once
@@ -20,6 +20,7 @@ included; then the next oldest session is the monitor. Two monitors at once
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 
@@ -56,6 +57,7 @@ class Monitor:
         self._leading = leading
         self._polls = polls
         self._last_prune = 0.0
+        self._last_complete = -math.inf
         self._warned_privilege = False
         #: Backends holding a group's lock that are no coordinator's, as last seen.
         self.squatters: dict[str, frozenset[int]] = {}
@@ -65,21 +67,20 @@ class Monitor:
         """Fence and vacate what is stale; prune when due. Returns what was dealt with.
 
         In poll mode every instance fences stale sessions (one row per
-        process), and only the elected monitor (see :attr:`Statements.is_monitor`)
-        runs the per-group scan and the chores; in blocking mode, with few
-        groups, every instance runs them.
+        process) every run, and only the elected monitor (see
+        :attr:`Statements.is_monitor`) runs the per-group scan and the chores,
+        once a ttl: they read every group (and the squatter check the lock
+        table), and what they find beyond stale sessions (blocking-mode
+        leaders, vacant rows) can wait that long. In blocking mode, with few
+        groups, every instance runs them every time.
         """
         polls = self._polls()
         try:
             rows = await self._fetch(self._sql.fence_stale_sessions) if polls else []
-            elected = not polls or bool(
-                await self._control.run(
-                    lambda conn: conn.fetchval(self._sql.is_monitor, self._config.instance_id)
-                )
-            )
             # A run that fenced sessions leaves the per-group scan to the next
             # run: their backends are still ending, and would be hit twice.
-            if elected and not rows:
+            complete = not rows and (not polls or await self._complete_scan_due())
+            if complete:
                 rows = await self._fetch(self._sql.fence_stale_leaders)
         except asyncpg.InsufficientPrivilegeError as error:
             self._warn_privilege(error)
@@ -90,9 +91,20 @@ class Monitor:
         for one in fenced:
             event = "leader_fenced" if one.kind == "fenced" else "leader_expired"
             self._log.warning(event, group=one.group, term=one.term, holder=one.holder)
-        if elected:
+        if complete:
+            self._last_complete = time.monotonic()
             await self._chores(prune=polls or self._leading())
         return fenced
+
+    async def _complete_scan_due(self) -> bool:
+        """Poll mode: a ttl since the last per-group scan, and this instance is the monitor."""
+        if time.monotonic() - self._last_complete < self._config.ttl:
+            return False
+        return bool(
+            await self._control.run(
+                lambda conn: conn.fetchval(self._sql.is_monitor, self._config.instance_id)
+            )
+        )
 
     async def _fetch(self, statement: str) -> list[asyncpg.Record]:
         return list(
