@@ -10,6 +10,7 @@ PG15   := /usr/lib/postgresql/15/bin
 .PHONY: help venv demo example test test-embedded test-pg15 chaos bench lint format clean
 
 CHAOS_DURATION ?= 300
+CHAOS_ARGS ?=
 BENCH_ARGS ?=
 
 help: ## list the targets
@@ -43,8 +44,8 @@ test-pg15: $(STAMP) ## the core election tests on the system PostgreSQL 15
 		echo "test-pg15: skipped, $(PG15) not found (apt-get install postgresql-15)"; \
 	fi
 
-chaos: $(STAMP) ## random real faults for CHAOS_DURATION seconds (300), then check the guarantees
-	$(BIN)/python -m chaos --duration $(CHAOS_DURATION)
+chaos: $(STAMP) ## random real faults for CHAOS_DURATION seconds (300), then check the guarantees (CHAOS_ARGS=--help)
+	$(BIN)/python -m chaos --duration $(CHAOS_DURATION) $(CHAOS_ARGS)
 
 bench: $(VENV)/.installed-bench ## failover, floor, trace, peers, overhead, then scale (about 45 min; BENCH_ARGS=--quick): bench/RESULTS.md
 	sh bench/setup.sh

@@ -5,6 +5,11 @@ system-wide on Linux, so the records of all instances compare), every moment
 it acted as leader: the time is read *before* ``is_leader`` is checked, so a
 freeze between the two can only make the record earlier, never later. The
 checker derives the intervals of office from these records.
+
+An election loop must never end while the coordinator runs. A watcher checks
+the loops' tasks (private attributes: no public API exposes them) and
+records any that ended, with its exception, as ``loop_died``; the runner
+fails the run on it, as on any traceback in the worker's output.
 """
 
 from __future__ import annotations
@@ -13,12 +18,15 @@ import argparse
 import asyncio
 import json
 import signal
+import sys
 import time
-from collections.abc import Callable
+import traceback
+from collections.abc import Callable, Iterator
 from typing import IO
 
 import asyncpg
 
+from chaos.checker import STARTED_MARK, STOPPING_MARK
 from coordinator import Coordinator, Group, NotLeader
 from coordinator._connect import TRANSIENT_ERRORS
 
@@ -32,6 +40,7 @@ LEDGER_DDL = """
     )
 """
 WRITE_EVERY = 0.02
+LOOP_CHECK_EVERY = 0.2
 
 
 class Worker:
@@ -46,6 +55,8 @@ class Worker:
             heartbeat_timeout=args.heartbeat_timeout,
             connect_timeout=2.0,
             reconnect_max=0.5,
+            wait=args.wait,
+            poll_interval=args.poll_interval,
         )
         self.pool: asyncpg.Pool | None = None
         for name in args.groups.split(","):
@@ -56,7 +67,7 @@ class Worker:
     def elected_handler(self, group: Group) -> Callable[[int], None]:
         return lambda term: self.start_work(group, term)
 
-    def record(self, kind: str, group: str, term: int, mono: float) -> None:
+    def record(self, kind: str, group: str, term: int, mono: float, **extra: object) -> None:
         self.log.write(
             json.dumps(
                 {
@@ -65,6 +76,7 @@ class Worker:
                     "group": group,
                     "term": term,
                     "mono": mono,
+                    **extra,
                 }
             )
             + "\n"
@@ -108,10 +120,41 @@ class Worker:
             timeout=2.0,
         )
         stop = asyncio.Event()
-        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, self.stopping, stop)
+        print(STARTED_MARK, file=sys.stderr, flush=True)
         async with self.coordinator:
+            watcher = asyncio.create_task(self.watch_loops())
             await stop.wait()
+            watcher.cancel()
         await self.pool.close()
+
+    def stopping(self, stop: asyncio.Event) -> None:
+        """Mark where shutdown begins in the output, so its tracebacks are told apart."""
+        print(STOPPING_MARK, file=sys.stderr, flush=True)
+        stop.set()
+
+    def loop_tasks(self) -> Iterator[tuple[str, asyncio.Task[None] | None]]:
+        for name, group in self.coordinator.groups.items():
+            yield name, getattr(group, "_task", None)
+        shared = getattr(self.coordinator, "_shared", None)
+        if shared is not None:
+            yield "*shared session*", getattr(shared, "_task", None)
+
+    async def watch_loops(self) -> None:
+        """Record each election loop that ended while the coordinator runs."""
+        reported: set[str] = set()
+        while True:
+            await asyncio.sleep(LOOP_CHECK_EVERY)
+            for name, task in self.loop_tasks():
+                if task is None or not task.done() or name in reported:
+                    continue
+                reported.add(name)
+                error = None if task.cancelled() else task.exception()
+                now = time.clock_gettime(time.CLOCK_MONOTONIC)
+                self.record("loop_died", name, -1, now, error=repr(error))
+                print(f"election loop of {name} ended while running: {error!r}", file=sys.stderr)
+                if error is not None:
+                    traceback.print_exception(error, file=sys.stderr)
 
 
 def main() -> None:
@@ -123,6 +166,8 @@ def main() -> None:
     parser.add_argument("--heartbeat-interval", type=float, required=True)
     parser.add_argument("--heartbeat-timeout", type=float, required=True)
     parser.add_argument("--log", required=True)
+    parser.add_argument("--wait", choices=("block", "poll"), default="block")
+    parser.add_argument("--poll-interval", type=float, default=1.0)
     asyncio.run(Worker(parser.parse_args()).run())
 
 

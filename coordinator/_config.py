@@ -15,7 +15,7 @@ import socket
 from dataclasses import dataclass, field
 from typing import Literal
 
-from coordinator._dsn import redact_dsn
+from coordinator._dsn import dsn_problem, redact_dsn
 from coordinator._errors import ConfigurationError
 from coordinator._keys import DEFAULT_LOCK_NAMESPACE
 
@@ -25,6 +25,24 @@ _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
 #: This machine's name, recorded with every leadership and membership.
 HOST = socket.gethostname()
+
+_DAY = 24 * 3600.0
+_MAX_GROUPS = 1_000_000
+_INTERVAL = (0.01, _DAY, "")
+#: Every duration field: least and most seconds (both allowed), and what the bounds protect.
+_SECONDS_BOUNDS: dict[str, tuple[float, float, str]] = {
+    "ttl": (0.1, _DAY, "it also becomes the sockets' tcp_user_timeout"),
+    "heartbeat_interval": _INTERVAL,
+    "heartbeat_timeout": _INTERVAL,
+    "connect_timeout": (0.01, 3600.0, ""),
+    "reconnect_min": (0.001, 3600.0, ""),
+    "reconnect_max": (0.001, 3600.0, ""),
+    "callback_timeout": _INTERVAL,
+    "take_office_timeout": (0.01, 3600.0, "it becomes a lock_timeout, where 0 ms means no limit"),
+    "events_retention": (1.0, 3650 * _DAY, ""),
+    "members_retention": (1.0, 3650 * _DAY, ""),
+    "poll_interval": _INTERVAL,
+}
 
 
 def default_instance_id() -> str:
@@ -48,6 +66,17 @@ class ConnectionOptions:
     application_name: str = "coordinator"
     #: Unacknowledged data is given up after this long (``tcp_user_timeout``).
     user_timeout: float = 15.0
+
+    def __post_init__(self) -> None:
+        if not self.dsn or not isinstance(self.dsn, str):
+            raise ConfigurationError(
+                "no database given: pass a DSN, e.g. postgresql://user:password@host:5432/dbname"
+            )
+        problem = dsn_problem(self.dsn)
+        if problem is not None:
+            raise ConfigurationError(problem)
+        low, high, why = _SECONDS_BOUNDS["connect_timeout"]
+        check_seconds("connect_timeout", self.connect_timeout, low, high, why)
 
     @property
     def redacted_dsn(self) -> str:
@@ -124,28 +153,22 @@ class CoordinatorConfig:
                 f"instance id {self.instance_id!r} is empty, too long or not printable: "
                 "use up to 200 printable characters, or leave it unset for host-pid-random"
             )
-        for name in (
-            "ttl",
-            "heartbeat_interval",
-            "heartbeat_timeout",
-            "connect_timeout",
-            "reconnect_min",
-            "reconnect_max",
-            "callback_timeout",
-            "take_office_timeout",
-            "events_retention",
-            "members_retention",
-            "poll_interval",
-        ):
-            value = getattr(self, name)
-            if not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
-                raise ConfigurationError(
-                    f"{name} must be a positive number of seconds, got {value!r}"
-                )
+        problem = dsn_problem(self.dsn)
+        if problem is not None:
+            raise ConfigurationError(problem)
+        for name, (low, high, why) in _SECONDS_BOUNDS.items():
+            check_seconds(name, getattr(self, name), low, high, why)
         if self.wait not in ("auto", "block", "poll"):
             raise ConfigurationError(f"wait must be 'auto', 'block' or 'poll', got {self.wait!r}")
-        if self.poll_threshold < 1:
-            raise ConfigurationError("poll_threshold must be at least 1 group")
+        if (
+            isinstance(self.poll_threshold, bool)
+            or not isinstance(self.poll_threshold, int)
+            or not 1 <= self.poll_threshold <= _MAX_GROUPS
+        ):
+            raise ConfigurationError(
+                f"poll_threshold must be a whole number of groups from 1 to {_MAX_GROUPS}, "
+                f"got {self.poll_threshold!r}"
+            )
         if self.reconnect_min > self.reconnect_max:
             raise ConfigurationError("reconnect_min must not exceed reconnect_max")
         cycle = self.heartbeat_interval + self.heartbeat_timeout
@@ -157,21 +180,28 @@ class CoordinatorConfig:
             )
         if self.safety_margin is None:
             object.__setattr__(self, "safety_margin", min(1.0, (self.ttl - cycle) / 2))
-        elif not 0 <= self.safety_margin < self.ttl - cycle:
+        elif (
+            not isinstance(self.safety_margin, int | float)
+            or not 0 <= self.safety_margin < self.ttl - cycle
+        ):
             raise ConfigurationError(
                 f"safety_margin ({self.safety_margin:g} s) must be at least 0 and less than "
                 f"ttl - heartbeat interval - heartbeat timeout ({self.ttl - cycle:g} s)"
             )
         if self.monitor_interval is None:
             object.__setattr__(self, "monitor_interval", self.heartbeat_interval)
-        elif self.monitor_interval <= 0:
-            raise ConfigurationError("monitor_interval must be a positive number of seconds")
+        else:
+            check_seconds("monitor_interval", self.monitor_interval, *_INTERVAL)
         if not _SCHEMA_NAME.match(self.schema):
             raise ConfigurationError(
                 f"schema {self.schema!r} is not a plain lower-case SQL identifier: "
                 "use letters, digits and underscores, e.g. 'coordinator'"
             )
-        if not 0 <= self.lock_namespace <= 0x7FFF_FFFF:
+        if (
+            isinstance(self.lock_namespace, bool)
+            or not isinstance(self.lock_namespace, int)
+            or not 0 <= self.lock_namespace <= 0x7FFF_FFFF
+        ):
             raise ConfigurationError(
                 f"lock_namespace {self.lock_namespace} must be a non-negative 32-bit integer"
             )
@@ -221,3 +251,25 @@ class CoordinatorConfig:
     @property
     def application_name(self) -> str:
         return f"coordinator:{self.instance_id}"[:63]
+
+
+def check_seconds(name: str, value: object, low: float, high: float, why: str) -> None:
+    """One line naming the setting, its bounds and the value given."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or not low <= value <= high
+    ):
+        raise ConfigurationError(
+            f"{name} must be from {_duration(low)} to {_duration(high)}"
+            + (f" ({why})" if why else "")
+            + f", got {value!r}"
+        )
+
+
+def _duration(seconds: float) -> str:
+    if seconds >= _DAY and seconds % _DAY == 0:
+        days = seconds / _DAY
+        return f"{days:g} day" + ("s" if days != 1 else "")
+    return f"{seconds * 1000:g} ms" if seconds < 1 else f"{seconds:g} s"

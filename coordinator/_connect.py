@@ -19,7 +19,12 @@ from typing import Any
 import asyncpg
 
 from coordinator._config import ConnectionOptions
-from coordinator._errors import ConnectionFailed, UnsupportedDatabase
+from coordinator._errors import (
+    ConfigurationError,
+    ConnectionFailed,
+    LoginRefused,
+    UnsupportedDatabase,
+)
 from coordinator._sql import Statements
 
 __all__ = ["TRANSIENT_ERRORS", "connect"]
@@ -44,36 +49,34 @@ async def connect(options: ConnectionOptions) -> asyncpg.Connection:
     """
     conn = await _open(options)
     try:
-        await conn.execute(Statements.set_keepalives, *options.keepalive_settings())
-        await _check_server(options, conn)
+        facts = await conn.fetchrow(Statements.set_keepalives, *options.keepalive_settings())
+        await _check_server(options, conn, facts)
     except BaseException:
         conn.terminate()
         raise
     return conn
 
 
-async def _open(options: ConnectionOptions) -> asyncpg.Connection:
+async def _open(options: ConnectionOptions, *, cache: bool = True) -> asyncpg.Connection:
+    """Connect; ``cache=False`` for unnamed statements only (safe behind any pooler)."""
     where = options.redacted_dsn
     kwargs: dict[str, Any] = {
         "timeout": options.connect_timeout,
         # Only application_name in the startup packet: poolers such as PgBouncer
         # refuse unknown startup parameters. The keepalives are SET afterwards.
         "server_settings": {"application_name": options.application_name[:63]},
-        # Unnamed statements only, so that the checks also run safely behind a
-        # transaction pooler before we refuse it. Hot statements are prepared
-        # explicitly by the lock session.
-        "statement_cache_size": 0,
+        "statement_cache_size": 100 if cache else 0,
     }
     try:
         return await asyncpg.connect(options.dsn, **kwargs)
     except asyncpg.InvalidPasswordError:
-        raise ConnectionFailed(
+        raise LoginRefused(
             f"the database refused the password for {where}: check the user and password in the DSN"
         ) from None
     except asyncpg.InvalidAuthorizationSpecificationError as error:
-        raise ConnectionFailed(f"the database refused the login for {where}: {error}") from None
+        raise LoginRefused(f"the database refused the login for {where}: {error}") from None
     except asyncpg.InvalidCatalogNameError:
-        raise ConnectionFailed(
+        raise LoginRefused(
             f"the database named in {where} does not exist: create it or fix the DSN"
         ) from None
     except TimeoutError:
@@ -88,13 +91,23 @@ async def _open(options: ConnectionOptions) -> asyncpg.Connection:
             f"cannot connect to {where} ({error.strerror or error}): "
             "check the DSN (--dsn or COORDINATOR_DSN) and that the server is running"
         ) from None
+    except asyncpg.TargetServerAttributeNotMatched:
+        raise ConnectionFailed(
+            f"no host of {where} matches its target_session_attrs: none is the kind of server "
+            "asked for (a primary for read-write), or it is being promoted; check the hosts"
+        ) from None
     except asyncpg.PostgresError as error:
         raise ConnectionFailed(f"the database at {where} refused the connection: {error}") from None
-    except ValueError as error:  # asyncpg's DSN parser
-        raise ConnectionFailed(f"the DSN {where} is malformed: {error}") from None
+    except ValueError as error:  # asyncpg's DSN parser; its message may quote the DSN
+        raise ConfigurationError(
+            f"the DSN {where} is malformed ({type(error).__name__}): "
+            "check its form, postgresql://user@host:5432/dbname?param=value"
+        ) from None
 
 
-async def _check_server(options: ConnectionOptions, conn: asyncpg.Connection) -> None:
+async def _check_server(
+    options: ConnectionOptions, conn: asyncpg.Connection, facts: asyncpg.Record
+) -> None:
     """Refuse a standby and a transaction- or statement-pooling proxy.
 
     Behind any pooler the handshake's backend pid differs from
@@ -102,8 +115,11 @@ async def _check_server(options: ConnectionOptions, conn: asyncpg.Connection) ->
     client tells the modes apart: in session mode each client keeps its own
     backend, while in transaction mode the backend that the first client
     just released is handed to the next one.
+
+    ``facts`` come from the connection's first statement: through a
+    transaction pooler a whole prepare-and-execute up to its Sync is one
+    transaction, so it answers before we refuse.
     """
-    facts = await conn.fetchrow(Statements.server_facts)
     if facts["in_recovery"]:
         raise UnsupportedDatabase(
             f"{options.redacted_dsn} is a standby (read-only replica): point the DSN at the "
@@ -111,12 +127,18 @@ async def _check_server(options: ConnectionOptions, conn: asyncpg.Connection) ->
         )
     if conn.get_server_pid() == facts["backend_pid"]:
         return
-    other = await _open(options)
+    # Behind a pooler. Two more clients, with unnamed statements only (a named
+    # one would not exist on the backend a transaction pooler hands out next).
+    first_client = await _open(options, cache=False)
     try:
-        first = (await conn.fetchrow(Statements.server_facts))["backend_pid"]
-        second = (await other.fetchrow(Statements.server_facts))["backend_pid"]
+        second_client = await _open(options, cache=False)
+        try:
+            first = (await first_client.fetchrow(Statements.server_facts))["backend_pid"]
+            second = (await second_client.fetchrow(Statements.server_facts))["backend_pid"]
+        finally:
+            await second_client.close()
     finally:
-        await other.close()
+        await first_client.close()
     if first == second:
         raise UnsupportedDatabase(
             f"{options.redacted_dsn} goes through a connection pooler in transaction or statement "

@@ -12,6 +12,7 @@ __all__ = [
     "ConnectionFailed",
     "CoordinatorError",
     "KeyCollisionError",
+    "LoginRefused",
     "MigrationError",
     "NotLeader",
     "SchemaNotMigrated",
@@ -34,6 +35,10 @@ class KeyCollisionError(ConfigurationError):
 
 class ConnectionFailed(CoordinatorError, ConnectionError):
     """The database could not be reached or refused the credentials."""
+
+
+class LoginRefused(ConnectionFailed):
+    """The database refused the user, password or database name: retrying cannot help."""
 
 
 class UnsupportedDatabase(CoordinatorError, RuntimeError):

@@ -86,7 +86,16 @@ class Health:
         # Until the heartbeat job first runs, its age counts from when a probe
         # first saw the coordinator running: start() has just beaten then.
         self._first_seen_running: float | None = None
+        self._start_problem: str | None = None
         coordinator.add_listener(self._on_signal)
+
+    def starting(self, problem: str | None) -> None:
+        """Why the coordinator's start is being retried, or None once it is not.
+
+        While a start is retried the process is live (a restart would not
+        help) but not ready, and /readyz says why.
+        """
+        self._start_problem = problem
 
     def heartbeat_age(self, group: str) -> float | None:
         """Seconds since this instance's last successful heartbeat in ``group``; None before one."""
@@ -106,6 +115,8 @@ class Health:
 
     def live(self) -> Verdict:
         age = self.heartbeat_job_age()
+        if age is None and self._start_problem is not None:
+            return Verdict(True, f"the start is being retried: {self._start_problem}")
         if age is None:
             return Verdict(False, "the coordinator is not running")
         if age > self.stale_after:
@@ -120,6 +131,8 @@ class Health:
         live = self.live()
         if not live.ok:
             return live
+        if not self._coordinator.running:
+            return Verdict(False, f"not started yet: {self._start_problem}")
         failing = self._coordinator.failing
         if failing:
             name, problem = min(failing.items())

@@ -92,14 +92,21 @@ async def migrate(
         await conn.execute(
             sql.migration_lock, DEFAULT_LOCK_NAMESPACE, group_lock_key(f"migrations:{schema}")
         )
-        await conn.execute(sql.migrations_table)
-        applied = {row["version"]: row for row in await conn.fetch(sql.applied_migrations)}
+        # The bookkeeping table is created in the transaction of the first
+        # migration, so that a migration that fails leaves nothing behind.
+        exists = await conn.fetchval(sql.migrations_table_exists)
+        applied = (
+            {row["version"]: row for row in await conn.fetch(sql.applied_migrations)}
+            if exists
+            else {}
+        )
         _check_applied(applied, migrations)
         done = []
         for migration in migrations:
             if migration.version in applied:
                 continue
             async with conn.transaction():
+                await conn.execute(sql.migrations_table)
                 await conn.execute(migration.sql_for(schema))
                 await conn.execute(
                     sql.record_migration, migration.version, migration.name, migration.checksum

@@ -46,12 +46,15 @@ class Statements:
     """
 
     # Server-side keepalives and tcp_user_timeout: a vanished client's session
-    # (and so its lock) dies in seconds instead of after the OS defaults.
+    # (and so its lock) dies in seconds instead of after the OS defaults. The
+    # same round trip brings the server's facts for the connect checks.
     set_keepalives: str = """
         SELECT set_config('tcp_keepalives_idle', $1, false),
                set_config('tcp_keepalives_interval', $2, false),
                set_config('tcp_keepalives_count', $3, false),
-               set_config('tcp_user_timeout', $4, false)
+               set_config('tcp_user_timeout', $4, false),
+               pg_is_in_recovery() AS in_recovery,
+               pg_backend_pid() AS backend_pid
     """
 
     schema_version: str = "SELECT coalesce(max(version), 0) FROM {schema}.schema_migrations"
@@ -318,6 +321,8 @@ class Statements:
             applied_at timestamptz NOT NULL DEFAULT now()
         )
     """
+
+    migrations_table_exists: str = "SELECT to_regclass('{schema}.schema_migrations') IS NOT NULL"
 
     applied_migrations: str = "SELECT version, name, checksum FROM {schema}.schema_migrations"
 

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import subprocess
+import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 import asyncpg
@@ -127,3 +130,16 @@ async def followers_ready(dsn: str, wait: str, count: int = 1) -> bool:
             "(SELECT 1 FROM coordinator.leaders AS l WHERE l.holder = s.instance_id)"
         )
     return int(members) >= count
+
+
+def coordinator_cli(
+    *args: str, env: Mapping[str, str] | None = None, inherit: bool = True
+) -> subprocess.CompletedProcess[str]:
+    """``coordinator ARGS`` as a process, with ``env`` over this environment (if inherited)."""
+    return subprocess.run(
+        [sys.executable, "-m", "coordinator", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**(os.environ if inherit else {}), **(env or {})},
+    )

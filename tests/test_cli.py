@@ -228,19 +228,20 @@ async def test_status_members_lists_every_member_with_its_role(dsn: str) -> None
     """Two live coordinators and a long-gone member: the leader, a candidate, and the gone one."""
     keep = {"members_retention": 7200.0}  # the leader's first prune must spare the gone one
     a, b = coordinator(dsn, "a", "scheduler", **keep), coordinator(dsn, "b", "scheduler", **keep)
-    async with a, b:
-        await a.group("scheduler").wait_elected(15)
-        async with connected(dsn) as conn:
-            await conn.execute(
-                "INSERT INTO coordinator.heartbeats (group_name, instance_id, role, host, pid, "
-                "heartbeat_at) VALUES ('scheduler', 'gone', 'follower', 'h', 7, "
-                "now() - interval '1 hour')"
-            )
-        await wait_until(lambda: _both_beat(dsn), 15, what="b's first member heartbeat")
-        result = cli("status", "--dsn", dsn, "--members", "--json")
-        assert result.returncode == 0, result.stderr
-        members = {row["instance_id"]: row for row in json.loads(result.stdout)}
-        table = cli("status", "--dsn", dsn, "--members").stdout
+    async with a:
+        await a.group("scheduler").wait_elected(15)  # a leads before b even starts
+        async with b:
+            async with connected(dsn) as conn:
+                await conn.execute(
+                    "INSERT INTO coordinator.heartbeats (group_name, instance_id, role, host, pid, "
+                    "heartbeat_at) VALUES ('scheduler', 'gone', 'follower', 'h', 7, "
+                    "now() - interval '1 hour')"
+                )
+            await wait_until(lambda: _both_beat(dsn), 15, what="b's first member heartbeat")
+            result = cli("status", "--dsn", dsn, "--members", "--json")
+            assert result.returncode == 0, result.stderr
+            members = {row["instance_id"]: row for row in json.loads(result.stdout)}
+            table = cli("status", "--dsn", dsn, "--members").stdout
     assert list(members["a"]) == [
         "group",
         "instance_id",

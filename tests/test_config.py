@@ -94,7 +94,91 @@ def test_config_repr_never_shows_the_dsn() -> None:
         ),
         ("host=db user=app password=s3cret dbname=app", "host=db user=app password=*** dbname=app"),
         ("host=db password='s3 cret' dbname=app", "host=db password=*** dbname=app"),
+        (
+            "postgresql://app@db/app?sslpassword=s3cret&sslmode=verify-full",
+            "postgresql://app@db/app?sslpassword=***&sslmode=verify-full",
+        ),
+        ("host=db sslpassword=s3cret user=app", "host=db sslpassword=*** user=app"),
+        (
+            "postgresql://app:s3:cr3t@h1:5432,h2:5433/app?target_session_attrs=read-write",
+            "postgresql://app:***@h1:5432,h2:5433/app?target_session_attrs=read-write",
+        ),
+        ("postgresql://app:@/app?host=/run/pg", "postgresql://app:***@/app?host=/run/pg"),
+        ("postgresql://app@db/app?options=-c%20s3cret", "postgresql://app@db/app?options=***"),
+        ("host=db password='s3cret", "<unparseable DSN>"),
     ],
 )
 def test_passwords_are_redacted_from_dsns(dsn: str, expected: str) -> None:
     assert redact_dsn(dsn) == expected
+
+
+@pytest.mark.parametrize("character", ["/", "?", "#", "@"])
+def test_an_unescaped_reserved_character_in_a_password_is_refused_unshown(character: str) -> None:
+    """asyncpg would read the rest of such a password as host, port or database."""
+    dsn = f"postgresql://app:pa{character}ssSECRET@db:5432/app"
+    assert "SECRET" not in redact_dsn(dsn)
+    with pytest.raises(ConfigurationError, match="Percent-encode") as raised:
+        CoordinatorConfig(dsn=dsn)
+    assert "SECRET" not in str(raised.value)
+
+
+def test_a_colon_in_a_password_needs_no_escaping() -> None:
+    config = CoordinatorConfig(dsn="postgresql://app:pa:ssSECRET@db/app")
+    assert config.redacted_dsn == "postgresql://app:***@db/app"
+
+
+def test_a_keyword_dsn_is_refused_with_the_url_form() -> None:
+    with pytest.raises(ConfigurationError, match="must be a URL") as raised:
+        CoordinatorConfig(dsn="host=db password=SECRET dbname=app")
+    assert "SECRET" not in str(raised.value)
+
+
+#: Each duration field with a value just outside each of its bounds.
+OUT_OF_BOUNDS = [
+    ("ttl", 3e6, "ttl must be from 100 ms to 1 day"),
+    ("ttl", 0.05, "ttl must be from"),
+    ("monitor_interval", 1e300, "monitor_interval must be from 10 ms to 1 day"),
+    ("monitor_interval", 0.0, "monitor_interval must be from"),
+    ("events_retention", 1e300, "events_retention must be from 1 s to 3650 days"),
+    ("members_retention", 1e300, "members_retention must be from 1 s to 3650 days"),
+    ("take_office_timeout", 1e-5, "0 ms means no limit"),
+    ("heartbeat_interval", float("nan"), "heartbeat_interval must be from"),
+    ("heartbeat_timeout", float("inf"), "heartbeat_timeout must be from"),
+    ("connect_timeout", -1, "connect_timeout must be from"),
+    ("reconnect_min", 0, "reconnect_min must be from"),
+    ("reconnect_max", 1e9, "reconnect_max must be from"),
+    ("callback_timeout", 1e300, "callback_timeout must be from"),
+    ("poll_interval", 1e-9, "poll_interval must be from"),
+    ("ttl", True, "ttl must be from"),
+    ("poll_threshold", 0, "poll_threshold must be a whole number of groups from 1"),
+    ("poll_threshold", 10**9, "poll_threshold must be a whole number of groups from 1"),
+    ("lock_namespace", 2**31, "lock_namespace"),
+    ("safety_margin", -1, "safety_margin"),
+]
+
+
+@pytest.mark.parametrize(("name", "value", "message"), OUT_OF_BOUNDS)
+def test_every_numeric_setting_is_bounded_in_one_line(
+    name: str, value: object, message: str
+) -> None:
+    with pytest.raises(ConfigurationError) as raised:
+        CoordinatorConfig(dsn=DSN, **{name: value})
+    (line,) = str(raised.value).splitlines()
+    assert message in line
+
+
+def test_every_duration_field_has_bounds() -> None:
+    """A new duration field without bounds would take 1e300 or 1e-9 as given."""
+    from dataclasses import fields
+    from typing import get_type_hints
+
+    from coordinator._config import _SECONDS_BOUNDS
+
+    hints = get_type_hints(CoordinatorConfig)
+    durations = {
+        f.name
+        for f in fields(CoordinatorConfig)
+        if float in getattr(hints[f.name], "__args__", (hints[f.name],))
+    }
+    computed = {"safety_margin", "monitor_interval"}  # bounded against other fields
+    assert durations - computed == set(_SECONDS_BOUNDS)

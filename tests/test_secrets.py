@@ -13,7 +13,6 @@ import json
 import os
 import secrets
 import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ from coordinator import Coordinator, CoordinatorConfig, CoordinatorError
 from coordinator.integrations.http import HttpServer, http_app
 from coordinator.testing import CoordinatorProcess
 from endpoints import HTTP_ANY_PORT, get, http_port, wait_status
-from helpers import FAST, connected
+from helpers import FAST, connected, coordinator_cli
 
 Spawn = Callable[..., CoordinatorProcess]
 GROUP = "scheduler"
@@ -47,13 +46,7 @@ class Transcript:
     def cli(
         self, *args: str, env: dict[str, str] | None = None
     ) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run(
-            [sys.executable, "-m", "coordinator", *args],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            env={**os.environ, **(env or {})},
-        )
+        result = coordinator_cli(*args, env=env)
         self.add(f"coordinator {args[0]} (stdout)", result.stdout)
         self.add(f"coordinator {args[0]} (stderr)", result.stderr)
         return result
@@ -174,3 +167,53 @@ async def test_no_password_appears_in_any_output(
     assert '"database_error":"' in everything, "a failed read of the database is reported"
     if os.environ.get("SHOW_TRANSCRIPT"):
         print(everything)
+
+
+SECRET = "SECRETpw42"
+
+
+def dsn_forms(dsn: str, tmp_path: Path) -> Iterator[tuple[str, str, dict[str, str]]]:
+    """(what, DSN, environment): every way a password reaches the driver, all of them wrong."""
+    parts = urlsplit(dsn)
+    where = f"{parts.hostname}:{parts.port}{parts.path}"
+    for character in "/?#@:":
+        yield f"unescaped {character!r}", f"postgresql://postgres:pa{character}{SECRET}@{where}", {}
+    yield "percent-encoded", f"postgresql://postgres:{quote(SECRET + '/?#@', safe='')}@{where}", {}
+    yield (
+        "key=value",
+        f"host={parts.hostname} port={parts.port} user=postgres password='{SECRET} x'",
+        {},
+    )
+    closed = f"{parts.hostname}:1{parts.path}"
+    yield "sslpassword", f"postgresql://postgres@{closed}?sslpassword={SECRET}&sslmode=disable", {}
+    yield "password parameter", f"postgresql://postgres@{where}?password={SECRET}", {}
+    yield "PGPASSWORD", f"postgresql://postgres@{where}", {"PGPASSWORD": SECRET}
+    passfile = tmp_path / "pgpass"
+    passfile.write_text(f"*:*:*:*:{SECRET}\n")
+    passfile.chmod(0o600)
+    yield "passfile", f"postgresql://postgres@{where}", {"PGPASSFILE": str(passfile)}
+
+
+def try_every_command(forms: list[tuple[str, str, dict[str, str]]]) -> Transcript:
+    seen = Transcript()
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("PG", "COORDINATOR_"))}
+    for what, form, env in forms:
+        for command in ("status", "migrate", "run --group g --start-timeout 0"):
+            result = coordinator_cli(
+                *command.split(), "--dsn", form, env={**clean, **env}, inherit=False
+            )
+            seen.add(f"{what}: coordinator {command} (stdout)", result.stdout)
+            seen.add(f"{what}: coordinator {command} (stderr)", result.stderr)
+            assert result.returncode == 1, (what, command, result)
+            assert "Traceback" not in result.stderr, (what, command, result.stderr)
+    return seen
+
+
+async def test_no_form_of_dsn_or_password_is_printed(dsn: str, tmp_path: Path) -> None:
+    """Each form fails (a wrong password, a closed port, a refused form) in one line without it."""
+    seen = try_every_command(list(dsn_forms(dsn, tmp_path)))
+    leaks = list(seen.leaks(SECRET))
+    assert not leaks, "\n".join(leaks)
+    everything = "\n".join(text for _, text in seen.entries)
+    assert "refused the password" in everything, "the wrong passwords reached the server"
+    assert "sslpassword=***" in everything

@@ -13,9 +13,9 @@ and what it takes. A DSN is never echoed: it may hold a password.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import math
 import os
+import re
 import tomllib
 from collections.abc import Callable, Iterator
 from dataclasses import MISSING, dataclass, fields
@@ -33,6 +33,7 @@ __all__ = [
     "Setting",
     "add_settings",
     "config_settings",
+    "duration",
     "resolve_settings",
 ]
 
@@ -47,15 +48,26 @@ class Address(NamedTuple):
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
 
-def _seconds(value: object) -> float:
+#: A duration: a number and an optional unit; a plain number is seconds.
+_DURATION = re.compile(r"^\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+
+
+def duration(value: object) -> float:
+    """A duration: ``5``, ``5s``, ``500ms``, ``2m``, ``1h``; a plain number is seconds.
+
+    Only the form is checked here; whoever uses the value checks its bounds.
+    """
     seconds = None
     if isinstance(value, int | float) and not isinstance(value, bool):
         seconds = float(value)
-    elif isinstance(value, str):
-        with contextlib.suppress(ValueError):
-            seconds = float(value)
+    elif isinstance(value, str) and (match := _DURATION.match(value)):
+        seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
     if seconds is None or not math.isfinite(seconds):
-        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {value!r}")
+        raise argparse.ArgumentTypeError(
+            f"expected a duration such as 5, 5s, 500ms, 2m, 1h or 7d (a plain number is "
+            f"seconds), got {value!r}"
+        )
     return seconds
 
 
@@ -150,23 +162,29 @@ class Setting:
 
 #: What --help says of CoordinatorConfig's fields; docs/configuration.md says more.
 _CONFIG_HELP = {
-    "ttl": "seconds without a heartbeat before a leader is fenced",
-    "heartbeat_interval": "seconds between heartbeats",
-    "heartbeat_timeout": "seconds one heartbeat may take",
-    "safety_margin": "seconds a leader demotes itself before its ttl",
-    "monitor_interval": "seconds between stale-leader checks",
-    "lock_namespace": "first int4 of every advisory lock",
-    "connect_timeout": "seconds one connection attempt may take",
-    "reconnect_min": "shortest wait before reconnecting",
-    "reconnect_max": "longest wait before reconnecting",
-    "callback_timeout": "seconds callbacks may run",
-    "take_office_timeout": "seconds taking office waits for fenced work of the old term",
-    "events_retention": "seconds of history to keep",
+    "ttl": "how long a leader's heartbeat may be missing before others fence it",
+    "heartbeat_interval": "time between heartbeats",
+    "heartbeat_timeout": "how long one heartbeat may take",
+    "safety_margin": "how long before its ttl a leader stops trusting its leadership",
+    "monitor_interval": "time between checks for stale leaders",
+    "lock_namespace": "first int4 of every advisory lock key",
+    "connect_timeout": "how long one connection attempt may take",
+    "reconnect_min": "shortest jittered wait before reconnecting",
+    "reconnect_max": "longest jittered wait before reconnecting",
+    "callback_timeout": "how long on_elected/on_demoted callbacks may run",
+    "take_office_timeout": "how long taking office waits for fenced work of the old term",
+    "events_retention": "how long leadership events are kept",
+    "members_retention": "how long a member that stopped beating (and leads nothing) is kept",
     "wait": "how followers wait: block (a connection per group, failover in milliseconds), "
     "poll (one connection, failover within poll_interval), or auto",
-    "poll_interval": "poll mode: seconds between attempts on free groups",
+    "poll_interval": "poll mode: time between attempts on free groups",
     "poll_threshold": "auto mode: poll above this many groups",
     "fair_spread": "poll mode: hand leaderships above the fair share over",
+}
+#: How --help describes the defaults that are computed from other settings.
+_COMPUTED_DEFAULTS = {
+    "safety_margin": "1s, less when the ttl leaves less room",
+    "monitor_interval": "the heartbeat interval",
 }
 #: Fields with settings of their own above, or none (the DSN is read separately).
 _OWN_SETTINGS = ("dsn", "schema", "instance_id")
@@ -187,8 +205,8 @@ def _config_settings() -> Iterator[Setting]:
         yield Setting(
             field.name,
             parse,
-            _CONFIG_HELP.get(field.name, "see docs/configuration.md"),
-            shown_default=_describe(default),
+            _CONFIG_HELP.get(field.name, ""),
+            shown_default=_COMPUTED_DEFAULTS.get(field.name) or _describe(default),
             metavar=metavar,
         )
 
@@ -203,7 +221,7 @@ def _parser_for(hint: Any) -> tuple[Callable[[Any], Any], str | None]:
     if kinds == {int}:
         return _integer, "N"
     if kinds <= {int, float}:
-        return _seconds, "SECONDS"
+        return duration, "DURATION"
     return _text, None
 
 
@@ -214,8 +232,11 @@ def _describe(default: object) -> str:
         return str(default).lower()
     if isinstance(default, int):
         return f"{default:#x}" if default > 0xFFFF else str(default)
-    if isinstance(default, float):
-        return f"{default:g}"
+    if isinstance(default, float):  # every float field is a duration
+        for unit in ("d", "h", "m"):
+            if default >= _UNIT_SECONDS[unit] and default % _UNIT_SECONDS[unit] == 0:
+                return f"{default / _UNIT_SECONDS[unit]:g}{unit}"
+        return f"{default:g}s"
     return str(default)
 
 
@@ -243,6 +264,14 @@ SETTINGS: dict[str, Setting] = {
             "serve /livez, /readyz, /leader and /metrics at HOST:PORT",
             shown_default="no HTTP",
             metavar="HOST:PORT",
+        ),
+        Setting(
+            "start_timeout",
+            duration,
+            "run: how long to keep retrying a database that cannot be used at start "
+            "(0: fail at the first failure)",
+            shown_default="retry until stopped",
+            metavar="DURATION",
         ),
         Setting(
             "ready_when",
@@ -333,6 +362,11 @@ def _read_file(path: Path) -> dict[str, Any]:
         raise ConfigurationError(f"cannot read config file {path}: {error.strerror}") from None
     except tomllib.TOMLDecodeError as error:
         raise ConfigurationError(f"config file {path} is not valid TOML: {error}") from None
+    except UnicodeDecodeError as error:
+        raise ConfigurationError(
+            f"config file {path} is not UTF-8 text (byte {error.start}): "
+            "save it as UTF-8, as TOML requires"
+        ) from None
     unknown = sorted(set(values) - set(SETTINGS))
     if unknown:
         raise ConfigurationError(

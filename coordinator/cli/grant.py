@@ -147,7 +147,8 @@ def _password(variable: str) -> str:
 
 async def _grant(dsn: str, schema: str, role: str, sql: str, password: str | None) -> None:
     statements = Statements.for_schema(schema)
-    conn = await connect(ConnectionOptions(dsn=dsn, application_name="coordinator:grant"))
+    options = ConnectionOptions(dsn=dsn, application_name="coordinator:grant")
+    conn = await connect(options)
     try:
         await check_schema(conn, schema, statements.schema_version)
         async with conn.transaction():
@@ -162,6 +163,11 @@ async def _grant(dsn: str, schema: str, role: str, sql: str, password: str | Non
         raise CoordinatorError(
             f"the DSN's role may not grant in schema {schema} or create roles ({error}): "
             "run grant as the schema's owner, with CREATEROLE, or as a superuser"
+        ) from None
+    except asyncpg.ReadOnlySQLTransactionError:
+        raise CoordinatorError(
+            f"the database at {options.redacted_dsn} is read-only (a standby, or "
+            "default_transaction_read_only is on): run grant against the primary"
         ) from None
     finally:
         await conn.close()

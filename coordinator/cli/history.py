@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import re
 from datetime import UTC, datetime, timedelta
 
 from coordinator._observe import read_history
@@ -16,12 +15,12 @@ from coordinator.cli._common import (
     event_columns,
     require_dsn,
 )
+from coordinator.cli._settings import duration
 from coordinator.cli.watch import print_changes
 
 __all__ = ["parse_since", "register"]
 
-_DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
-_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_LONGEST_AGO = timedelta(days=36500)
 
 
 def register(subparsers: Subparsers) -> None:
@@ -71,10 +70,15 @@ def handle(args: argparse.Namespace) -> int:
 
 
 def parse_since(text: str) -> datetime | timedelta:
-    """A duration back from now (``30m``), or a time; a time without a zone is UTC."""
-    match = _DURATION.match(text.strip())
-    if match:
-        return timedelta(seconds=float(match.group(1)) * _UNIT_S[match.group(2)])
+    """A duration back from now (``30m``, or seconds), or a time; a time without a zone is UTC."""
+    try:
+        ago = duration(text)
+    except argparse.ArgumentTypeError:
+        pass
+    else:
+        if 0 <= ago <= _LONGEST_AGO.total_seconds():
+            return timedelta(seconds=ago)
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration from 0 to 36500 days")
     try:
         moment = datetime.fromisoformat(text.strip())
     except ValueError:

@@ -16,9 +16,10 @@ import http.client
 import json
 import urllib.parse
 
+from coordinator._config import check_seconds
 from coordinator._errors import ConfigurationError
 from coordinator.cli._common import Subparsers
-from coordinator.cli._settings import Address, add_settings
+from coordinator.cli._settings import Address, add_settings, duration
 
 __all__ = ["probe", "register"]
 
@@ -36,13 +37,18 @@ def register(subparsers: Subparsers) -> None:
     )
     which.add_argument("--live", action="store_true", help="ask /livez instead of /readyz")
     parser.add_argument(
-        "--timeout", type=float, default=2.0, help="seconds to wait for the answer (2)"
+        "--timeout",
+        type=duration,
+        default=2.0,
+        metavar="DURATION",
+        help="how long to wait for the answer, e.g. 2s or 500ms (default: 2s)",
     )
     # It speaks HTTP only: no library events to quiet, so structlog is never imported.
     parser.set_defaults(handler=handle, uses_library=False)
 
 
 def handle(args: argparse.Namespace) -> int:
+    check_seconds("probe --timeout", args.timeout, 0.001, 3600.0, "")
     if args.http is None:
         raise ConfigurationError(
             "no address to probe: pass --http HOST:PORT as given to `coordinator run`, "

@@ -5,30 +5,48 @@ With ``--http HOST:PORT`` it also serves the probe and metrics endpoints
 application beside it asks ``/leader/{group}`` instead of electing itself.
 The HTTP server starts first, so that a taken port fails before anything
 connects, and stops last, so that probes answer while leadership is resigned.
+
+A database that cannot be used at start (down, restarting, read-only for a
+while) is waited for: the start is retried with jittered back-off, each
+failure logged, ``/livez`` live and ``/readyz`` saying why it is not ready, so
+that an outage is not a crash loop. What waiting cannot fix (bad settings,
+refused credentials, a missing schema, a standby or a pooler that cannot
+hold session locks) fails at once; ``--start-timeout`` bounds the waiting.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import signal
 from typing import TYPE_CHECKING
 
+import asyncpg
 import structlog
 
-from coordinator._config import CoordinatorConfig
+from coordinator._config import CoordinatorConfig, check_seconds
+from coordinator._connect import TRANSIENT_ERRORS
 from coordinator._coordinator import Coordinator
-from coordinator._errors import ConfigurationError
+from coordinator._errors import ConfigurationError, CoordinatorError, LoginRefused
 from coordinator._logging import configure_logging
 from coordinator.cli._common import Subparsers, require_dsn
 from coordinator.cli._settings import SETTINGS, Address, add_settings, config_settings
 
 if TYPE_CHECKING:
+    from coordinator._health import Health
     from coordinator.integrations.http import HttpServer
 
 __all__ = ["register"]
 
 log = structlog.get_logger("coordinator")
+
+#: Failures at start that a wait may cure: the server is down, restarting, or read-only
+#: for a while (default_transaction_read_only on).
+_START_RETRIED: tuple[type[BaseException], ...] = (
+    *TRANSIENT_ERRORS,
+    asyncpg.ReadOnlySQLTransactionError,
+)
 
 
 def register(subparsers: Subparsers) -> None:
@@ -48,14 +66,20 @@ def handle(args: argparse.Namespace) -> int:
             'set COORDINATOR_GROUPS=a,b or put groups = ["a"] in the config file'
         )
     config = CoordinatorConfig(**{**config_settings(vars(args)), "dsn": require_dsn(args)})
+    if args.start_timeout is not None:
+        check_seconds("start_timeout", args.start_timeout, 0.0, 3650 * 24 * 3600.0, "")
     coordinator = Coordinator(config=config)
     for name in dict.fromkeys(args.groups):
         coordinator.group(name)
-    server = _http_server(coordinator, args.http, args.ready_when) if args.http else None
-    return asyncio.run(_serve(coordinator, server))
+    server, health = (
+        _http_server(coordinator, args.http, args.ready_when) if args.http else (None, None)
+    )
+    return asyncio.run(_serve(coordinator, server, health, args.start_timeout))
 
 
-def _http_server(coordinator: Coordinator, address: Address, ready_when: str) -> HttpServer:
+def _http_server(
+    coordinator: Coordinator, address: Address, ready_when: str
+) -> tuple[HttpServer, Health]:
     try:
         import prometheus_client
 
@@ -67,12 +91,18 @@ def _http_server(coordinator: Coordinator, address: Address, ready_when: str) ->
         ) from None
     # This process is ours: its counters need no *_created series beside them.
     prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]  # unannotated
-    server = HttpServer(http_app(coordinator, ready_when=ready_when), address.host, address.port)
+    app = http_app(coordinator, ready_when=ready_when)
+    server = HttpServer(app, address.host, address.port)
     server.bind()
-    return server
+    return server, app.state.health
 
 
-async def _serve(coordinator: Coordinator, server: HttpServer | None) -> int:
+async def _serve(
+    coordinator: Coordinator,
+    server: HttpServer | None,
+    health: Health | None,
+    start_timeout: float | None,
+) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -80,7 +110,9 @@ async def _serve(coordinator: Coordinator, server: HttpServer | None) -> int:
     if server is not None:
         await server.start()
     try:
-        await coordinator.start()
+        if not await _start(coordinator, health, stop, start_timeout):
+            log.info("shutdown_requested", instance_id=coordinator.instance_id)
+            return 0
         try:
             await stop.wait()
             log.info("shutdown_requested", instance_id=coordinator.instance_id)
@@ -90,3 +122,59 @@ async def _serve(coordinator: Coordinator, server: HttpServer | None) -> int:
         if server is not None:
             await server.stop()
     return 0
+
+
+async def _start(
+    coordinator: Coordinator,
+    health: Health | None,
+    stop: asyncio.Event,
+    timeout: float | None,
+) -> bool:
+    """Start, retrying what a wait may cure; False when stopped before a start succeeded."""
+    config = coordinator.config
+    deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
+    failures = 0
+    while True:
+        try:
+            await coordinator.start()
+        except LoginRefused:
+            raise  # a ConnectionFailed, but no wait brings the right password
+        except _START_RETRIED as error:
+            problem = _start_problem(error)
+            failures += 1
+            delay = config.reconnect_delay(failures)
+            if deadline is not None and asyncio.get_running_loop().time() + delay > deadline:
+                raise CoordinatorError(
+                    f"cannot start after {failures} attempt{'s' if failures > 1 else ''}: {problem}"
+                ) from None
+            log.warning(
+                "start_failed_retrying",
+                problem=problem,
+                attempt=failures,
+                retry_in_s=round(delay, 3),
+            )
+            if health is not None:
+                health.starting(problem)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay):
+                    await stop.wait()
+            if stop.is_set():
+                return False
+        else:
+            if health is not None:
+                health.starting(None)
+            if failures:
+                log.info("started_after_retries", attempts=failures + 1)
+            return True
+
+
+def _start_problem(error: BaseException) -> str:
+    """One line for the log and /readyz; ConnectionFailed's message already names the fix."""
+    if isinstance(error, asyncpg.ReadOnlySQLTransactionError):
+        return (
+            "the database is read-only (a standby, or default_transaction_read_only is on): "
+            "waiting for it to accept writes"
+        )
+    if isinstance(error, CoordinatorError):
+        return str(error)
+    return f"{type(error).__name__}: {error}"
