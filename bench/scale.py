@@ -342,10 +342,9 @@ async def _tier_run(
     # Spread: nobody above its share plus the hysteresis; then a quiet window.
     limit = math.ceil(count / processes) + 1
     spread_at = await rig.wait_for(
-        f"SELECT count(*) = $2 AND max(n) <= $1 FROM (SELECT count(*) AS n {LED} "
+        f"SELECT coalesce(max(n), 0) <= $1 FROM (SELECT count(*) AS n {LED} "
         "GROUP BY holder) AS s",
         limit,
-        processes,
         every=0.5,
     )
     xacts, cpu = await rig.at_rest()
