@@ -342,8 +342,7 @@ async def _tier_run(
     # Spread: nobody above its share plus the hysteresis; then a quiet window.
     limit = math.ceil(count / processes) + 1
     spread_at = await rig.wait_for(
-        f"SELECT coalesce(max(n), 0) <= $1 FROM (SELECT count(*) AS n {LED} "
-        "GROUP BY holder) AS s",
+        f"SELECT coalesce(max(n), 0) <= $1 FROM (SELECT count(*) AS n {LED} GROUP BY holder) AS s",
         limit,
         every=0.5,
     )
