@@ -20,10 +20,9 @@ import asyncio
 import time
 from typing import Protocol
 
-import structlog
-
 from coordinator._config import CoordinatorConfig
 from coordinator._describe import describe_error
+from coordinator._logging import get_logger
 from coordinator._session import LockSession
 from coordinator._signals import HeartbeatDone
 from coordinator._sql import Statements
@@ -31,7 +30,7 @@ from coordinator._term import DemotionReason, Term
 
 __all__ = ["BlockingCampaign", "Campaign", "Heartbeating", "Seat", "Trouble"]
 
-log = structlog.get_logger("coordinator")
+log = get_logger()
 
 
 class Seat(Protocol):

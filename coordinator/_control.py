@@ -16,16 +16,16 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import asyncpg
-import structlog
 
 from coordinator._config import CoordinatorConfig
 from coordinator._connect import connect
 from coordinator._describe import describe_error
+from coordinator._logging import get_logger
 from coordinator._sql import Statements
 
 __all__ = ["ControlConnection", "LostEvents"]
 
-log = structlog.get_logger("coordinator")
+log = get_logger()
 
 T = TypeVar("T")
 

@@ -19,7 +19,6 @@ import time
 from types import TracebackType
 from typing import Any, Self
 
-import structlog
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from coordinator._campaign import BlockingCampaign, Heartbeating
@@ -32,16 +31,18 @@ from coordinator._errors import ConfigurationError, KeyCollisionError
 from coordinator._group import Group
 from coordinator._jobs import Jobs
 from coordinator._keys import group_lock_key, validate_group_name
+from coordinator._logging import get_logger
 from coordinator._members import Members
 from coordinator._migrations import check_schema
 from coordinator._monitor import Monitor
+from coordinator._otel import untraced
 from coordinator._shared import SharedCampaign
 from coordinator._signals import HeartbeatDone, Listener, Signal
 from coordinator._sql import Statements
 
 __all__ = ["Coordinator"]
 
-log = structlog.get_logger("coordinator")
+log = get_logger()
 
 
 class Listeners:
@@ -179,6 +180,8 @@ class Coordinator:
     ) -> None:
         await self.stop()
 
+    @untraced
+    @untraced
     async def start(self) -> None:
         """Connect, check the server and schema, register the groups, start electing.
 
@@ -229,6 +232,7 @@ class Coordinator:
             self._beating.append(campaign)
             elector.start(campaign)
 
+    @untraced
     async def stop(self) -> None:
         """Resign every leadership, leave every group, close everything. Idempotent."""
         if self._state is not RunState.RUNNING:
@@ -249,6 +253,8 @@ class Coordinator:
 
     # -- the jobs -------------------------------------------------------------
 
+    @untraced
+    @untraced
     async def _heartbeat_job(self) -> None:
         """Leaders beat through their campaigns, followers in one statement; all at once."""
         try:
@@ -273,6 +279,8 @@ class Coordinator:
             following = tuple(self._following())
             return HeartbeatDone(following, time.monotonic() - started, ok=False, batch=True)
 
+    @untraced
+    @untraced
     async def _monitor_job(self) -> None:
         try:
             fenced = await self._monitor.run()

@@ -52,17 +52,17 @@ import inspect
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
-import structlog
-
 from coordinator._campaign import Campaign, Seat
 from coordinator._config import CoordinatorConfig
 from coordinator._describe import describe_error, name_of
+from coordinator._logging import get_logger
+from coordinator._otel import app_context
 from coordinator._signals import Demoted, Elected, Signal
 from coordinator._term import GRACEFUL, DemotionReason, Term
 
 __all__ = ["DemotedCallback", "ElectedCallback", "Elector", "Role"]
 
-log = structlog.get_logger("coordinator")
+log = get_logger()
 
 ElectedCallback = Callable[[int], Awaitable[None] | None]
 DemotedCallback = Callable[[str], Awaitable[None] | None]
@@ -223,9 +223,10 @@ class Elector:
         for callback in callbacks:
             try:
                 async with asyncio.timeout(self._config.callback_timeout):
-                    result = callback(argument)  # type: ignore[arg-type]
-                    if inspect.isawaitable(result):
-                        await result
+                    with app_context():  # its own queries are traced; the coordinator's are not
+                        result = callback(argument)  # type: ignore[arg-type]
+                        if inspect.isawaitable(result):
+                            await result
             except Exception as error:  # noqa: BLE001 - a failing callback must not stop the elector
                 self._log.error(
                     f"{kind}_callback_failed",

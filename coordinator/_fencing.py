@@ -16,17 +16,34 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import asyncpg
 
 from coordinator._errors import NotLeader, StaleTerm
-from coordinator._term import Term
 
-__all__ = ["STALE_TERM_SQLSTATE", "FencedTransaction", "fenced_transaction"]
+__all__ = [
+    "STALE_TERM_SQLSTATE",
+    "FencedTransaction",
+    "Leadership",
+    "check_still_leading",
+    "expected_term",
+    "fenced_transaction",
+    "stale_term_error",
+]
 
 #: The SQLSTATE ``assert_term`` raises when the term is not current.
 STALE_TERM_SQLSTATE = "LT001"
+
+
+class Leadership(Protocol):
+    """What fencing needs from a group: its name and its term while it leads."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def term(self) -> int | None: ...
 
 
 @dataclass(frozen=True)
@@ -41,22 +58,16 @@ class FencedTransaction:
 
 @contextlib.asynccontextmanager
 async def fenced_transaction(
-    group: str,
-    current: Term | None,
-    target: Any,
-    assert_term_sql: str,
-    *,
-    term: int | None = None,
+    leadership: Leadership, target: Any, assert_term_sql: str, *, term: int | None = None
 ) -> AsyncIterator[FencedTransaction]:
-    """Run the body in a transaction on ``target`` (a connection or a pool) under a term.
+    """Run the body in a transaction on ``target`` (a connection or a pool) under the term.
 
-    ``current`` is this instance's trusted term of ``group`` when the block
-    opens (None when it does not lead). Raises :class:`NotLeader` when this
-    instance does not lead, and :class:`StaleTerm` when ``term`` (default:
-    the current one) is not the database's current term or ``current`` ends
-    before the commit; the transaction is then rolled back.
+    Raises :class:`NotLeader` when this instance does not lead, and
+    :class:`StaleTerm` when ``term`` (default: the current one) is not the
+    database's current term or ends before the commit; the transaction is
+    then rolled back.
     """
-    expected = _expected_term(group, current, term)
+    expected = expected_term(leadership, term)
     async with _connection(target) as conn:
         if conn.is_in_transaction():
             raise RuntimeError(
@@ -67,19 +78,13 @@ async def fenced_transaction(
         await transaction.start()
         try:
             try:
-                await conn.execute(assert_term_sql, group, expected)
+                await conn.execute(assert_term_sql, leadership.name, expected)
             except asyncpg.PostgresError as error:
                 if error.sqlstate == STALE_TERM_SQLSTATE:
-                    raise StaleTerm(f"{error.message}: {error.hint}") from None
+                    raise stale_term_error(error.message, error.hint) from None
                 raise
-            yield FencedTransaction(group, expected, conn)
-            assert current is not None  # _expected_term refused otherwise
-            if not current.trusted:
-                raise StaleTerm(
-                    f"the leadership of group {group!r} in term {expected} ended "
-                    "before the fenced transaction committed, so it was rolled back: "
-                    "stop the work of this term"
-                )
+            yield FencedTransaction(leadership.name, expected, conn)
+            check_still_leading(leadership, expected)
         except BaseException:
             try:
                 await transaction.rollback()
@@ -91,24 +96,40 @@ async def fenced_transaction(
         await transaction.commit()
 
 
-def _expected_term(group: str, current_term: Term | None, term: int | None) -> int:
-    current = current_term.number if current_term is not None and current_term.trusted else None
+def check_still_leading(leadership: Leadership, term: int) -> None:
+    """Right before COMMIT: raise StaleTerm if the leadership of ``term`` has ended."""
+    if leadership.term != term:
+        raise StaleTerm(
+            f"the leadership of group {leadership.name!r} in term {term} ended "
+            "before the fenced transaction committed, so it was rolled back: "
+            "stop the work of this term"
+        )
+
+
+def expected_term(leadership: Leadership, term: int | None) -> int:
+    """The term a fenced transaction runs under: ``term``, which must be the current one."""
+    current = leadership.term
     if current is None and term is None:
         raise NotLeader(
-            f"this instance does not lead group {group!r}: write as leader only "
+            f"this instance does not lead group {leadership.name!r}: write as leader only "
             "while group.is_leader, for example from a leader-only job"
         )
     if current is None:
         raise StaleTerm(
-            f"the leadership of group {group!r} in term {term} has ended: "
+            f"the leadership of group {leadership.name!r} in term {term} has ended: "
             "stop the work of this term"
         )
     if term is not None and term != current:
         raise StaleTerm(
-            f"term {term} of group {group!r} is not the term this instance leads now "
+            f"term {term} of group {leadership.name!r} is not the term this instance leads now "
             f"({current}): stop the work of term {term}"
         )
     return current
+
+
+def stale_term_error(message: str, hint: str | None) -> StaleTerm:
+    """The StaleTerm for the database's refusal of a term (SQLSTATE LT001), with its hint."""
+    return StaleTerm(f"{message}: {hint}")
 
 
 def _connection(target: Any) -> contextlib.AbstractAsyncContextManager[Any]:

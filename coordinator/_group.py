@@ -15,10 +15,11 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any
 
+from coordinator._drivers import fenced_async
 from coordinator._elector import DemotedCallback, ElectedCallback, Elector, Role
-from coordinator._fencing import FencedTransaction, fenced_transaction
+from coordinator._fencing import FencedTransaction
 from coordinator._sql import Statements
-from coordinator._term import DemotionReason
+from coordinator._term import DemotionReason, Term
 
 __all__ = ["DemotionReason", "Group", "Leadership", "Role"]
 
@@ -44,6 +45,18 @@ class Leadership:
         if self.trusted_until is None:
             return None
         return max(0.0, self.trusted_until - time.monotonic())
+
+
+@dataclass(frozen=True)
+class _TermOf:
+    """What a fenced transaction sees of one term: its number while it is trusted."""
+
+    name: str
+    held: Term | None
+
+    @property
+    def term(self) -> int | None:
+        return self.held.number if self.held is not None and self.held.trusted else None
 
 
 class Group:
@@ -107,16 +120,27 @@ class Group:
         async with asyncio.timeout(timeout), elector.changed:
             await elector.changed.wait_for(lambda: elector.term is None and not elector.leaving)
 
+    @property
+    def trusted_until(self) -> float | None:
+        """While :attr:`is_leader`: the ``time.monotonic()`` at which this leadership ends
+        unless a heartbeat extends it (``coordinator run --exec`` hands it to its child's
+        watchdog). Else None."""
+        return self.leadership.trusted_until
+
     def fenced(
         self, conn: Any, *, term: int | None = None
     ) -> AbstractAsyncContextManager[FencedTransaction]:
-        """A transaction on ``conn`` (an asyncpg connection or pool) that commits only in ``term``.
+        """A transaction on ``conn`` that commits only in ``term``.
 
-        ``term`` defaults to the current one. Raises NotLeader or StaleTerm;
-        see :mod:`coordinator._fencing` for what the database guarantees.
+        ``conn`` is an asyncpg connection or pool, a psycopg ``AsyncConnection``,
+        or a SQLAlchemy ``AsyncConnection`` or ``AsyncSession``. ``term``
+        defaults to the current one. Raises NotLeader or StaleTerm; see
+        :mod:`coordinator._fencing` for what the database guarantees. The
+        transaction is bound to the term leading now, not to the group: a later
+        term never makes an earlier transaction commit.
         """
-        return fenced_transaction(
-            self.name, self._elector.term, conn, self._sql.assert_term, term=term
+        return fenced_async(
+            _TermOf(self.name, self._elector.term), conn, self._sql.assert_term, term=term
         )
 
     async def resign(self) -> None:

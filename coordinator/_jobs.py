@@ -17,6 +17,8 @@ from collections.abc import Awaitable, Callable
 from apscheduler.executors.asyncio import AsyncIOExecutor
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
+from coordinator._otel import app_context
+
 __all__ = ["EXECUTOR", "HEARTBEAT_JOB_ID", "MONITOR_JOB_ID", "Jobs"]
 
 HEARTBEAT_JOB_ID = "coordinator.heartbeat"
@@ -62,7 +64,8 @@ class Jobs:
                 misfire_grace_time=None,
             )
         if not scheduler.running:
-            scheduler.start()
+            with app_context():  # the application's jobs in it are the application's
+                scheduler.start()
             self._owns_scheduler = True
 
     def stop(self) -> None:

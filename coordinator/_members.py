@@ -15,16 +15,16 @@ import time
 from collections.abc import Mapping
 
 import asyncpg
-import structlog
 
 from coordinator._config import HOST, CoordinatorConfig
 from coordinator._errors import ConfigurationError, KeyCollisionError
+from coordinator._logging import get_logger
 from coordinator._signals import HeartbeatDone
 from coordinator._sql import Statements
 
 __all__ = ["Members"]
 
-log = structlog.get_logger("coordinator")
+log = get_logger()
 
 
 class Members:

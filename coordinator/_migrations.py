@@ -16,17 +16,17 @@ from importlib import resources
 from pathlib import Path
 
 import asyncpg
-import structlog
 
 from coordinator._config import ConnectionOptions
 from coordinator._connect import connect
 from coordinator._errors import MigrationError, SchemaNotMigrated
 from coordinator._keys import DEFAULT_LOCK_NAMESPACE, group_lock_key
+from coordinator._logging import get_logger
 from coordinator._sql import Statements, in_schema
 
 __all__ = ["Migration", "available_migrations", "check_schema", "migrate"]
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 _FILE_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 

@@ -25,17 +25,17 @@ import time
 from collections.abc import Callable
 
 import asyncpg
-import structlog
 
 from coordinator._config import CoordinatorConfig
 from coordinator._control import ControlConnection
 from coordinator._describe import describe_error
+from coordinator._logging import get_logger
 from coordinator._signals import Fenced
 from coordinator._sql import Statements
 
 __all__ = ["Monitor"]
 
-log = structlog.get_logger("coordinator")
+log = get_logger()
 
 _PRUNE_EVERY_S = 300.0
 

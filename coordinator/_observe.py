@@ -25,11 +25,11 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import asyncpg
-import structlog
 
 from coordinator._config import ConnectionOptions, backoff_delay
 from coordinator._connect import connect
 from coordinator._describe import describe_error
+from coordinator._logging import get_logger
 from coordinator._migrations import check_schema
 from coordinator._reading import fetch_rows
 from coordinator._sql import Statements, notify_channel
@@ -37,7 +37,7 @@ from coordinator._status import read_status
 
 __all__ = ["LeadershipEvent", "observe", "read_history"]
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 #: Bounds of an observer's jittered wait between reconnection attempts (seconds).
 _RECONNECT_MIN, _RECONNECT_MAX = 0.05, 5.0

@@ -14,16 +14,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import asyncpg
-import structlog
 
 from coordinator._config import HOST, CoordinatorConfig
 from coordinator._connect import connect
+from coordinator._logging import get_logger
 from coordinator._sql import Statements
 from coordinator._term import Term
 
 __all__ = ["LockSession", "log_ended_transactions", "resign_and_unlock"]
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 
 @dataclass(frozen=True)

@@ -40,12 +40,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import asyncpg
-import structlog
 
 from coordinator._campaign import Seat, Trouble
 from coordinator._config import HOST, CoordinatorConfig
 from coordinator._connect import connect
 from coordinator._describe import describe_error
+from coordinator._logging import get_logger
 from coordinator._session import log_ended_transactions, resign_and_unlock
 from coordinator._signals import HeartbeatDone
 from coordinator._sql import Statements, notify_channel
@@ -53,7 +53,7 @@ from coordinator._term import DemotionReason, Term
 
 __all__ = ["SharedCampaign"]
 
-log = structlog.get_logger("coordinator")
+log = get_logger()
 
 #: Fair spreading takes up to the fair share, but sheds leaderships only above
 #: fair share + this, so that they do not flap.

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 import asyncpg
+import psycopg
 
 from coordinator import Coordinator
 
@@ -75,6 +76,16 @@ async def wait_until(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
         await asyncio.sleep(every)
+
+
+def eventually(condition: Callable[[], Any], timeout: float, *, what: str) -> Any:
+    """:func:`wait_until` for threads: poll a plain condition until it returns something truthy."""
+    deadline = time.monotonic() + timeout
+    while not (result := condition()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(0.02)
+    return result
 
 
 async def leader_row(dsn: str, group: str = "scheduler") -> asyncpg.Record | None:
@@ -143,3 +154,12 @@ def coordinator_cli(
         timeout=60,
         env={**(os.environ if inherit else {}), **(env or {})},
     )
+
+
+def lock_waiters_now(dsn: str) -> int:
+    """:func:`lock_waiters` for threads, on a psycopg connection."""
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+        ).fetchone()
+    return int(row[0]) if row else 0

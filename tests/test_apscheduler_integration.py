@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
-from structlog.testing import capture_logs
 
 from coordinator import HEARTBEAT_JOB_ID, MONITOR_JOB_ID, ConfigurationError, Coordinator
 from coordinator.integrations.apscheduler import LeaderOnlyJobs
+from coordinator.testing import capture_logs
 from helpers import coordinator, wait_until
 
 GROUP = "jobs"

@@ -12,13 +12,13 @@ from typing import Any
 import asyncpg
 import pytest
 from prometheus_client import CollectorRegistry
-from structlog.testing import capture_logs
 from test_observe import watching
 
 from coordinator import migrate
 from coordinator._keys import DEFAULT_LOCK_NAMESPACE, group_lock_key
 from coordinator._migrations import available_migrations
 from coordinator.integrations.http import CoordinatorMetrics
+from coordinator.testing import capture_logs
 from helpers import connected, coordinator, lock_waiters, wait_until
 
 GROUP = "jobs"

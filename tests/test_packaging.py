@@ -67,7 +67,9 @@ def test_the_metadata_has_what_an_index_shows(dist: Path) -> None:
     assert RELATIVE_LINK.findall(description) == []
     assert "](https://github.com/pg-coordinator/pg-coordinator/blob/main/docs/" in description
     # Development dependencies are groups, not extras a user could install.
-    assert set(metadata.get_all("Provides-Extra", [])) == {"demo", "http", "fastapi"}
+    assert set(metadata.get_all("Provides-Extra", [])) == {
+        *("demo", "http", "fastapi", "psycopg", "sqlalchemy", "otel", "testing")
+    }
 
 
 def test_pip_installs_the_built_wheel_and_its_command_runs(dist: Path, tmp_path: Path) -> None:

@@ -20,11 +20,10 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 import asyncpg
 import pytest
-import structlog
 
 from coordinator import Coordinator, CoordinatorConfig, CoordinatorError
 from coordinator.integrations.http import HttpServer, http_app
-from coordinator.testing import CoordinatorProcess
+from coordinator.testing import CoordinatorProcess, capture_logs
 from endpoints import HTTP_ANY_PORT, get, http_port, wait_status
 from helpers import FAST, connected, coordinator_cli
 
@@ -143,7 +142,7 @@ async def test_no_password_appears_in_any_output(
     seen.cli("run", "--config", str(config), "--group", GROUP)
 
     # The library: its log events, its exceptions, its configuration, its endpoints.
-    with structlog.testing.capture_logs() as logs:
+    with capture_logs() as logs:
         failing = Coordinator(refused, instance_id="lib", **FAST)
         failing.group(GROUP)
         with pytest.raises(CoordinatorError) as raised:

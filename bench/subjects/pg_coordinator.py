@@ -18,16 +18,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import signal
 import sys
 from typing import Any
 
 import asyncpg
-import structlog
 
 from bench.emit import emit
 from coordinator import Coordinator
+from coordinator._logging import configure_logging
 
 #: The statements a hand-over trace reports, by a fragment of their text.
 _TRACED = {
@@ -74,10 +73,7 @@ async def _serve(args: argparse.Namespace) -> None:
 
 def main() -> None:
     # The library's log lines go to stderr (the driver's log file); stdout carries reports.
-    structlog.configure(
-        wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
-    )
+    configure_logging("console", stream=sys.stderr)
     args = _parse()
     if args.trace:
         _trace_queries()

@@ -5,6 +5,8 @@ With ``--http HOST:PORT`` it also serves the probe and metrics endpoints
 application beside it asks ``/leader/{group}`` instead of electing itself.
 The HTTP server starts first, so that a taken port fails before anything
 connects, and stops last, so that probes answer while leadership is resigned.
+With ``--exec -- CMD`` the command runs only while this instance leads
+(:mod:`coordinator._exec`).
 
 A database that cannot be used at start (down, restarting, read-only for a
 while) is waited for: the start is retried with jittered back-off, each
@@ -23,13 +25,13 @@ import signal
 from typing import TYPE_CHECKING
 
 import asyncpg
-import structlog
 
 from coordinator._config import CoordinatorConfig, check_seconds
 from coordinator._connect import TRANSIENT_ERRORS
 from coordinator._coordinator import Coordinator
 from coordinator._errors import ConfigurationError, CoordinatorError, LoginRefused
-from coordinator._logging import configure_logging
+from coordinator._exec import add_exec_options, leader_command
+from coordinator._logging import configure_logging, get_logger
 from coordinator.cli._common import Subparsers, require_dsn
 from coordinator.cli._settings import SETTINGS, Address, add_settings, config_settings
 
@@ -39,7 +41,7 @@ if TYPE_CHECKING:
 
 __all__ = ["register"]
 
-log = structlog.get_logger("coordinator")
+log = get_logger()
 
 #: Failures at start that a wait may cure: the server is down, restarting, or read-only
 #: for a while (default_transaction_read_only on).
@@ -54,11 +56,12 @@ def register(subparsers: Subparsers) -> None:
         "run", help="take part in elections until SIGTERM or SIGINT, then resign"
     )
     add_settings(parser, *SETTINGS)
+    add_exec_options(parser)
     parser.set_defaults(handler=handle)
 
 
 def handle(args: argparse.Namespace) -> int:
-    # Before any logger is bound: a bound logger keeps the configuration it was made with.
+    # First, so that every event of the command, even a refusal, has its format.
     configure_logging(args.log_format)
     if not args.groups:
         raise ConfigurationError(
@@ -71,6 +74,7 @@ def handle(args: argparse.Namespace) -> int:
     coordinator = Coordinator(config=config)
     for name in dict.fromkeys(args.groups):
         coordinator.group(name)
+    leader_command(coordinator, args)
     server, health = (
         _http_server(coordinator, args.http, args.ready_when) if args.http else (None, None)
     )

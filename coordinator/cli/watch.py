@@ -18,8 +18,7 @@ import sys
 from collections.abc import Coroutine, Sequence
 from datetime import UTC, datetime
 
-import structlog
-
+from coordinator._logging import configure_logging
 from coordinator._observe import observe
 from coordinator._status import read_status
 from coordinator.cli._common import (
@@ -62,7 +61,7 @@ def print_changes(
 ) -> int:
     """Print each change of ``groups`` (all when empty) until SIGINT or SIGTERM; exit status 0."""
     # Standard output carries the changes only; notes about reconnecting go to stderr.
-    structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
+    configure_logging("console", stream=sys.stderr)
     printing = _print_changes(
         dsn, groups, schema, as_json=as_json, columns=columns or event_columns()
     )

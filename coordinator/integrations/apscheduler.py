@@ -33,7 +33,6 @@ import inspect
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
-import structlog
 from apscheduler.job import Job
 from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.base import BaseScheduler
@@ -41,10 +40,11 @@ from apscheduler.schedulers.base import BaseScheduler
 from coordinator._describe import name_of
 from coordinator._errors import ConfigurationError
 from coordinator._group import Group
+from coordinator._logging import get_logger
 
 __all__ = ["LeaderOnlyJobs"]
 
-log = structlog.get_logger("coordinator")
+log = get_logger()
 
 JobFunction = Callable[..., Coroutine[Any, Any, Any]]
 F = TypeVar("F", bound=JobFunction)

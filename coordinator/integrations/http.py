@@ -57,7 +57,6 @@ from importlib import resources
 from typing import Any, TypeVar
 
 import asyncpg
-import structlog
 import uvicorn
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from starlette.applications import Starlette
@@ -71,13 +70,14 @@ from coordinator._coordinator import Coordinator
 from coordinator._describe import describe_error
 from coordinator._errors import ConfigurationError
 from coordinator._health import Health, ReadyWhen, Verdict
+from coordinator._logging import get_logger
 from coordinator._metrics import CoordinatorMetrics
 from coordinator._observe import LeadershipEvent, read_history
 from coordinator._status import GroupStatus, MemberStatus, read_members, read_status
 
 __all__ = ["WEB_ROOT", "CoordinatorMetrics", "HttpServer", "http_app"]
 
-log = structlog.get_logger("coordinator")
+log = get_logger()
 
 #: How long a request may wait for the database's view of who leads.
 STATUS_READ_TIMEOUT = 1.0

@@ -192,8 +192,8 @@ class LocalPostgres(Managed):
     def kill(self) -> None:
         """Crash: SIGKILL the postmaster and its backends at once, as if the host died.
 
-        Killing the backends too (they share the postmaster's process group)
-        lets the next start recover at once instead of waiting for orphans.
+        Killing the backends too, and waiting until they are gone, lets the
+        next start recover at once instead of refusing while orphans remain.
         With ``synchronous_commit=off`` the last fraction of a second of
         commits may be lost, as on a real crash of a server set up so.
         """
@@ -419,9 +419,52 @@ def _free_port() -> int:
 
 
 def _kill_group(process: subprocess.Popen[bytes]) -> None:
+    """SIGKILL the postmaster and every process it forked, and wait until all are gone.
+
+    Backends call ``setsid()``, so they are not in the postmaster's process
+    group; a killed postmaster alone leaves them attached to the shared memory
+    for a moment, and a server started in that moment refuses with
+    "pre-existing shared memory block is still in use". Stopping the
+    postmaster first keeps it from forking while its children are listed.
+    """
     with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGKILL)
+        os.kill(process.pid, signal.SIGSTOP)
+    children = _children_of(process.pid)
+    for pid in [*children, process.pid]:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
     process.wait()
+    deadline = time.monotonic() + _STOP_TIMEOUT
+    while any(_alive(pid) for pid in children):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"postgres processes {children} outlived SIGKILL")
+        time.sleep(0.01)
+
+
+def _children_of(parent: int) -> list[int]:
+    children = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and _parent_of(int(entry.name)) == parent:
+            children.append(int(entry.name))
+    return children
+
+
+def _parent_of(pid: int) -> int | None:
+    try:
+        stat_line = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name in parentheses may hold spaces; the fields after it may not.
+    return int(stat_line.rsplit(")", 1)[1].split()[1])
+
+
+def _alive(pid: int) -> bool:
+    """True while ``pid`` runs; a zombie has already let go of its shared memory."""
+    try:
+        stat_line = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat_line.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 @functools.cache
