@@ -104,6 +104,7 @@ class Coordinator:
         self._monitor = Monitor(config, self._sql, self._control, self._leads_any, self._polls)
         self._members: Members | None = None
         self._shared: SharedCampaign | None = None
+        self._enlisting: asyncio.Task[None] | None = None
         self._beating: list[Heartbeating] = []
         self._state = RunState.NEW
         self._log = log.bind(instance_id=config.instance_id)
@@ -120,6 +121,9 @@ class Coordinator:
     @property
     def failing(self) -> dict[str, str]:
         """Groups whose election loop cannot make progress now, with the latest reason."""
+        if self._shared is not None:  # one session for all, running electors or not
+            problem = self._shared.problem
+            return {} if problem is None else dict.fromkeys(self._electors, problem)
         return {
             name: problem
             for name, elector in self._electors.items()
@@ -223,14 +227,29 @@ class Coordinator:
         if self._polls():
             shared = self._shared = SharedCampaign(self.config, self._sql, self._keys())
             self._beating = [shared]
-            for name, elector in self._electors.items():
-                elector.start(shared.candidacy(name))
             shared.start()
+            self._enlisting = asyncio.create_task(
+                self._enlist(shared), name="coordinator-candidacies"
+            )
             return
         for name, elector in self._electors.items():
             campaign = BlockingCampaign(self.config, self._sql, name, self._groups[name].lock_key)
             self._beating.append(campaign)
             elector.start(campaign)
+
+    async def _enlist(self, shared: SharedCampaign) -> None:
+        """Poll mode: run the elector of every group this instance is a candidate for.
+
+        The others cost no task (see ``coordinator._candidates``): with
+        100,000 groups a process runs a few thousand electors.
+        """
+        while True:
+            await shared.wanted_changed.wait()
+            shared.wanted_changed.clear()
+            for name in shared.wanted:
+                elector = self._electors[name]
+                if not elector.started:
+                    elector.start(shared.candidacy(name))
 
     @untraced
     async def stop(self) -> None:
@@ -238,6 +257,9 @@ class Coordinator:
         if self._state is not RunState.RUNNING:
             return
         self._state = RunState.STOPPING
+        if self._enlisting is not None:
+            self._enlisting.cancel()
+            await asyncio.gather(self._enlisting, return_exceptions=True)
         await asyncio.gather(*(elector.stop() for elector in self._electors.values()))
         if self._shared is not None:
             await self._shared.stop()

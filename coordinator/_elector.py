@@ -99,14 +99,26 @@ class Elector:
         self.term: Term | None = None
         #: A term has ended; its callbacks and hand-over are still running.
         self.leaving = False
-        self.changed = asyncio.Condition()
-        self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
+    # Made on first use: a process with 100,000 groups keeps 100,000 electors,
+    # most of which (in poll mode) never campaign.
     @functools.cached_property
     def _log(self) -> Any:
-        # Bound on first use: a process with 100,000 groups keeps 100,000 electors.
         return log.bind(group=self.name, instance_id=self._config.instance_id)
+
+    @functools.cached_property
+    def changed(self) -> asyncio.Condition:
+        """Notified at every change of role or term."""
+        return asyncio.Condition()
+
+    @functools.cached_property
+    def _stopping(self) -> asyncio.Event:
+        return asyncio.Event()
+
+    @property
+    def started(self) -> bool:
+        return self._task is not None
 
     @property
     def problem(self) -> str | None:
@@ -128,8 +140,10 @@ class Elector:
         self._stopping.set()
         if self.term is not None:
             self.term.end(DemotionReason.STOPPING)
-        if self._task is not None:
-            await self._task
+        if self._task is None:  # never campaigned (poll mode: not a candidate)
+            await self._set_role(Role.STOPPED)
+            return
+        await self._task
 
     # -- the state machine --------------------------------------------------
 

@@ -32,7 +32,6 @@ import asyncio
 import contextlib
 import hashlib
 import json
-import math
 import os
 import random
 import time
@@ -42,22 +41,20 @@ from dataclasses import dataclass
 import asyncpg
 
 from coordinator._campaign import Seat, Trouble
+from coordinator._candidates import Candidates, Plan, shard_channel, shard_of
 from coordinator._config import HOST, CoordinatorConfig
 from coordinator._connect import connect
 from coordinator._describe import describe_error
 from coordinator._logging import get_logger
 from coordinator._session import log_ended_transactions, resign_and_unlock
 from coordinator._signals import HeartbeatDone
-from coordinator._sql import Statements, notify_channel
+from coordinator._sql import Statements
 from coordinator._term import DemotionReason, Term
 
 __all__ = ["SharedCampaign"]
 
 log = get_logger()
 
-#: Fair spreading takes up to the fair share, but sheds leaderships only above
-#: fair share + this, so that they do not flap.
-HYSTERESIS = 1
 #: Kinds of NOTIFY after which a group may be free: worth polling at once.
 _VACATING = frozenset({"resigned", "fenced", "expired", "lost"})
 
@@ -72,7 +69,12 @@ class SharedCampaign:
         # Fair spreading counts the live sessions that run this same list.
         listed = "\n".join(sorted(keys)).encode()
         self._group_set = hashlib.md5(listed, usedforsecurity=False).hexdigest()
-        self._sessions_seen = 0
+        self._candidates = Candidates(config.instance_id, keys, fair=config.fair_spread)
+        self._plan: Plan | None = None
+        self._members_seen = 0
+        self._listening: set[int] = set()  # the shards whose channels this session listens to
+        #: Set when :attr:`wanted` grew: the coordinator starts those groups' electors.
+        self.wanted_changed = asyncio.Event()
         self._by_key = {key: name for name, key in keys.items()}
         self._conn: asyncpg.Connection | None = None
         self._busy = asyncio.Lock()
@@ -99,6 +101,11 @@ class SharedCampaign:
     @property
     def backend_pid(self) -> int:
         return int(self._conn.get_server_pid()) if self._conn is not None else 0
+
+    @property
+    def wanted(self) -> frozenset[str]:
+        """The groups this process campaigns for now: its candidacies (see ``_candidates``)."""
+        return self._plan.wanted if self._plan is not None else frozenset()
 
     # -- driven by the electors and the heartbeat job -------------------------------
 
@@ -286,13 +293,21 @@ class SharedCampaign:
         conn = await connect(self._config.connection)
         try:
             await conn.execute(self._sql.set_session_lock_timeout, self._lock_timeout)
-            await conn.add_listener(notify_channel(self._config.schema), self._notified)
+            self._listening = set()
+            await self._listen(conn, self.wanted)
             await self._beat(conn, {})  # counted as a member before the first poll
         except BaseException:
             conn.terminate()
             raise
         conn.add_termination_listener(self._closed)
         self._conn = conn
+
+    async def _listen(self, conn: asyncpg.Connection, groups: frozenset[str]) -> None:
+        """Listen to the shard channels of ``groups``: hand-overs of others are not news here."""
+        shards = {shard_of(self._keys[group]) for group in groups} - self._listening
+        for shard in sorted(shards):
+            await conn.add_listener(shard_channel(self._config.schema, shard), self._notified)
+            self._listening.add(shard)
 
     def _closed(self, conn: asyncpg.Connection) -> None:
         """Every term on this session ends with it."""
@@ -320,25 +335,29 @@ class SharedCampaign:
     async def _poll(self) -> None:
         conn = self._conn
         assert conn is not None
-        budget = len(self._keys)
+        plan = await self._replan(conn)
+        if plan is None:
+            return  # members are joining: wait until they all count
         if self._config.fair_spread:
-            budget = await self._fair_budget(conn)
-            if budget <= 0:
-                return  # at rest: nothing else to do, not even to list the candidates
+            self._shed(plan.assigned)
         now = time.monotonic()
         candidates = [
             name
             for name in self._waiting
-            if name not in self._held and self._cooldown.get(name, 0.0) <= now
+            if name in plan.wanted
+            and name not in self._held
+            and self._cooldown.get(name, 0.0) <= now
         ]
         if not candidates:
-            return
+            return  # at rest: every group this process should lead, it leads
         # In random order, so that instances polling together do not all
         # contend for the same groups first.
         random.shuffle(candidates)
         keys = [self._keys[name] for name in candidates]
         async with self._busy:
-            rows = await conn.fetch(self._sql.try_locks, self._config.lock_namespace, keys, budget)
+            rows = await conn.fetch(
+                self._sql.try_locks, self._config.lock_namespace, keys, len(keys)
+            )
         won = [self._by_key[row["lock_key"]] for row in rows]
         if won:
             await self._take_office(conn, won)
@@ -391,30 +410,42 @@ class SharedCampaign:
             log_ended_transactions(row["group_name"], row)
         return [(row["group_name"], row["term"]) for row in rows]
 
-    async def _fair_budget(self, conn: asyncpg.Connection) -> int:
-        """How many more groups to try for: the fair share less what is held.
+    async def _replan(self, conn: asyncpg.Connection) -> Plan | None:
+        """The candidacies and, with fair spreading, the shares, for the members live now.
 
-        While sessions are joining (more than at the last poll) nothing is
-        taken: the first of many processes started together would otherwise
-        win everything, then hand nearly all of it over again, one
-        resignation at a time. A session that left counts at once, so a
-        crashed process's groups are taken at the next poll.
+        With fair spreading, nothing is taken or handed over while members
+        are joining (more than at the last poll): the first of many processes
+        started together would otherwise win everything, then hand nearly all
+        of it over again. A member that left counts at once, so a crashed
+        process's groups are taken at the next poll.
         """
         async with self._busy:
-            sessions = int(await conn.fetchval(self._sql.live_sessions, self._group_set))
-        joining, self._sessions_seen = sessions > self._sessions_seen, sessions
-        share = math.ceil(len(self._keys) / max(1, sessions))
-        self._shed_surplus(share)
-        return 0 if joining else share - len(self._held)
+            live = [
+                row["instance_id"]
+                for row in await conn.fetch(self._sql.live_members, self._group_set)
+            ]
+        joining = len(live) > self._members_seen
+        self._members_seen = len(live)
+        if joining and self._config.fair_spread:
+            return None
+        if self._plan is None or set(self._plan.members) != {*live, self._config.instance_id}:
+            self._plan = self._candidates.plan(live)
+            async with self._busy:
+                await self._listen(conn, self._plan.wanted)
+            self.wanted_changed.set()
+        return self._plan
 
-    def _shed_surplus(self, share: int) -> None:
-        """Hand over what this process leads above its fair share, newest first."""
-        leading = [group for group, term in self._held.items() if term.ended is None]
-        if len(leading) <= share + HYSTERESIS:
-            return
-        for group in reversed(leading[share:]):
-            self._held[group].end(DemotionReason.RESIGNED)
-        self._log.info("spreading_leaderships", share=share, handing_over=len(leading) - share)
+    def _shed(self, assigned: frozenset[str]) -> None:
+        """Hand over what this process leads but another member should (fair spreading)."""
+        surplus = [
+            term
+            for group, term in self._held.items()
+            if term.ended is None and group not in assigned
+        ]
+        for term in surplus:
+            term.end(DemotionReason.RESIGNED)
+        if surplus:
+            self._log.info("spreading_leaderships", share=len(assigned), handing_over=len(surplus))
 
 
 @dataclass(frozen=True)

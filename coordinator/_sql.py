@@ -128,10 +128,11 @@ class Statements:
     """
 
     # Live shared sessions that run the same list of groups ($1, its md5):
-    # the fair share is groups / sessions. A session whose backend is gone
-    # (its process was killed) stops counting at once, not a ttl later.
-    live_sessions: str = """
-        SELECT count(*) FROM {schema}.sessions AS s
+    # the members among whom the groups' candidates and fair shares are
+    # ranked. A session whose backend is gone (its process was killed) stops
+    # counting at once, not a ttl later.
+    live_members: str = """
+        SELECT s.instance_id FROM {schema}.sessions AS s
          WHERE s.group_set = $1 AND s.heartbeat_at > now() - s.ttl
            AND EXISTS (SELECT 1 FROM pg_catalog.pg_stat_activity AS a
                         WHERE a.pid = s.backend_pid

@@ -308,6 +308,38 @@ CROSS JOIN LATERAL (
            ) AS is_stale
 ) AS stale;
 
+-- Sharded NOTIFY: a change that may free a group (resigned, fenced,
+-- expired, lost) is also announced on the channel of its shard,
+-- <schema>_shard_<lock key mod 1024>. A poll-mode process listens only to
+-- the shards of the groups it campaigns for (see coordinator/_candidates.py),
+-- so a mass hand-over is not parsed by every process. Every change is still
+-- announced on <schema>_leadership, for watchers and earlier releases.
+CREATE OR REPLACE FUNCTION coordinator.record_event(
+    group_name text, kind text, term bigint, instance_id text, reason text)
+RETURNS void
+LANGUAGE sql
+SET search_path = pg_catalog, pg_temp
+AS $$
+    INSERT INTO coordinator.events (group_name, kind, term, instance_id, reason)
+    VALUES (record_event.group_name, record_event.kind, record_event.term,
+            record_event.instance_id, record_event.reason);
+    SELECT pg_notify(
+        (SELECT c.relnamespace::regnamespace::text FROM pg_class AS c
+          WHERE c.oid = 'coordinator.leaders'::regclass) || '_leadership',
+        json_build_object('group', record_event.group_name, 'kind', record_event.kind,
+                          'term', record_event.term, 'instance_id', record_event.instance_id,
+                          'reason', record_event.reason)::text);
+    SELECT pg_notify(
+        (SELECT c.relnamespace::regnamespace::text FROM pg_class AS c
+          WHERE c.oid = 'coordinator.leaders'::regclass) || '_shard_' || (l.lock_key % 1024),
+        json_build_object('group', record_event.group_name, 'kind', record_event.kind,
+                          'term', record_event.term, 'instance_id', record_event.instance_id,
+                          'reason', record_event.reason)::text)
+      FROM coordinator.leaders AS l
+     WHERE l.group_name = record_event.group_name
+       AND record_event.kind IN ('resigned', 'fenced', 'expired', 'lost');
+$$;
+
 REVOKE ALL ON FUNCTION
     coordinator.session_alive(integer, text),
     coordinator.session_heartbeat(text, text, integer, integer, text, float8, text[], bigint[]),
