@@ -27,6 +27,7 @@ import asyncio
 import math
 import os
 import signal
+import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -48,6 +49,8 @@ __all__ = ["main"]
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 PLOT = RESULTS.parent / "scale.png"
 BEGIN, END = "<!-- scale:begin -->", "<!-- scale:end -->"
+#: The tier's own part of that section: ``--tier-only`` replaces just this.
+TIER_BEGIN, TIER_END = "<!-- scale-tier:begin -->", "<!-- scale-tier:end -->"
 #: Production-like timings: the defaults but for a 1 s poll.
 TIMINGS = {"ttl": 15.0, "heartbeat_interval": 5.0, "heartbeat_timeout": 5.0}
 POLL_INTERVAL = 1.0
@@ -389,6 +392,7 @@ async def _tier_run(
         "groups": count,
         "all_joined_s": all_joined - started,
         "all_led_s": all_led - started,
+        "led_after_joined_s": max(0.0, all_led - all_joined),
         "spread_s": spread_at - started,
         "xacts_per_s": xacts,
         "db_cpu": cpu,
@@ -411,12 +415,7 @@ async def fresh_database(server: LocalPostgres, name: str) -> str:
     return database.dsn
 
 
-def report(
-    single: list[dict[str, Any]],
-    spread: list[dict[str, Any]],
-    tiers: list[dict[str, Any]],
-    command: str,
-) -> str:
+def report(single: list[dict[str, Any]], spread: list[dict[str, Any]], command: str) -> str:
     lines = [
         BEGIN,
         "## Scale",
@@ -458,27 +457,29 @@ def report(
         "",
         "In blocking mode the same 20 x 200 would need 4,020 connections; it is not run.",
     ]
-    if tiers:
-        lines += tier_report(tiers)
-    lines.append(END)
+    lines += ["", TIER_BEGIN, TIER_END, END]
     return "\n".join(lines)
 
 
-def tier_report(tiers: list[dict[str, Any]]) -> list[str]:
+def tier_report(tiers: list[dict[str, Any]], command: str) -> str:
     lines = [
-        "",
+        TIER_BEGIN,
         "### The tier: many processes, fair spreading on, one SIGKILLed",
         "",
-        "| processes x groups | all processes connected | all groups led | spread evenly | "
-        "database CPU at rest | per 1,000 groups | transactions/s at rest | "
-        "client memory per process | SIGKILL: its groups all led again |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        f"Command: `{command}` (one trial per row), on one embedded PostgreSQL 18 with "
+        "`max_locks_per_transaction = 512` and `max_connections = 600`.",
+        "",
+        "| processes x groups | all processes connected | all groups led | "
+        "led after the last connected | spread evenly | database CPU at rest | "
+        "per 1,000 groups | transactions/s at rest | client memory per process | "
+        "SIGKILL: its groups all led again |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for row in tiers:
         lines.append(
             f"| {row['processes']:.0f} x {row['groups']:,.0f} | {row['all_joined_s']:.1f} s | "
-            f"{row['all_led_s']:.1f} s | {row['spread_s']:.1f} s | "
-            f"{row['db_cpu'] * 100:.1f} % of a core | "
+            f"{row['all_led_s']:.1f} s | {row['led_after_joined_s']:.1f} s | "
+            f"{row['spread_s']:.1f} s | {row['db_cpu'] * 100:.1f} % of a core | "
             f"{row['db_cpu'] * 100 * 1000 / row['groups']:.3f} % | {row['xacts_per_s']:.1f} | "
             f"{row['rss_mb']:.0f} MB | {row['re_led_s']:.2f} s ({row['orphans']:.0f} groups) |"
         )
@@ -488,15 +489,17 @@ def tier_report(tiers: list[dict[str, Any]]) -> list[str]:
         '`elected` event of the last group to get a leader; "spread evenly" is when no '
         "process leads more than its share plus one. The plot is "
         "[scale.png](scale.png).",
+        TIER_END,
     ]
-    return lines
+    return "\n".join(lines)
 
 
-def write_section(section: str) -> None:
+def write_section(section: str, begin: str = BEGIN, end: str = END) -> None:
+    """Replace the text between ``begin`` and ``end`` in RESULTS.md (appended if missing)."""
     text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    if BEGIN in text and END in text:
-        head, _, rest = text.partition(BEGIN)
-        _, _, tail = rest.partition(END)
+    if begin in text and end in text:
+        head, _, rest = text.partition(begin)
+        _, _, tail = rest.partition(end)
         text = head + section + tail
     else:
         text = text.rstrip("\n") + "\n\n" + section + "\n"
@@ -508,13 +511,14 @@ async def run(args: argparse.Namespace) -> None:
     settings = {"max_connections": "600", "max_locks_per_transaction": "512"}
     with LocalPostgres.embedded(settings=settings) as server:
         single: list[dict[str, Any]] = []
-        for mode, count in (("poll", args.groups), ("block", args.block_groups)):
+        singles = [] if args.tier_only else [("poll", args.groups), ("block", args.block_groups)]
+        for mode, count in singles:
             rig = Rig(server, await fresh_database(server, f"scale_{mode}"))
             row = await one_process(rig, count, mode)
             single.append({"mode": mode, **row})
             print(f"one process, {mode}: {row}", flush=True)
         spread: list[dict[str, Any]] = []
-        for fair in (False, True):
+        for fair in [] if args.tier_only else [False, True]:
             rig = Rig(server, await fresh_database(server, f"spread_{fair}"))
             row = await many_processes(rig, args.processes, args.shared_groups, fair)
             spread.append({"fair": fair, **row})
@@ -525,16 +529,18 @@ async def run(args: argparse.Namespace) -> None:
             row = await tier(rig, processes, count)
             tiers.append(row)
             print(f"tier, {processes} processes x {count} groups: {row}", flush=True)
+    if not args.tier_only:
+        section = report(single, spread, args.command)
+        print(section)
+        write_section(section)
     if tiers:
         plot_costs(tiers, PLOT)
-    section = report(single, spread, tiers, "make bench (python -m bench.scale)")
-    print(section)
-    write_section(section)
+        section = tier_report(tiers, args.command)
+        print(section)
+        write_section(section, TIER_BEGIN, TIER_END)
 
 
-#: 50 x 100,000 would need about 40 GB of client memory here (about 8 KB per group
-#: and process); 10 processes carry the largest group count.
-DEFAULT_TIERS = "50x1000,50x10000,10x100000"
+DEFAULT_TIERS = "50x1000,50x10000,50x100000"
 
 
 def tiers_argument(text: str) -> list[tuple[int, int]]:
@@ -549,6 +555,11 @@ def tiers_argument(text: str) -> list[tuple[int, int]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.scale", description=__doc__)
+    parser.add_argument(
+        "--tier-only",
+        action="store_true",
+        help="run only the tier, and replace only its part of RESULTS.md",
+    )
     parser.add_argument("--groups", type=int, default=1000, help="one process, poll mode")
     parser.add_argument("--block-groups", type=int, default=200, help="one process, block mode")
     parser.add_argument("--processes", type=int, default=20)
@@ -559,7 +570,9 @@ def main() -> None:
         default=tiers_argument(DEFAULT_TIERS),
         help=f"PROCESSESxGROUPS, comma-separated ({DEFAULT_TIERS}); empty to skip the tier",
     )
-    asyncio.run(run(parser.parse_args()))
+    args = parser.parse_args()
+    args.command = "python -m bench.scale " + " ".join(sys.argv[1:])
+    asyncio.run(run(args))
 
 
 if __name__ == "__main__":

@@ -31,7 +31,15 @@ import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-__all__ = ["CANDIDATES", "SHARDS", "Candidates", "Plan", "shard_channel", "shard_of"]
+__all__ = [
+    "CANDIDATES",
+    "SHARDS",
+    "Candidates",
+    "Plan",
+    "members_channel",
+    "shard_channel",
+    "shard_of",
+]
 
 #: Shards per schema: the unit of candidacy and of NOTIFY channels. The
 #: database's record_event (migration 0006) computes the same shard.
@@ -42,6 +50,11 @@ CANDIDATES = 2
 
 def shard_of(lock_key: int) -> int:
     return lock_key % SHARDS
+
+
+def members_channel(schema: str) -> str:
+    """The channel on which a watcher says that the live members changed."""
+    return f"{schema}_members"
 
 
 def shard_channel(schema: str, shard: int) -> str:

@@ -32,6 +32,7 @@ import asyncio
 import contextlib
 import hashlib
 import json
+import math
 import os
 import random
 import time
@@ -41,7 +42,7 @@ from dataclasses import dataclass
 import asyncpg
 
 from coordinator._campaign import Seat, Trouble
-from coordinator._candidates import Candidates, Plan, shard_channel, shard_of
+from coordinator._candidates import Candidates, Plan, members_channel, shard_channel, shard_of
 from coordinator._config import HOST, CoordinatorConfig
 from coordinator._connect import connect
 from coordinator._describe import describe_error
@@ -55,6 +56,10 @@ __all__ = ["SharedCampaign"]
 
 log = get_logger()
 
+#: The oldest live members look at the members every poll and say when they
+#: changed; the others look only then (and once a ttl), so that at rest the
+#: database answers two such looks a poll, not one per process.
+WATCHERS = 2
 #: Kinds of NOTIFY after which a group may be free: worth polling at once.
 _VACATING = frozenset({"resigned", "fenced", "expired", "lost"})
 
@@ -72,6 +77,9 @@ class SharedCampaign:
         self._candidates = Candidates(config.instance_id, keys, fair=config.fair_spread)
         self._plan: Plan | None = None
         self._members_seen = 0
+        self._members_news = True  # look at the live members at the next poll
+        self._watching = False
+        self._looked_at = -math.inf
         self._listening: set[int] = set()  # the shards whose channels this session listens to
         #: Set when :attr:`wanted` grew: the coordinator starts those groups' electors.
         self.wanted_changed = asyncio.Event()
@@ -294,6 +302,8 @@ class SharedCampaign:
         try:
             await conn.execute(self._sql.set_session_lock_timeout, self._lock_timeout)
             self._listening = set()
+            self._members_news = True
+            await conn.add_listener(members_channel(self._config.schema), self._members_changed)
             await self._listen(conn, self.wanted)
             await self._beat(conn, {})  # counted as a member before the first poll
         except BaseException:
@@ -321,6 +331,10 @@ class SharedCampaign:
 
     def _cool_down(self, group: str) -> None:
         self._cooldown[group] = time.monotonic() + 2 * self._config.poll_interval
+
+    def _members_changed(self, _conn: object, _pid: int, _channel: str, _payload: str) -> None:
+        self._members_news = True
+        self._wake.set()
 
     def _notified(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
         try:
@@ -413,22 +427,36 @@ class SharedCampaign:
     async def _replan(self, conn: asyncpg.Connection) -> Plan | None:
         """The candidacies and, with fair spreading, the shares, for the members live now.
 
-        With fair spreading, nothing is taken or handed over while members
-        are joining (more than at the last poll): the first of many processes
+        The members are looked at when a watcher (one of the :data:`WATCHERS`
+        oldest, which look every poll) said they changed, and once a ttl. With
+        fair spreading, nothing is taken or handed over while members are
+        joining (more than at the last look): the first of many processes
         started together would otherwise win everything, then hand nearly all
         of it over again. A member that left counts at once, so a crashed
         process's groups are taken at the next poll.
         """
+        now = time.monotonic()
+        fresh = now - self._looked_at < self._config.ttl
+        if self._plan is not None and fresh and not (self._watching or self._members_news):
+            return self._plan
+        self._members_news = False
+        self._looked_at = now
         async with self._busy:
-            live = [
-                row["instance_id"]
-                for row in await conn.fetch(self._sql.live_members, self._group_set)
-            ]
+            rows = await conn.fetch(self._sql.live_members, self._group_set)
+        live = [row["instance_id"] for row in rows]
+        self._watching = self._config.instance_id in live[:WATCHERS]
         joining = len(live) > self._members_seen
         self._members_seen = len(live)
+        changed = self._plan is None or set(self._plan.members) != {*live, self._config.instance_id}
+        if changed and self._watching:
+            async with self._busy:
+                await conn.execute(
+                    self._sql.notify_members_changed, members_channel(self._config.schema)
+                )
         if joining and self._config.fair_spread:
+            self._members_news = True  # look again at the next poll
             return None
-        if self._plan is None or set(self._plan.members) != {*live, self._config.instance_id}:
+        if changed:
             self._plan = self._candidates.plan(live)
             async with self._busy:
                 await self._listen(conn, self._plan.wanted)

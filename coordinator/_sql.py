@@ -129,15 +129,22 @@ class Statements:
 
     # Live shared sessions that run the same list of groups ($1, its md5):
     # the members among whom the groups' candidates and fair shares are
-    # ranked. A session whose backend is gone (its process was killed) stops
-    # counting at once, not a ttl later.
+    # ranked, oldest first (the oldest watch the others). A session whose
+    # backend is gone (its process was killed) stops counting at once, not a
+    # ttl later.
     live_members: str = """
         SELECT s.instance_id FROM {schema}.sessions AS s
          WHERE s.group_set = $1 AND s.heartbeat_at > now() - s.ttl
            AND EXISTS (SELECT 1 FROM pg_catalog.pg_stat_activity AS a
                         WHERE a.pid = s.backend_pid
                           AND a.application_name = left('coordinator:' || s.instance_id, 63))
+         ORDER BY s.started_at, s.instance_id
     """
+
+    # A watcher saw the live members change: everyone looks again. A hint
+    # only (anyone may send it); it costs a look, nothing more.
+    # $1 the channel (coordinator._candidates.members_channel).
+    notify_members_changed: str = "SELECT pg_notify($1, '')"
 
     # Poll mode elects its monitor without a lock: the instance with the
     # oldest live session runs the complete per-group scan. With no live
