@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-dev
 PG15   := /usr/lib/postgresql/15/bin
 
 .DEFAULT_GOAL := help
-.PHONY: help venv demo example test test-embedded test-pg15 chaos bench lint format clean
+.PHONY: help venv demo example test test-embedded test-pg15 chaos bench bench-scale lint format clean
 
 CHAOS_DURATION ?= 300
 CHAOS_ARGS ?=
@@ -51,6 +51,10 @@ bench: $(VENV)/.installed-bench ## failover, floor, trace, peers, overhead, then
 	sh bench/setup.sh
 	$(BIN)/python -m bench $(BENCH_ARGS)
 	$(BIN)/python -m bench.scale
+
+SCALE_TIERS ?= 50x1000,50x10000,50x100000
+bench-scale: $(VENV)/.installed-bench ## the 100,000-group tier alone (SCALE_TIERS=PxG,...): bench/RESULTS.md, bench/scale.png
+	$(BIN)/python -m bench.scale --tier-only --tiers $(SCALE_TIERS)
 
 lint: $(STAMP) ## ruff and strict mypy
 	$(BIN)/ruff check .

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import struct
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -85,19 +86,20 @@ class Candidates:
             by_shard.setdefault(shard_of(key), []).append(name)
         # Biggest first: they pack best under the share; ties by shard, the same everywhere.
         self._shards = sorted(by_shard.items(), key=lambda item: (-len(item[1]), item[0]))
-        self._scores: dict[str, list[int]] = {}
+        self._scores: dict[str, tuple[int, ...]] = {}
 
     def plan(self, live: Iterable[str]) -> Plan:
         members = sorted({*live, self._me})
         self._scores = {m: s for m, s in self._scores.items() if m in members}
-        scores = [self._scores_of(member) for member in members]
+        # One tuple per shard, of every member's score: each ranking is a sort in C.
+        by_shard = list(zip(*(self._scores_of(member) for member in members), strict=True))
         me = members.index(self._me)
         share = math.ceil(self._total / len(members))
         load = [0] * len(members)
         wanted: set[str] = set()
         assigned: set[str] = set()
         for shard, groups in self._shards:
-            ranking = sorted(range(len(members)), key=lambda i: scores[i][shard], reverse=True)
+            ranking = sorted(range(len(members)), key=by_shard[shard].__getitem__, reverse=True)
             if not self._fair:
                 if me in ranking[:CANDIDATES]:
                     wanted.update(groups)
@@ -117,15 +119,10 @@ class Candidates:
             tuple(members), frozenset(assigned if self._fair else wanted), frozenset(assigned)
         )
 
-    def _scores_of(self, member: str) -> list[int]:
-        """The member's rendezvous score for each shard, computed once per member."""
+    def _scores_of(self, member: str) -> tuple[int, ...]:
+        """The member's rendezvous score for each shard: 8 bytes each of SHAKE-128 of its name."""
         scores = self._scores.get(member)
         if scores is None:
-            prefix = member.encode() + b"\0"
-            scores = self._scores[member] = [
-                int.from_bytes(
-                    hashlib.blake2b(prefix + str(shard).encode(), digest_size=8).digest()
-                )
-                for shard in range(SHARDS)
-            ]
+            stream = hashlib.shake_128(member.encode()).digest(8 * SHARDS)
+            scores = self._scores[member] = struct.unpack(f">{SHARDS}Q", stream)
         return scores

@@ -97,9 +97,13 @@ class Monitor:
         return fenced
 
     async def _complete_scan_due(self) -> bool:
-        """Poll mode: a ttl since the last per-group scan, and this instance is the monitor."""
+        """Poll mode: a ttl since the last per-group scan, and this instance is the monitor.
+
+        Asked once a ttl, monitor or not: the others need not ask every run.
+        """
         if time.monotonic() - self._last_complete < self._config.ttl:
             return False
+        self._last_complete = time.monotonic()
         return bool(
             await self._control.run(
                 lambda conn: conn.fetchval(self._sql.is_monitor, self._config.instance_id)
