@@ -89,6 +89,7 @@ class SharedCampaign:
         self._wake = asyncio.Event()
         self._waiting: dict[str, asyncio.Future[Term]] = {}
         self._held: dict[str, Term] = {}  # in the order taken
+        self._locked: set[int] = set()  # the keys granted to the session, exactly
         self._cooldown: dict[str, float] = {}
         self._resigning: list[_Resignation] = []
         self._background: set[asyncio.Task[None]] = set()
@@ -190,8 +191,10 @@ class SharedCampaign:
             for r in batch:
                 lock = (ns, self._keys[r.group])
                 await resign_and_unlock(conn, self._sql, r.group, me, r.term, r.reason, lock)
+                self._locked.discard(lock[1])
             return
         await conn.execute(self._sql.unlock_many, ns, [self._keys[r.group] for r in batch])
+        self._locked.difference_update(self._keys[r.group] for r in batch)
 
     def abort(self) -> None:
         if self._conn is not None and not self._conn.is_closed():
@@ -302,6 +305,7 @@ class SharedCampaign:
         try:
             await conn.execute(self._sql.set_session_lock_timeout, self._lock_timeout)
             self._listening = set()
+            self._locked = set()
             self._members_news = True
             await conn.add_listener(members_channel(self._config.schema), self._members_changed)
             await self._listen(conn, self.wanted)
@@ -360,6 +364,7 @@ class SharedCampaign:
             for name in self._waiting
             if name in plan.wanted
             and name not in self._held
+            and self._keys[name] not in self._locked
             and self._cooldown.get(name, 0.0) <= now
         ]
         if not candidates:
@@ -372,6 +377,7 @@ class SharedCampaign:
             rows = await conn.fetch(
                 self._sql.try_locks, self._config.lock_namespace, keys, len(keys)
             )
+        self._locked.update(row["lock_key"] for row in rows)
         won = [self._by_key[row["lock_key"]] for row in rows]
         if won:
             await self._take_office(conn, won)
@@ -399,6 +405,7 @@ class SharedCampaign:
                     await conn.execute(
                         self._sql.unlock, self._config.lock_namespace, self._keys[group]
                     )
+                self._locked.discard(self._keys[group])
         for group, number in offices:
             term = self._held[group] = Term(number, started, self._config.trust_window)
             future = self._waiting.pop(group, None)
