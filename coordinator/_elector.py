@@ -161,11 +161,14 @@ class Elector:
                 await self._back_off(failures)
                 continue
             if won is None:
-                break
+                break  # stopped, or not a candidate any more
             failures = 0
             await self._lead(*won)
         with contextlib.suppress(Exception):
             await self._campaign.close()
+        if not self._stopping.is_set():
+            self._task = None  # rests, a follower, until started again
+            return
         await self._set_role(Role.STOPPED)
 
     async def _lead(self, seat: Seat, term: Term) -> None:

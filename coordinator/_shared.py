@@ -87,7 +87,7 @@ class SharedCampaign:
         self._conn: asyncpg.Connection | None = None
         self._busy = asyncio.Lock()
         self._wake = asyncio.Event()
-        self._waiting: dict[str, asyncio.Future[Term]] = {}
+        self._waiting: dict[str, asyncio.Future[Term | None]] = {}
         self._held: dict[str, Term] = {}  # in the order taken
         self._locked: set[int] = set()  # the keys granted to the session, exactly
         self._cooldown: dict[str, float] = {}
@@ -118,17 +118,23 @@ class SharedCampaign:
 
     # -- driven by the electors and the heartbeat job -------------------------------
 
-    async def win(self, group: str) -> Term:
-        """Wait until the poller wins ``group`` and takes office."""
-        future: asyncio.Future[Term] = asyncio.get_running_loop().create_future()
+    async def win(self, group: str) -> Term | None:
+        """Wait until the poller wins ``group`` and takes office.
+
+        None once this process is no longer a candidate for ``group``: its
+        elector then rests, and costs no task, until it is a candidate again.
+        """
+        if group not in self.wanted:
+            return None
+        future: asyncio.Future[Term | None] = asyncio.get_running_loop().create_future()
         self._waiting[group] = future
         self._wake.set()
         try:
             return await future
         except asyncio.CancelledError:
-            if future.done() and not future.cancelled():
+            won = future.result() if future.done() and not future.cancelled() else None
+            if won is not None:
                 # Won just as the elector stopped: hand it straight back.
-                won = future.result()
                 with contextlib.suppress(Exception):
                     await asyncio.shield(self.resign(group, won, DemotionReason.STOPPING))
             raise
@@ -464,9 +470,12 @@ class SharedCampaign:
             self._members_news = True  # look again at the next poll
             return None
         if changed:
-            self._plan = self._candidates.plan(live)
+            plan = self._plan = self._candidates.plan(live)
             async with self._busy:
-                await self._listen(conn, self._plan.wanted)
+                await self._listen(conn, plan.wanted)
+            for group, future in self._waiting.items():
+                if group not in plan.wanted and not future.done():
+                    future.set_result(None)  # not a candidate any more: its elector rests
             self.wanted_changed.set()
         return self._plan
 
@@ -502,9 +511,9 @@ class SharedCandidacy:
     def problem(self) -> str | None:
         return self._shared.problem
 
-    async def win(self) -> tuple[Seat, Term]:
+    async def win(self) -> tuple[Seat, Term] | None:
         term = await self._shared.win(self._group)
-        return _SharedSeat(self._shared, self._group), term
+        return None if term is None else (_SharedSeat(self._shared, self._group), term)
 
     async def close(self) -> None:
         """The shared session outlives the groups; the coordinator stops it last."""
