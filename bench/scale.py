@@ -42,8 +42,9 @@ import psutil
 
 from bench.database import Database
 from bench.plot import plot_costs
-from coordinator import group_lock_key, migrate
+from coordinator import migrate
 from coordinator.testing import CoordinatorProcess, LocalPostgres
+from coordinator.testing import distinct_group_names as group_names
 
 __all__ = ["main"]
 
@@ -57,17 +58,6 @@ TIMINGS = {"ttl": 15.0, "heartbeat_interval": 5.0, "heartbeat_timeout": 5.0}
 POLL_INTERVAL = 1.0
 REST_WINDOW = 15.0
 WAIT = 300.0
-
-
-def group_names(count: int) -> list[str]:
-    """``count`` names whose lock keys differ (31-bit keys collide by chance: 1 in 10,000)."""
-    chosen: dict[int, str] = {}
-    serial = 0
-    while len(chosen) < count:
-        name = f"tenant-{serial:06d}"
-        chosen.setdefault(group_lock_key(name), name)
-        serial += 1
-    return list(chosen.values())
 
 
 def logged_at(record: dict[str, object]) -> float:

@@ -320,24 +320,23 @@ RETURNS void
 LANGUAGE sql
 SET search_path = pg_catalog, pg_temp
 AS $$
+    -- Not the last statement, so every row (every channel) is notified.
+    SELECT pg_notify(here.schema || channel.suffix,
+                     json_build_object('group', record_event.group_name,
+                                       'kind', record_event.kind, 'term', record_event.term,
+                                       'instance_id', record_event.instance_id,
+                                       'reason', record_event.reason)::text)
+      FROM (SELECT c.relnamespace::regnamespace::text AS schema FROM pg_class AS c
+             WHERE c.oid = 'coordinator.leaders'::regclass) AS here,
+           LATERAL (SELECT '_leadership' AS suffix
+                    UNION ALL
+                    SELECT '_shard_' || (l.lock_key % 1024) FROM coordinator.leaders AS l
+                     WHERE l.group_name = record_event.group_name
+                       AND record_event.kind IN ('resigned', 'fenced', 'expired', 'lost')
+                   ) AS channel;
     INSERT INTO coordinator.events (group_name, kind, term, instance_id, reason)
     VALUES (record_event.group_name, record_event.kind, record_event.term,
             record_event.instance_id, record_event.reason);
-    SELECT pg_notify(
-        (SELECT c.relnamespace::regnamespace::text FROM pg_class AS c
-          WHERE c.oid = 'coordinator.leaders'::regclass) || '_leadership',
-        json_build_object('group', record_event.group_name, 'kind', record_event.kind,
-                          'term', record_event.term, 'instance_id', record_event.instance_id,
-                          'reason', record_event.reason)::text);
-    SELECT pg_notify(
-        (SELECT c.relnamespace::regnamespace::text FROM pg_class AS c
-          WHERE c.oid = 'coordinator.leaders'::regclass) || '_shard_' || (l.lock_key % 1024),
-        json_build_object('group', record_event.group_name, 'kind', record_event.kind,
-                          'term', record_event.term, 'instance_id', record_event.instance_id,
-                          'reason', record_event.reason)::text)
-      FROM coordinator.leaders AS l
-     WHERE l.group_name = record_event.group_name
-       AND record_event.kind IN ('resigned', 'fenced', 'expired', 'lost');
 $$;
 
 REVOKE ALL ON FUNCTION

@@ -8,8 +8,9 @@ from typing import Any
 
 import pytest
 
-from coordinator import ConfigurationError, Coordinator, HeartbeatDone, Signal, group_lock_key
+from coordinator import ConfigurationError, Coordinator, HeartbeatDone, Signal
 from coordinator.testing import CoordinatorProcess
+from coordinator.testing import distinct_group_names as names
 from helpers import connected, coordinator, wait_until
 
 pytestmark = pytest.mark.slow
@@ -17,17 +18,6 @@ pytestmark = pytest.mark.slow
 POLL = {"wait": "poll", "poll_interval": 0.2}
 #: Thousands of groups on two shared cores: room for a busy event loop.
 ROOMY = {"ttl": 10.0, "heartbeat_interval": 1.0, "heartbeat_timeout": 2.0}
-
-
-def names(count: int) -> list[str]:
-    """``count`` group names whose lock keys differ (31-bit keys collide by chance)."""
-    chosen: dict[int, str] = {}
-    serial = 0
-    while len(chosen) < count:
-        name = f"tenant-{serial:05d}"
-        chosen.setdefault(group_lock_key(name), name)
-        serial += 1
-    return list(chosen.values())
 
 
 async def led_by(dsn: str) -> dict[str, int]:

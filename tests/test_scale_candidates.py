@@ -12,7 +12,7 @@ import pytest
 
 from coordinator import Coordinator, group_lock_key
 from coordinator._candidates import CANDIDATES, SHARDS, Candidates, shard_channel, shard_of
-from coordinator.testing import CoordinatorProcess
+from coordinator.testing import CoordinatorProcess, distinct_group_names
 from helpers import connected, coordinator, wait_until
 
 POLL = {"wait": "poll", "poll_interval": 0.2}
@@ -22,13 +22,7 @@ MEMBERS = [f"member-{n}" for n in range(7)]
 
 def keys(count: int) -> dict[str, int]:
     """``count`` group names and their lock keys, all different."""
-    chosen: dict[int, str] = {}
-    serial = 0
-    while len(chosen) < count:
-        name = f"tenant-{serial:05d}"
-        chosen.setdefault(group_lock_key(name), name)
-        serial += 1
-    return {name: key for key, name in chosen.items()}
+    return {name: group_lock_key(name) for name in distinct_group_names(count)}
 
 
 def plans(groups: dict[str, int], members: list[str], *, fair: bool) -> dict[str, frozenset[str]]:
@@ -86,8 +80,11 @@ async def test_each_process_runs_electors_only_for_its_candidacies(
         await coord.start()
     try:
         await wait_until(lambda: _counted(coords, 4), 30, what="four live members counted")
-        for coord in coords:
-            assert 0 < len(_running(coord)) < len(groups)
+        await wait_until(
+            lambda: _campaigning_for_candidacies(coords, len(groups)),
+            10,
+            what="each follower's electors to be its candidacies only",
+        )
         victim.kill()
         await wait_until(
             lambda: _led_without(dsn, "victim", len(groups)),
@@ -101,6 +98,15 @@ async def test_each_process_runs_electors_only_for_its_candidacies(
 
 def _running(coord: Coordinator) -> set[str]:
     return {name for name, elector in coord._electors.items() if elector.started}
+
+
+async def _campaigning_for_candidacies(coords: list[Coordinator], count: int) -> bool:
+    for coord in coords:
+        running = _running(coord)
+        assert coord._shared is not None
+        if not (0 < len(running) < count and running <= coord._shared.wanted):
+            return False
+    return True
 
 
 async def _counted(coords: list[Coordinator], members: int) -> bool:
@@ -137,8 +143,11 @@ async def test_a_hand_over_is_announced_on_its_shard_channel_only(dsn: str) -> N
     name = next(iter(groups))
     shard = shard_of(groups[name])
     other = (shard + 1) % SHARDS
-    heard: dict[str, list[dict[str, object]]] = {"mine": [], "other": []}
+    heard: dict[str, list[dict[str, object]]] = {"mine": [], "other": [], "all": []}
     async with connected(dsn) as listener:
+        await listener.add_listener(
+            "coordinator_leadership", lambda *args: heard["all"].append(json.loads(args[3]))
+        )
         await listener.add_listener(
             shard_channel("coordinator", shard),
             lambda *args: heard["mine"].append(json.loads(args[3])),
@@ -156,6 +165,7 @@ async def test_a_hand_over_is_announced_on_its_shard_channel_only(dsn: str) -> N
 
             await wait_until(announced, 10, what="the resignation on its shard channel")
     assert all(n["kind"] != "elected" for n in heard["mine"])  # only what may free a group
+    assert {"elected", "resigned"} <= {n["kind"] for n in heard["all"] if n["group"] == name}
     assert all(shard_of(groups[str(n["group"])]) == other for n in heard["other"])
 
 
