@@ -90,6 +90,7 @@ class SharedCampaign:
         self._waiting: dict[str, asyncio.Future[Term | None]] = {}
         self._held: dict[str, Term] = {}  # in the order taken
         self._locked: set[int] = set()  # the keys granted to the session, exactly
+        self._beats = 0
         self._cooldown: dict[str, float] = {}
         self._resigning: list[_Resignation] = []
         self._background: set[asyncio.Task[None]] = set()
@@ -207,20 +208,36 @@ class SharedCampaign:
             self._conn.terminate()
 
     async def heartbeat(self) -> HeartbeatDone | None:
-        """One statement, on the session's one row, for every group led and followed."""
+        """One statement, on the session's one row, for every group led and followed.
+
+        A successful beat keeps the session from being fenced for a ttl, and
+        so extends the trust of every seat on it. Each beat also checks a
+        slice of the seats against the leader table, so that each is checked
+        once a ttl: a seat's lock cannot be lost while the session lives,
+        and checking all of them every beat was most of the cost at rest.
+        """
         conn = self._conn
         if conn is None or conn.is_closed():
             return None
         held = {group: term for group, term in self._held.items() if term.ended is None}
+        slices = max(1, int(self._config.ttl // self._config.heartbeat_interval))
+        self._beats += 1
+        checked = {
+            group: term
+            for group, term in held.items()
+            if self._keys[group] % slices == self._beats % slices
+        }
         started = time.monotonic()
         groups = (*held, *(group for group in self._waiting if group not in held))
         try:
             async with asyncio.timeout(self._config.heartbeat_timeout), self._busy:
-                rows = await self._beat(conn, held)
+                rows = await self._beat(conn, checked)
         except Exception as error:  # noqa: BLE001 - the trust deadline deals with failures
             self._log.warning("heartbeat_failed", groups=len(held), error=describe_error(error))
             return HeartbeatDone(groups, time.monotonic() - started, ok=False, batch=True)
         lost = {row["lost_group"] for row in rows}
+        if None in lost:  # the session row is another live backend's: nothing is ours
+            lost = set(held)
         for group, term in held.items():
             if group in lost:
                 term.end(DemotionReason.LOCK_LOST)

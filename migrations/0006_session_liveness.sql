@@ -63,12 +63,15 @@ $$;
 -- seats of group_names/terms that this backend no longer holds are returned:
 -- those whose leader row does not name this instance, this term and this
 -- backend. Only the lost are returned: at rest the answer is empty, however
--- many seats were confirmed. The locks themselves are not
+-- many seats were confirmed. The caller passes a slice of its seats each
+-- beat (each one once a ttl: probing 2,000 leader rows per beat was most of
+-- the cost at rest); a NULL row says the session row was not written, and
+-- then every seat is lost. The locks themselves are not
 -- looked up in pg_locks (a copy of the whole lock table, 100,000 entries at
 -- this scale): a session-level advisory lock lasts as long as its backend and
 -- only that backend can release it, and take_office checked it was held. If
 -- the row belongs to another live backend of this instance, nothing is
--- written and every seat is returned as lost.
+-- written and the NULL row is returned.
 CREATE FUNCTION coordinator.session_heartbeat(
     instance_id text, host text, pid integer, group_count integer, group_set text,
     ttl_s float8, group_names text[], terms bigint[])
@@ -93,10 +96,12 @@ AS $$
             OR NOT coordinator.session_alive(s.backend_pid, s.instance_id)
         RETURNING 1
     )
+    SELECT NULL::text WHERE NOT EXISTS (SELECT 1 FROM beat)
+    UNION ALL
     SELECT t.group_name
       FROM unnest(session_heartbeat.group_names, session_heartbeat.terms) AS t(group_name, term)
-     WHERE NOT EXISTS (SELECT 1 FROM beat)
-        OR NOT EXISTS (
+     WHERE EXISTS (SELECT 1 FROM beat)
+       AND NOT EXISTS (
            SELECT 1 FROM coordinator.leaders AS l
             WHERE l.group_name = t.group_name AND l.holder = session_heartbeat.instance_id
               AND l.term = t.term AND l.backend_pid = pg_backend_pid())
