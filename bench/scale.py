@@ -59,7 +59,7 @@ POLL_INTERVAL = 1.0
 REST_WINDOW = 15.0
 WAIT = 300.0
 #: The machine is shared: a tier stops when less memory than this is left.
-MEMORY_FLOOR = 6 * 2**30
+MEMORY_FLOOR = 8 * 2**30
 
 
 def logged_at(record: dict[str, object]) -> float:
