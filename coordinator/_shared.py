@@ -191,6 +191,8 @@ class SharedCampaign:
                 me,
                 [r.term for r in batch],
                 [str(r.reason) for r in batch],
+                ns,
+                [self._keys[r.group] for r in batch],
             )
         except asyncpg.LockNotAvailableError:
             # Fenced transactions of some term are still open: one by one, so
@@ -200,7 +202,6 @@ class SharedCampaign:
                 await resign_and_unlock(conn, self._sql, r.group, me, r.term, r.reason, lock)
                 self._locked.discard(lock[1])
             return
-        await conn.execute(self._sql.unlock_many, ns, [self._keys[r.group] for r in batch])
         self._locked.difference_update(self._keys[r.group] for r in batch)
 
     def abort(self) -> None:

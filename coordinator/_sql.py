@@ -192,13 +192,20 @@ class Statements:
 
     close_session: str = "SELECT {schema}.close_session($1)"
 
-    # Many resignations of this session in one statement, then their unlocks.
-    # $1 group names, $2 instance, $3 their terms, $4 their reasons.
+    # Many resignations of this session, and their unlocks, in one statement:
+    # the locks are free before the commit sends the NOTIFY, so that a
+    # poller woken by it finds them free (with the unlocks a statement
+    # later, it tried too early and waited a whole poll). A successor that
+    # gets a lock before the commit waits for it in take_office's row lock.
+    # $1 group names, $2 instance, $3 their terms, $4 their reasons,
+    # $5 the lock namespace, $6 the groups' keys.
     resign_seats: str = """
-        SELECT count(*) FROM {schema}.resign_seats($1::text[], $2, $3::bigint[], $4::text[])
-    """
-    unlock_many: str = """
-        SELECT count(*) FILTER (WHERE pg_advisory_unlock($1, k)) FROM unnest($2::int[]) AS k
+        WITH resigned AS MATERIALIZED (
+            SELECT count(*) AS seats
+              FROM {schema}.resign_seats($1::text[], $2, $3::bigint[], $4::text[])
+        )
+        SELECT count(*) FILTER (WHERE pg_advisory_unlock($5, k))
+          FROM resigned, unnest($6::int[]) AS k
     """
 
     # The cheap monitor, run by every instance in poll mode: stale sessions.
