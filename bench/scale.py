@@ -467,7 +467,7 @@ def report(single: list[dict[str, Any]], spread: list[dict[str, Any]], command: 
 def tier_report(tiers: list[dict[str, Any]], command: str) -> str:
     lines = [
         TIER_BEGIN,
-        "### The tier: many processes, fair spreading on, one SIGKILLed",
+        "### The tier: many processes, fair spreading on, three SIGKILLed in turn",
         "",
         f"Command: `{command}` (one trial per row), on one embedded PostgreSQL 18 with "
         "`max_locks_per_transaction = 512` and `max_connections = 600`.",

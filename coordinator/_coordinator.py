@@ -244,8 +244,8 @@ class Coordinator:
         100,000 groups a process runs a few thousand electors.
         """
         while True:
-            await shared.wanted_changed.wait()
-            shared.wanted_changed.clear()
+            await shared.polled.wait()
+            shared.polled.clear()
             for name in shared.wanted:
                 elector = self._electors[name]
                 if not elector.started:

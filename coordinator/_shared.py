@@ -81,8 +81,10 @@ class SharedCampaign:
         self._watching = False
         self._looked_at = -math.inf
         self._listening: set[int] = set()  # the shards whose channels this session listens to
-        #: Set when :attr:`wanted` grew: the coordinator starts those groups' electors.
-        self.wanted_changed = asyncio.Event()
+        #: Set after every poll: the coordinator starts the electors of the groups
+        #: in :attr:`wanted` that do not run (one that was just resting may have
+        #: missed the change that made it wanted again).
+        self.polled = asyncio.Event()
         self._by_key = {key: name for name, key in keys.items()}
         self._conn: asyncpg.Connection | None = None
         self._busy = asyncio.Lock()
@@ -290,6 +292,7 @@ class SharedCampaign:
                 if self._conn is None or self._conn.is_closed():
                     await self._connect()
                 await self._poll()
+                self.polled.set()
                 failures = 0
                 self._trouble.cleared()
             except Exception as error:  # noqa: BLE001 - the poller never dies
@@ -494,7 +497,6 @@ class SharedCampaign:
             for group, future in self._waiting.items():
                 if group not in plan.wanted and not future.done():
                     future.set_result(None)  # not a candidate any more: its elector rests
-            self.wanted_changed.set()
         return self._plan
 
     def _shed(self, assigned: frozenset[str]) -> None:
