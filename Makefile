@@ -47,10 +47,11 @@ test-pg15: $(STAMP) ## the core election tests on the system PostgreSQL 15
 chaos: $(STAMP) ## random real faults for CHAOS_DURATION seconds (300), then check the guarantees (CHAOS_ARGS=--help)
 	$(BIN)/python -m chaos --duration $(CHAOS_DURATION) $(CHAOS_ARGS)
 
-bench: $(VENV)/.installed-bench ## failover, floor, trace, peers, overhead, then scale (about 45 min; BENCH_ARGS=--quick): bench/RESULTS.md
+bench: $(VENV)/.installed-bench ## failover, floor, trace, peers, overhead, scale, then job continuity (about 60 min; BENCH_ARGS=--quick): bench/RESULTS.md
 	sh bench/setup.sh
 	$(BIN)/python -m bench $(BENCH_ARGS)
 	$(BIN)/python -m bench.scale
+	$(BIN)/python -m bench.jobs
 
 SCALE_TIERS ?= 50x1000,50x10000,50x100000
 bench-scale: $(VENV)/.installed-bench ## the 100,000-group tier alone (SCALE_TIERS=PxG,...): bench/RESULTS.md, bench/scale.png

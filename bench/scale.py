@@ -499,7 +499,7 @@ def tier_report(tiers: list[dict[str, Any]], command: str) -> str:
 
 
 def write_section(section: str, begin: str = BEGIN, end: str = END) -> None:
-    """Replace the text between ``begin`` and ``end`` in RESULTS.md (appended if missing)."""
+    """Replace the part of bench/RESULTS.md between ``begin`` and ``end`` (or append it)."""
     text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
     if begin in text and end in text:
         head, _, rest = text.partition(begin)

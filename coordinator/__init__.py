@@ -28,6 +28,7 @@ if TYPE_CHECKING:
         NotLeader,
         SchemaNotMigrated,
         StaleTerm,
+        SwitchoverFailed,
         UnsupportedDatabase,
     )
     from coordinator._fencing import FencedTransaction
@@ -39,7 +40,9 @@ if TYPE_CHECKING:
     from coordinator._observe import LeadershipEvent, observe, read_history
     from coordinator._signals import Demoted, Elected, Fenced, HeartbeatDone, Listener, Signal
     from coordinator._status import GroupStatus, MemberStatus, read_members, read_status
+    from coordinator._switchover import HandOver, request_switchover
     from coordinator._term import DemotionReason
+    from coordinator._timetable import JobStatus, read_jobs
 
 __all__ = [
     "DEFAULT_LOCK_NAMESPACE",
@@ -58,8 +61,10 @@ __all__ = [
     "FencedTransaction",
     "Group",
     "GroupStatus",
+    "HandOver",
     "Health",
     "HeartbeatDone",
+    "JobStatus",
     "KeyCollisionError",
     "Leadership",
     "LeadershipEvent",
@@ -73,6 +78,7 @@ __all__ = [
     "SchemaNotMigrated",
     "Signal",
     "StaleTerm",
+    "SwitchoverFailed",
     "UnsupportedDatabase",
     "Verdict",
     "default_instance_id",
@@ -80,9 +86,11 @@ __all__ = [
     "migrate",
     "observe",
     "read_history",
+    "read_jobs",
     "read_members",
     "read_status",
     "redact_dsn",
+    "request_switchover",
 ]
 
 #: The private module each public name lives in.
@@ -103,6 +111,9 @@ _HOMES = {
     "NotLeader": "_errors",
     "SchemaNotMigrated": "_errors",
     "StaleTerm": "_errors",
+    "SwitchoverFailed": "_errors",
+    "HandOver": "_switchover",
+    "request_switchover": "_switchover",
     "UnsupportedDatabase": "_errors",
     "FencedTransaction": "_fencing",
     "DemotionReason": "_term",
@@ -128,6 +139,8 @@ _HOMES = {
     "MemberStatus": "_status",
     "read_members": "_status",
     "read_status": "_status",
+    "JobStatus": "_timetable",
+    "read_jobs": "_timetable",
 }
 
 

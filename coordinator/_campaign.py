@@ -23,7 +23,7 @@ from typing import Protocol
 from coordinator._config import CoordinatorConfig
 from coordinator._describe import describe_error
 from coordinator._logging import get_logger
-from coordinator._session import LockSession
+from coordinator._session import LockSession, Reserved
 from coordinator._signals import HeartbeatDone
 from coordinator._sql import Statements
 from coordinator._term import DemotionReason, Term
@@ -129,8 +129,7 @@ class BlockingCampaign:
                     self._config, self._sql, self._group, self._lock_key, self._closed
                 )
             self._trouble.cleared()
-            await session.wait_for_lock()
-            term = await self._take_office(session)
+            term = await self._win_on(session)
         except BaseException as error:
             if not isinstance(error, asyncio.CancelledError):
                 self._trouble.failed(error)
@@ -138,6 +137,22 @@ class BlockingCampaign:
             raise
         self._term = term
         return session, term
+
+    async def _win_on(self, session: LockSession) -> Term:
+        """Wait for the lock and take office; stand aside while a switchover names another.
+
+        The member it names waits in the same lock queue and is granted the
+        lock next; the pause only keeps the others from spinning when it
+        never comes (the reservation then expires, one ttl after the hand-over).
+        """
+        while True:
+            await session.wait_for_lock()
+            try:
+                return await self._take_office(session)
+            except Reserved as reserved:
+                await session.unlock()
+                self._log.info("switchover_standing_aside", reason=str(reserved))
+                await asyncio.sleep(self._config.poll_interval)
 
     async def _take_office(self, session: LockSession) -> Term:
         while True:

@@ -43,7 +43,7 @@ __all__ = [
 ]
 
 #: Shards per schema: the unit of candidacy and of NOTIFY channels. The
-#: database's record_event (migration 0006) computes the same shard.
+#: database's record_event (migration 0007) computes the same shard.
 SHARDS = 1024
 #: Members that campaign for each shard's groups without fair spreading.
 CANDIDATES = 2

@@ -106,7 +106,8 @@ class CoordinatorConfig:
     instance_id: str = field(default_factory=default_instance_id)
     ttl: float = 15.0
     heartbeat_interval: float = 5.0
-    heartbeat_timeout: float = 5.0
+    #: 0 (the default): the heartbeat interval, at most 5 s.
+    heartbeat_timeout: float = 0.0
     #: Defaults to 1 s, or less when the ttl leaves less room (short test ttls).
     safety_margin: float | None = None
     #: How often this instance looks for stale leaders; defaults to the heartbeat interval.
@@ -117,8 +118,9 @@ class CoordinatorConfig:
     #: Bounds on the jittered wait between reconnection attempts.
     reconnect_min: float = 0.05
     reconnect_max: float = 5.0
-    #: How long ``on_demoted`` callbacks may run when leadership ends.
-    callback_timeout: float = 10.0
+    #: How long ``on_demoted`` callbacks may run when leadership ends: room
+    #: for leader-only jobs to drain (10 s by default) and then be cancelled.
+    callback_timeout: float = 15.0
     #: How long taking office may wait for fenced transactions of the old term, per attempt.
     take_office_timeout: float = 5.0
     #: Events older than this are pruned (never below the database's own retention floor).
@@ -156,6 +158,8 @@ class CoordinatorConfig:
         problem = dsn_problem(self.dsn)
         if problem is not None:
             raise ConfigurationError(problem)
+        if self.heartbeat_timeout == 0 and isinstance(self.heartbeat_interval, int | float):
+            object.__setattr__(self, "heartbeat_timeout", min(self.heartbeat_interval, 5.0))
         for name, (low, high, why) in _SECONDS_BOUNDS.items():
             check_seconds(name, getattr(self, name), low, high, why)
         if self.wait not in ("auto", "block", "poll"):

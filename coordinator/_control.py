@@ -1,8 +1,9 @@
 """The control connection, and the history written on it after a loss.
 
 Each coordinator keeps one connection beside its lock sessions, for
-everything that is not a lock: member heartbeats, the monitor, pruning, and
-the ``lost`` events of leaderships whose session is gone. It is opened
+everything that is not a lock: member heartbeats, the monitor, pruning, the
+``lost`` events of leaderships whose session is gone, and listening for
+switchover requests. It is opened
 again on demand, through the same checks as every connection (a reconnect
 that lands on a standby is refused, not used).
 """
@@ -43,6 +44,12 @@ class ControlConnection:
         self._config = config
         self._conn: asyncpg.Connection | None = None
         self._turn = asyncio.Lock()
+        self._listeners: dict[str, Callable[..., None]] = {}
+        self._listening: asyncpg.Connection | None = None  # the connection they are added to
+
+    def listen(self, channel: str, callback: Callable[..., None]) -> None:
+        """LISTEN on ``channel`` from the next operation on, on every connection after."""
+        self._listeners[channel] = callback
 
     def adopt(self, conn: asyncpg.Connection) -> None:
         """Use ``conn``, already open and checked (start-up's connection)."""
@@ -63,6 +70,10 @@ class ControlConnection:
             if conn is None or conn.is_closed():
                 conn = self._conn = await connect(self._config.connection)
             try:
+                if self._listening is not conn:
+                    for channel, callback in self._listeners.items():
+                        await conn.add_listener(channel, callback)
+                    self._listening = conn
                 return await operation(conn)
             except BaseException as error:
                 if not isinstance(error, _STATEMENT_REFUSED):

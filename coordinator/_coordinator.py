@@ -39,6 +39,8 @@ from coordinator._otel import untraced
 from coordinator._shared import SharedCampaign
 from coordinator._signals import HeartbeatDone, Listener, Signal
 from coordinator._sql import Statements
+from coordinator._switchover import HandOvers
+from coordinator._term import Term
 
 __all__ = ["Coordinator"]
 
@@ -102,6 +104,7 @@ class Coordinator:
         self._control = ControlConnection(config)
         self._lost = LostEvents(config, self._sql, self._control)
         self._monitor = Monitor(config, self._sql, self._control, self._leads_any, self._polls)
+        self._handovers = HandOvers(config, self._sql, self._control, self._terms)
         self._members: Members | None = None
         self._shared: SharedCampaign | None = None
         self._enlisting: asyncio.Task[None] | None = None
@@ -185,7 +188,6 @@ class Coordinator:
         await self.stop()
 
     @untraced
-    @untraced
     async def start(self) -> None:
         """Connect, check the server and schema, register the groups, start electing.
 
@@ -263,7 +265,7 @@ class Coordinator:
         await asyncio.gather(*(elector.stop() for elector in self._electors.values()))
         if self._shared is not None:
             await self._shared.stop()
-        self._jobs.stop()
+        await self._jobs.stop(timeout=self.config.heartbeat_timeout)
         await self._lost.stop()
         with contextlib.suppress(Exception):  # members expire on their own anyway
             await self._control.run(
@@ -276,12 +278,16 @@ class Coordinator:
     # -- the jobs -------------------------------------------------------------
 
     @untraced
-    @untraced
     async def _heartbeat_job(self) -> None:
         """Leaders beat through their campaigns, followers in one statement; all at once."""
         try:
             sources = (source.heartbeat() for source in self._beating)
-            for beat in await asyncio.gather(*sources, self._member_heartbeat()):
+            # Switchover requests are read again alongside (a notification is only
+            # a hint), so the job lasts no longer than its slowest statement.
+            beats, _ = await asyncio.gather(
+                asyncio.gather(*sources, self._member_heartbeat()), self._handovers.check()
+            )
+            for beat in beats:
                 if beat is not None:
                     self._listeners.emit(beat)
         finally:
@@ -302,7 +308,6 @@ class Coordinator:
             return HeartbeatDone(following, time.monotonic() - started, ok=False, batch=True)
 
     @untraced
-    @untraced
     async def _monitor_job(self) -> None:
         try:
             fenced = await self._monitor.run()
@@ -314,6 +319,9 @@ class Coordinator:
 
     def _following(self) -> list[str]:
         return [name for name, e in self._electors.items() if e.role is Role.FOLLOWER]
+
+    def _terms(self) -> dict[str, Term]:
+        return {name: e.term for name, e in self._electors.items() if e.term is not None}
 
     def _keys(self) -> dict[str, int]:
         return {name: group.lock_key for name, group in self._groups.items()}

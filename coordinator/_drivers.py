@@ -17,6 +17,7 @@ Neither driver is a dependency: a connection of one means it is installed.
 from __future__ import annotations
 
 import contextlib
+import re
 import sys
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -31,7 +32,7 @@ from coordinator._fencing import (
     stale_term_error,
 )
 
-__all__ = ["fenced_async", "fenced_sync"]
+__all__ = ["fenced_async", "fenced_sync", "fetch_value_sync"]
 
 
 @contextlib.contextmanager
@@ -43,7 +44,7 @@ def fenced_sync(
     expected = expected_term(leadership, term)
     _refuse_nested(target, kind)
     with _translated(), target.transaction() if kind == "psycopg" else target.begin():
-        target.execute(*_assert_term(kind, assert_term_sql, leadership.name, expected))
+        target.execute(*_in_style(kind, assert_term_sql, (leadership.name, expected)))
         yield FencedTransaction(leadership.name, expected, target)
         check_still_leading(leadership, expected)
 
@@ -62,7 +63,7 @@ async def fenced_async(
     _refuse_nested(target, kind)
     with _translated():
         async with target.transaction() if kind == "psycopg" else target.begin():
-            await target.execute(*_assert_term(kind, assert_term_sql, leadership.name, expected))
+            await target.execute(*_in_style(kind, assert_term_sql, (leadership.name, expected)))
             yield FencedTransaction(leadership.name, expected, target)
             check_still_leading(leadership, expected)
 
@@ -108,14 +109,21 @@ def _refuse_nested(target: Any, kind: str) -> None:
         )
 
 
-def _assert_term(kind: str, assert_term_sql: str, group: str, term: int) -> tuple[Any, Any]:
-    """The statement and its parameters, in the driver's own placeholder style."""
+def fetch_value_sync(target: Any, statement: str, *args: Any) -> Any:
+    """The first column of the first row of ``statement`` (``$n`` placeholders) on ``target``."""
+    kind = _kind(target, _SYNC)
+    result = target.execute(*_in_style(kind, statement, args))
+    return result.scalar() if kind == "sqlalchemy" else result.fetchone()[0]
+
+
+def _in_style(kind: str, statement: str, args: tuple[Any, ...]) -> tuple[Any, Any]:
+    """``statement`` and ``args`` in the driver's own placeholder style: named ``p1``, ``p2``..."""
+    params = {f"p{number}": value for number, value in enumerate(args, 1)}
     if kind == "psycopg":
-        return assert_term_sql.replace("$1", "%s").replace("$2", "%s"), (group, term)
+        return re.sub(r"\$(\d+)", r"%(p\1)s", statement), params
     from sqlalchemy import text
 
-    named = assert_term_sql.replace("$1", ":group_name").replace("$2", ":term")
-    return text(named), {"group_name": group, "term": term}
+    return text(re.sub(r"\$(\d+)", r":p\1", statement)), params
 
 
 @contextlib.contextmanager

@@ -17,6 +17,7 @@ __all__ = [
     "NotLeader",
     "SchemaNotMigrated",
     "StaleTerm",
+    "SwitchoverFailed",
     "UnsupportedDatabase",
 ]
 
@@ -59,3 +60,7 @@ class NotLeader(CoordinatorError, RuntimeError):
 
 class StaleTerm(NotLeader):
     """A fenced write carried a term that is no longer current: a newer leader exists."""
+
+
+class SwitchoverFailed(CoordinatorError, RuntimeError):
+    """A switchover was refused, or the hand-over did not finish in time."""

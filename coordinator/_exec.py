@@ -27,15 +27,16 @@ from collections.abc import Sequence
 
 from coordinator._coordinator import Coordinator
 from coordinator._errors import ConfigurationError
-from coordinator._group import DemotionReason, Group
+from coordinator._group import Group
 from coordinator._logging import LogFormat, get_logger
 from coordinator._signals import HeartbeatDone, Signal
+from coordinator._term import GRACEFUL
 
 __all__ = ["LeaderCommand", "add_exec_options", "leader_command"]
 
 log = get_logger("coordinator.exec")
 
-_GRACEFUL = {DemotionReason.RESIGNED.value, DemotionReason.STOPPING.value}
+_GRACEFUL = {reason.value for reason in GRACEFUL}
 
 
 class LeaderCommand:

@@ -11,8 +11,10 @@ show, routine runs do not, and the application's own jobs log as before.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from apscheduler.executors.asyncio import AsyncIOExecutor
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -36,6 +38,7 @@ class Jobs:
         self.scheduler = scheduler
         self._owns_scheduler = scheduler is None
         self._added_executor = False
+        self._runs: set[asyncio.Task[Any]] = set()  # runs in progress
 
     def start(self, heartbeat: tuple[Job, float], monitor: tuple[Job, float]) -> None:
         if self.scheduler is None:
@@ -51,7 +54,7 @@ class Jobs:
             quiet.setLevel(logging.WARNING)
         for job_id, (func, seconds) in ((HEARTBEAT_JOB_ID, heartbeat), (MONITOR_JOB_ID, monitor)):
             scheduler.add_job(
-                func,
+                self._tracked(func),
                 "interval",
                 seconds=seconds,
                 id=job_id,
@@ -68,15 +71,34 @@ class Jobs:
                 scheduler.start()
             self._owns_scheduler = True
 
-    def stop(self) -> None:
+    async def stop(self, timeout: float) -> None:
+        """Remove the jobs; let a run in progress end (up to ``timeout``) before a shutdown.
+
+        Shutting a scheduler down cancels the runs in progress, which
+        APScheduler would log as a job that raised an exception.
+        """
         scheduler = self.scheduler
         if scheduler is None:
             return
         for job_id in (HEARTBEAT_JOB_ID, MONITOR_JOB_ID):
             if scheduler.get_job(job_id) is not None:
                 scheduler.remove_job(job_id)
+        if self._runs:
+            await asyncio.wait(self._runs, timeout=timeout)
         if self._owns_scheduler and scheduler.running:
             scheduler.shutdown(wait=False)
         elif self._added_executor:
             scheduler.remove_executor(EXECUTOR, shutdown=False)
             self._added_executor = False
+
+    def _tracked(self, func: Job) -> Job:
+        async def run() -> None:
+            task = asyncio.current_task()
+            assert task is not None  # a job runs as a task of the scheduler's loop
+            self._runs.add(task)
+            try:
+                await func()
+            finally:
+                self._runs.discard(task)
+
+        return run

@@ -151,6 +151,7 @@ class Monitor:
 
     async def _prune(self, conn: asyncpg.Connection) -> None:
         await conn.execute(self._sql.prune_events, self._config.events_retention)
+        await conn.execute(self._sql.prune_job_runs, self._config.events_retention)
         await conn.execute(self._sql.prune_members, self._config.members_retention)
 
     def _warn_privilege(self, error: asyncpg.InsufficientPrivilegeError) -> None:

@@ -9,8 +9,9 @@ the exception: while following, nothing else uses the session.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import asyncpg
@@ -21,9 +22,33 @@ from coordinator._logging import get_logger
 from coordinator._sql import Statements
 from coordinator._term import Term
 
-__all__ = ["LockSession", "log_ended_transactions", "resign_and_unlock"]
+__all__ = [
+    "LockSession",
+    "Reserved",
+    "log_ended_transactions",
+    "refused_as_reserved",
+    "resign_and_unlock",
+]
 
 log = get_logger(__name__)
+
+#: take_office refused: a switchover reserves the group for another member.
+RESERVED_SQLSTATE = "LT003"
+
+
+class Reserved(Exception):
+    """A switchover reserves the group for another member: unlock and wait again."""
+
+
+@contextlib.asynccontextmanager
+async def refused_as_reserved() -> AsyncIterator[None]:
+    """Raise take_office's refusal (SQLSTATE LT003) as :class:`Reserved`."""
+    try:
+        yield
+    except asyncpg.PostgresError as error:
+        if error.sqlstate == RESERVED_SQLSTATE:
+            raise Reserved(error.message) from None
+        raise
 
 
 @dataclass(frozen=True)
@@ -151,7 +176,8 @@ class LockSession:
 
     async def take_office(self, instance_id: str) -> int | None:
         """Holding the lock, start the next term and return it; None while fenced
-        transactions of the old term still hold the leader row.
+        transactions of the old term still hold the leader row. Raises
+        :class:`Reserved` while a switchover reserves the group for another.
 
         The term update waits for in-flight fenced transactions of the old
         term (they hold FOR SHARE on the leader row). The wait is bounded by
@@ -160,7 +186,7 @@ class LockSession:
         """
         args = ([self._group], instance_id, HOST, os.getpid(), self._config.ttl)
         try:
-            async with self._busy:  # lock_timeout was set when the lock was granted
+            async with self._busy, refused_as_reserved():  # lock_timeout: set with the lock
                 row = await self._prepared.take_office.fetchrow(*args)
                 if row is None:
                     await self._conn.execute(
@@ -178,6 +204,11 @@ class LockSession:
             raise RuntimeError(f"group {self._group!r} has no leader row and cannot get one")
         log_ended_transactions(self._group, row)
         return int(row["term"])
+
+    async def unlock(self) -> None:
+        """Give the lock back without taking office (a switchover reserves the group)."""
+        async with self._busy:
+            await self._conn.execute(self._sql.unlock, *self._lock)
 
     async def heartbeat(self, instance_id: str, term: int) -> bool:
         """Refresh our heartbeat; False means the lock or the term is no longer ours."""

@@ -47,9 +47,14 @@ from coordinator._config import HOST, CoordinatorConfig
 from coordinator._connect import connect
 from coordinator._describe import describe_error
 from coordinator._logging import get_logger
-from coordinator._session import log_ended_transactions, resign_and_unlock
+from coordinator._session import (
+    Reserved,
+    log_ended_transactions,
+    refused_as_reserved,
+    resign_and_unlock,
+)
 from coordinator._signals import HeartbeatDone
-from coordinator._sql import Statements
+from coordinator._sql import Statements, switchover_channel
 from coordinator._term import DemotionReason, Term
 
 __all__ = ["SharedCampaign"]
@@ -78,6 +83,7 @@ class SharedCampaign:
         self._plan: Plan | None = None
         self._members_seen = 0
         self._members_news = True  # look at the live members at the next poll
+        self._summoned: set[str] = set()  # groups a switchover names this instance for
         self._watching = False
         self._looked_at = -math.inf
         self._listening: set[int] = set()  # the shards whose channels this session listens to
@@ -116,8 +122,9 @@ class SharedCampaign:
 
     @property
     def wanted(self) -> frozenset[str]:
-        """The groups this process campaigns for now: its candidacies (see ``_candidates``)."""
-        return self._plan.wanted if self._plan is not None else frozenset()
+        """The groups this process campaigns for now: its candidacies (see ``_candidates``),
+        and those a switchover named it the target of."""
+        return (self._plan.wanted if self._plan is not None else frozenset()) | self._summoned
 
     # -- driven by the electors and the heartbeat job -------------------------------
 
@@ -154,7 +161,7 @@ class SharedCampaign:
         """
         conn = self._conn
         self._held.pop(group, None)
-        if reason is DemotionReason.RESIGNED:
+        if reason in (DemotionReason.RESIGNED, DemotionReason.SWITCHOVER):
             self._cool_down(group)  # handing over means letting someone else take it
         if conn is None or conn.is_closed():
             return
@@ -335,6 +342,7 @@ class SharedCampaign:
             self._locked = set()
             self._members_news = True
             await conn.add_listener(members_channel(self._config.schema), self._members_changed)
+            await conn.add_listener(switchover_channel(self._config.schema), self._switchover)
             await self._listen(conn, self.wanted)
             await self._beat(conn, {})  # counted as a member before the first poll
         except BaseException:
@@ -363,6 +371,18 @@ class SharedCampaign:
     def _cool_down(self, group: str) -> None:
         self._cooldown[group] = time.monotonic() + 2 * self._config.poll_interval
 
+    def _switchover(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
+        """A switchover names this instance: campaign for that group, candidate or not."""
+        try:
+            request = json.loads(payload)
+        except ValueError:
+            return
+        group = request.get("group")
+        if request.get("target") == self._config.instance_id and group in self._keys:
+            self._summoned.add(group)
+            self.polled.set()  # its elector starts now
+            self._wake.set()
+
     def _members_changed(self, _conn: object, _pid: int, _channel: str, _payload: str) -> None:
         self._members_news = True
         self._wake.set()
@@ -389,7 +409,7 @@ class SharedCampaign:
         candidates = [
             name
             for name in self._waiting
-            if name in plan.wanted
+            if (name in plan.wanted or name in self._summoned)
             and name not in self._held
             and self._keys[name] not in self._locked
             and self._cooldown.get(name, 0.0) <= now
@@ -414,7 +434,7 @@ class SharedCampaign:
         started = time.monotonic()
         try:
             offices = await self._office_transaction(conn, won)
-        except asyncpg.LockNotAvailableError:
+        except (asyncpg.LockNotAvailableError, Reserved):
             offices = []
             for group in won:
                 try:
@@ -425,6 +445,9 @@ class SharedCampaign:
                         group=group,
                         reason="fenced transactions of the previous term are still open",
                     )
+                except Reserved as reserved:
+                    self._cool_down(group)  # the member a switchover names goes first
+                    self._log.info("switchover_standing_aside", group=group, reason=str(reserved))
         taken = dict(offices)
         for group in won:
             if group not in taken:
@@ -434,6 +457,7 @@ class SharedCampaign:
                     )
                 self._locked.discard(self._keys[group])
         for group, number in offices:
+            self._summoned.discard(group)
             term = self._held[group] = Term(number, started, self._config.trust_window)
             future = self._waiting.pop(group, None)
             if future is None or future.done():
@@ -445,7 +469,8 @@ class SharedCampaign:
     async def _office_transaction(
         self, conn: asyncpg.Connection, groups: list[str]
     ) -> list[tuple[str, int]]:
-        async with self._busy:  # one statement, bounded by the session's lock_timeout
+        # One statement, bounded by the session's lock_timeout.
+        async with self._busy, refused_as_reserved():
             rows = await conn.fetch(
                 self._sql.take_office,
                 groups,
@@ -495,7 +520,7 @@ class SharedCampaign:
             async with self._busy:
                 await self._listen(conn, plan.wanted)
             for group, future in self._waiting.items():
-                if group not in plan.wanted and not future.done():
+                if group not in self.wanted and not future.done():
                     future.set_result(None)  # not a candidate any more: its elector rests
         return self._plan
 

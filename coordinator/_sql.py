@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, fields
 
-__all__ = ["Statements", "in_schema", "notify_channel"]
+__all__ = ["Statements", "in_schema", "notify_channel", "switchover_channel"]
 
 # Where a shipped SQL file (migrations/, sql/least_privilege.sql) names the
 # default schema: a qualified name, or the schema in CREATE/GRANT ... SCHEMA.
@@ -26,6 +26,11 @@ _SCHEMA_REFERENCE = re.compile(
 def notify_channel(schema: str) -> str:
     """The LISTEN/NOTIFY channel on which leadership changes are announced."""
     return f"{schema}_leadership"
+
+
+def switchover_channel(schema: str) -> str:
+    """The channel on which switchover requests are announced to the leaders."""
+    return f"{schema}_switchover"
 
 
 def in_schema(script: str, schema: str) -> str:
@@ -182,7 +187,7 @@ class Statements:
     """
 
     # Poll mode: one row per shared session is the liveness of everything it
-    # does, leading and following (migrations/0006_session_liveness.sql).
+    # does, leading and following (migrations/0007_session_liveness.sql).
     # $1 instance, $2 host, $3 pid, $4 group count, $5 group set, $6 ttl
     # seconds, $7 group names led, $8 their terms; returns the seats lost.
     session_heartbeat: str = """
@@ -366,6 +371,81 @@ class Statements:
             EXECUTE format('REVOKE CONNECT ON DATABASE %I FROM PUBLIC', current_database());
         END
         $$"""
+
+    # -- the shared timetable of leader-only jobs (migrations/0003_jobs.sql) --
+
+    # $1 group. What the previous leaders left: one row per job.
+    timetable: str = """
+        SELECT job_id, trigger, last_fire_at, next_fire_at
+          FROM {schema}.jobs WHERE group_name = $1
+    """
+
+    # $1 group, $2 term, $3 job ids, $4 trigger texts, $5 next fire times.
+    sync_jobs: str = "SELECT {schema}.sync_jobs($1, $2, $3, $4, $5)"
+
+    # $1 group, $2 term. Runs that no term finished: a fenced one may be claimed again.
+    open_ticks: str = """
+        SELECT job_id, scheduled_at, term, mode, attempt
+          FROM {schema}.job_runs
+         WHERE group_name = $1 AND term < $2 AND outcome IN ('running', 'interrupted')
+         ORDER BY scheduled_at
+    """
+
+    # $1 group, $2 term, $3 job, $4 fire time, $5 instance, $6 mode, $7 outcome, $8 next fire
+    # time. The attempt number, or NULL if the tick is taken.
+    claim_tick: str = "SELECT {schema}.claim_tick($1, $2, $3, $4, $5, $6, $7, $8)"
+
+    # $1 group, $2 term, $3 job, $4 fire time, $5 outcome, $6 duration in seconds.
+    finish_tick: str = "SELECT {schema}.finish_tick($1, $2, $3, $4, $5, $6)"
+
+    # $1 group, $2 term, $3 the job ids whose open fenced ticks run again.
+    abandon_ticks: str = "SELECT {schema}.abandon_ticks($1, $2, $3)"
+
+    # $1 group or NULL for all. Each job with its latest claimed tick.
+    jobs: str = """
+        SELECT j.group_name, j.job_id, j.trigger, j.last_fire_at, j.next_fire_at,
+               r.scheduled_at AS last_scheduled_at, r.term AS last_term,
+               r.instance_id AS last_instance_id, r.outcome AS last_outcome,
+               r.duration_s AS last_duration_s, r.attempt AS last_attempt
+          FROM {schema}.jobs AS j
+          LEFT JOIN LATERAL (
+              SELECT scheduled_at, term, instance_id, outcome, duration_s, attempt
+                FROM {schema}.job_runs AS r
+               WHERE r.group_name = j.group_name AND r.job_id = j.job_id
+               ORDER BY r.scheduled_at DESC
+               LIMIT 1
+          ) AS r ON true
+         WHERE $1::text IS NULL OR j.group_name = $1
+         ORDER BY j.group_name, j.job_id
+    """
+
+    # Runs are history, pruned with the events' retention.
+    prune_job_runs: str = "SELECT {schema}.prune_job_runs($1)"
+
+    # -- switchover (migration 0006) ------------------------------------------
+
+    # $1 group, $2 target instance or NULL for any other live member. The
+    # function refuses with SQLSTATE LT004 and the cause, writing nothing.
+    request_switchover: str = """
+        SELECT term, holder, expires_at FROM {schema}.request_switchover($1, $2)
+    """
+
+    # The fresh requests that ask this instance ($1) to hand over: a
+    # notification on the switchover channel is only a hint to read them.
+    pending_switchovers: str = """
+        SELECT group_name, term, target FROM {schema}.switchovers
+         WHERE from_instance = $1 AND expires_at > now()
+    """
+
+    # Who leads $1 now, and until when a request still stands, for the
+    # requester that waits for the hand-over.
+    group_leader: str = """
+        SELECT s.leader, s.term, r.expires_at AS request_stands_until
+          FROM {schema}.leader_status AS s
+          LEFT JOIN {schema}.switchovers AS r
+                 ON r.group_name = s.group_name AND r.expires_at > now()
+         WHERE s.group_name = $1
+    """
 
     @classmethod
     def for_schema(cls, schema: str) -> Statements:

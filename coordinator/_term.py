@@ -26,10 +26,11 @@ class DemotionReason(enum.StrEnum):
     TRUST_EXPIRED = "trust_expired"  # no heartbeat succeeded in time
     LOCK_LOST = "lock_lost"  # the heartbeat found the lock or the term gone
     CONNECTION_LOST = "connection_lost"  # the lock session closed
+    SWITCHOVER = "switchover"  # an operator asked for a hand-over (coordinator resign)
 
 
 #: Endings after which the lock is still ours to hand over (resign) rather than drop.
-GRACEFUL = frozenset({DemotionReason.RESIGNED, DemotionReason.STOPPING})
+GRACEFUL = frozenset({DemotionReason.RESIGNED, DemotionReason.STOPPING, DemotionReason.SWITCHOVER})
 
 
 class Term:

@@ -5,15 +5,16 @@ background thread of its own and offers the same group API as blocking
 calls. Callbacks run in a thread pool, never on that loop, so they may block.
 Fenced transactions take the application's own psycopg 3 connection or
 SQLAlchemy ``Connection``/``Session``. :class:`LeaderOnlyJobs` marks jobs of
-an APScheduler 3 ``BackgroundScheduler`` as leader-only::
+an APScheduler 3 ``BackgroundScheduler`` as leader-only, on the shared
+timetable::
 
     coordinator = Coordinator(dsn)
     group = coordinator.group("jobs")
     jobs = LeaderOnlyJobs(scheduler, group)
 
     @jobs.scheduled_job("interval", seconds=30, id="sweep")
-    def sweep(*, term: int) -> None:
-        with psycopg.connect(app_dsn) as conn, group.fenced(conn, term=term) as tx:
+    def sweep(run: RunContext) -> None:
+        with psycopg.connect(app_dsn) as conn, run.fenced(conn) as tx:   # once per tick
             tx.conn.execute("UPDATE invoices SET ...")
 
     coordinator.start()  # or: with coordinator: ...
@@ -28,9 +29,9 @@ import functools
 import threading
 from collections.abc import Callable, Coroutine
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, Protocol, Self, TypeVar
 
-from apscheduler.executors.base import BaseExecutor, run_coroutine_job
+import asyncpg
 from apscheduler.job import Job
 from apscheduler.schedulers.base import BaseScheduler
 
@@ -40,17 +41,29 @@ from coordinator._drivers import fenced_sync
 from coordinator._fencing import FencedTransaction
 from coordinator._group import Group as AsyncGroup
 from coordinator._group import Role
+from coordinator._run import RunContext as AsyncRunContext
+from coordinator._run import ThreadRunContext as RunContext
 from coordinator._signals import Listener
 from coordinator._sql import Statements
 from coordinator.integrations.apscheduler import LeaderOnlyJobs as AsyncLeaderOnlyJobs
 
-__all__ = ["Coordinator", "Group", "LeaderOnlyJobs"]
+__all__ = ["Coordinator", "Group", "LeaderOnlyJobs", "RunContext"]
 
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
 
-#: The executor alias under which leader-only jobs run on the coordinator's loop.
-EXECUTOR_ALIAS = "coordinator"
+
+class _Part(Protocol):
+    """Something that starts and stops with the coordinator, on its loop."""
+
+    async def open(self) -> None:
+        """Before the coordinator starts."""
+
+    async def drain(self) -> None:
+        """Before it stops, while it still leads."""
+
+    async def close(self) -> None:
+        """After it stopped (also when its start failed)."""
 
 
 class Coordinator:
@@ -76,6 +89,7 @@ class Coordinator:
             callback_threads, thread_name_prefix="coordinator-callback"
         )
         self._groups: dict[str, Group] = {}
+        self._parts: list[_Part] = []
 
     @property
     def config(self) -> CoordinatorConfig:
@@ -108,19 +122,49 @@ class Coordinator:
         )
         self._thread.start()
         try:
-            self.call(self._inner.start())
+            self.call(self._start_all())
         except BaseException:
             self._close_loop()
             raise
 
     def stop(self) -> None:
-        """Resign every leadership, leave every group, stop the loop. Idempotent."""
+        """Drain leader-only runs, resign every leadership, leave every group, stop the loop.
+
+        Idempotent.
+        """
         if self._thread is None or self._loop.is_closed():
             return
         try:
-            self.call(self._inner.stop())
+            self.call(self._stop_all())
         finally:
             self._close_loop()
+
+    def _add_part(self, part: _Part) -> None:
+        """Open ``part`` before the coordinator starts, drain and close it around its stop."""
+        if self._thread is not None:
+            raise RuntimeError("add leader-only jobs before the coordinator starts")
+        self._parts.append(part)
+
+    async def _start_all(self) -> None:
+        try:
+            for part in self._parts:
+                await part.open()
+            await self._inner.start()
+        except BaseException:
+            await self._close_parts()
+            raise
+
+    async def _stop_all(self) -> None:
+        try:
+            for part in self._parts:
+                await part.drain()
+            await self._inner.stop()
+        finally:
+            await self._close_parts()
+
+    async def _close_parts(self) -> None:
+        for part in reversed(self._parts):
+            await part.close()
 
     def __enter__(self) -> Self:
         self.start()
@@ -151,6 +195,16 @@ class Coordinator:
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
         return self._loop
+
+    def _on_loop(self, function: Callable[[], T]) -> T:
+        """``function()`` on the coordinator's loop once it runs; before start, right here."""
+        if self._thread is None or not self._loop.is_running():
+            return function()
+
+        async def call() -> T:
+            return function()
+
+        return self.call(call())
 
     def _close_loop(self) -> None:
         assert self._thread is not None
@@ -234,25 +288,51 @@ class Group:
 class LeaderOnlyJobs:
     """Jobs of an APScheduler 3 ``BackgroundScheduler`` that run only while ``group`` leads.
 
-    The same rules as :class:`coordinator.integrations.apscheduler.LeaderOnlyJobs`,
-    which this drives: paused unless leading, guarded right before each run,
-    ``term=`` passed to the job. Jobs are plain functions; each run is called
-    in the coordinator's pool, from its loop (executor ``"coordinator"`` of the
-    scheduler). A run still going when the leadership ends cannot be
-    cancelled: the hand-over waits for it (up to ``callback_timeout``), and its
-    fenced transactions fail once the term is over.
+    The shared timetable and the rules of
+    :class:`coordinator.integrations.apscheduler.LeaderOnlyJobs`, which this
+    drives on the coordinator's loop: every job needs an ``id``; a tick is
+    claimed once, by the current term; a new leader continues the timetable.
+    Jobs are plain functions, called in the coordinator's pool. A job that
+    asks for its run context (a parameter named ``run``, or annotated
+    :class:`RunContext`) writes through ``run.fenced(conn)`` on the
+    application's own connection: its effects commit once per tick. A job
+    taking ``term=`` (or nothing) runs at most once per tick.
+
+    The claims go through a small asyncpg pool on the coordinator's DSN,
+    opened when the coordinator starts. ``coordinator.stop()`` lets runs in
+    progress finish (up to ``drain_timeout``) while still leading. A thread
+    cannot be cancelled: a run still going when the leadership is lost goes
+    on, and its fenced transactions fail once the term is over.
     """
 
-    def __init__(self, scheduler: BaseScheduler, group: Group) -> None:
+    def __init__(
+        self,
+        scheduler: BaseScheduler,
+        group: Group,
+        *,
+        drain_timeout: float = 10.0,
+        pool_max_size: int = 4,
+    ) -> None:
         self._runner = group._runner
-        self._scheduler = scheduler
-        if EXECUTOR_ALIAS not in scheduler._executors:  # no public lookup in APScheduler 3
-            scheduler.add_executor(_LoopExecutor(self._runner.loop), alias=EXECUTOR_ALIAS)
-        self._jobs = AsyncLeaderOnlyJobs(scheduler, group.asyncio_group)
+        self._pool_max_size = pool_max_size
+        self._jobs = AsyncLeaderOnlyJobs(
+            scheduler,
+            group.asyncio_group,
+            instance_id=self._runner.instance_id,
+            schema=self._runner.config.schema,
+            drain_timeout=drain_timeout,
+            loop=self._runner.loop,
+        )
+        self._runner._add_part(self)
 
     @property
     def job_ids(self) -> list[str]:
         return self._jobs.job_ids
+
+    @property
+    def asyncio_jobs(self) -> AsyncLeaderOnlyJobs:
+        """The leader-only jobs on the coordinator's loop (outcomes, stale runs, draining)."""
+        return self._jobs
 
     def add_job(
         self,
@@ -262,9 +342,9 @@ class LeaderOnlyJobs:
         kwargs: dict[str, Any] | None = None,
         **options: Any,
     ) -> Job:
-        """Like ``scheduler.add_job``; ``func`` is a plain function that takes ``term=``."""
-        return self._jobs.add_job(
-            self._in_pool(func), trigger, args, kwargs, executor=EXECUTOR_ALIAS, **options
+        """Like ``scheduler.add_job``; ``func`` is a plain function and the job needs an ``id``."""
+        return self._runner._on_loop(
+            lambda: self._jobs.add_job(self._in_pool(func), trigger, args, kwargs, **options)
         )
 
     def scheduled_job(
@@ -278,10 +358,29 @@ class LeaderOnlyJobs:
 
         return add
 
+    async def open(self) -> None:
+        # min_size=0: nothing connects yet, so a database still down at start
+        # is retried by the placement of the jobs like any transient failure.
+        config = self._runner.config
+        self._jobs.pool = await asyncpg.create_pool(
+            config.dsn, min_size=0, max_size=self._pool_max_size, timeout=config.connect_timeout
+        )
+
+    async def drain(self) -> None:
+        await self._jobs.drain()
+
+    async def close(self) -> None:
+        pool, self._jobs.pool = self._jobs.pool, None
+        if pool is not None:
+            await pool.close()
+
     def _in_pool(self, func: Callable[..., Any]) -> Callable[..., Coroutine[Any, Any, Any]]:
         pool = self._runner.pool
 
         async def run_in_pool(*args: Any, **kwargs: Any) -> Any:
+            for name, value in kwargs.items():
+                if isinstance(value, AsyncRunContext):  # the job asked for its run context
+                    kwargs[name] = RunContext(value)
             call = functools.partial(func, *args, **kwargs)
             running = asyncio.get_running_loop().run_in_executor(pool, call)
             try:
@@ -291,26 +390,5 @@ class LeaderOnlyJobs:
                 await asyncio.wait([running])
                 raise
 
-        # The job keeps its own name and signature (term= is checked against it).
+        # The job keeps its own name and signature (what it asks for is read from it).
         return functools.update_wrapper(run_in_pool, func)
-
-
-class _LoopExecutor(BaseExecutor):  # type: ignore[misc]  # APScheduler 3 is untyped
-    """Runs coroutine jobs on the coordinator's loop, whichever thread the scheduler uses."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        super().__init__()
-        self._loop = loop
-
-    def _do_submit_job(self, job: Job, run_times: list[Any]) -> None:
-        coroutine = run_coroutine_job(job, job._jobstore_alias, run_times, self._logger.name)
-        future = asyncio.run_coroutine_threadsafe(coroutine, self._loop)
-        future.add_done_callback(functools.partial(self._finished, job))
-
-    def _finished(self, job: Job, future: concurrent.futures.Future[Any]) -> None:
-        try:
-            events = future.result()
-        except BaseException as error:  # noqa: BLE001 - reported to the scheduler, as APScheduler does
-            self._run_job_error(job.id, error, error.__traceback__)
-        else:
-            self._run_job_success(job.id, events)

@@ -140,16 +140,17 @@ async def test_a_hanging_fenced_transaction_is_ended_after_take_office_timeout(
     writer = await asyncpg.connect(dsn)
     try:
         with capture_logs() as logs:
-            async with a, b:
+            async with a:
                 assert await a.group(GROUP).wait_elected(SLACK) == 1
-                await wait_until(lambda: lock_waiters(dsn), SLACK, what="b to follow")
-                transaction = writer.transaction()
-                await transaction.start()
-                await writer.execute("SELECT coordinator.assert_term($1, 1)", GROUP)
-                await writer.execute("SET LOCAL idle_in_transaction_session_timeout = 0")
-                writer_pid = writer.get_server_pid()
-                await a.group(GROUP).resign()
-                assert await b.group(GROUP).wait_elected(SLACK) == 2
+                async with b:  # b starts once a leads, so that a's term is 1
+                    await wait_until(lambda: lock_waiters(dsn), SLACK, what="b to follow")
+                    transaction = writer.transaction()
+                    await transaction.start()
+                    await writer.execute("SELECT coordinator.assert_term($1, 1)", GROUP)
+                    await writer.execute("SET LOCAL idle_in_transaction_session_timeout = 0")
+                    writer_pid = writer.get_server_pid()
+                    await a.group(GROUP).resign()
+                    assert await b.group(GROUP).wait_elected(SLACK) == 2
         with pytest.raises((asyncpg.PostgresError, asyncpg.InterfaceError, OSError)):
             await transaction.commit()
         ended = [log for log in logs if log["event"] == "fenced_transaction_ended"]

@@ -112,6 +112,16 @@ def test_passwords_are_redacted_from_dsns(dsn: str, expected: str) -> None:
     assert redact_dsn(dsn) == expected
 
 
+def test_heartbeat_timeout_follows_the_heartbeat_interval_up_to_5_s() -> None:
+    assert (
+        CoordinatorConfig(dsn="postgresql://x", ttl=3, heartbeat_interval=1).heartbeat_timeout == 1
+    )
+    assert (
+        CoordinatorConfig(dsn="postgresql://x", ttl=30, heartbeat_interval=8).heartbeat_timeout == 5
+    )
+    assert CoordinatorConfig(dsn="postgresql://x", heartbeat_timeout=2).heartbeat_timeout == 2
+
+
 @pytest.mark.parametrize("character", ["/", "?", "#", "@"])
 def test_an_unescaped_reserved_character_in_a_password_is_refused_unshown(character: str) -> None:
     """asyncpg would read the rest of such a password as host, port or database."""

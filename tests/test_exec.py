@@ -206,9 +206,9 @@ def test_with_exec_restart_a_command_that_exits_starts_again_in_the_same_term(
             "or install it on this host's PATH",
         ),
         (
-            ["--group", "a", "--exec-grace", "10", "--exec", "--", "true"],
-            "the exec grace period (10 s) must be at least 0 and shorter than callback_timeout "
-            "(10 s), or the lock could be handed over while the command still runs: lower "
+            ["--group", "a", "--exec-grace", "15", "--exec", "--", "true"],
+            "the exec grace period (15 s) must be at least 0 and shorter than callback_timeout "
+            "(15 s), or the lock could be handed over while the command still runs: lower "
             "--exec-grace or raise --callback-timeout",
         ),
         (

@@ -130,6 +130,9 @@ async def test_database_restart_under_running_instances_elects_again(
     second = await wait_leader(dsn, after_term=first["term"], timeout=30)
     old = by_id(instances, first["leader"])
     await asyncio.to_thread(old.wait_for, "leadership_lost", SLACK, term=first["term"])
+    # The database shows the term as soon as it commits; the log line follows.
+    new = by_id(instances, second["leader"])
+    await asyncio.to_thread(new.wait_for, "leadership_acquired", SLACK, term=second["term"])
     # Exactly one leader: the view's leader holds the lock, and only one process claims the term.
     claims = [
         p.instance_id

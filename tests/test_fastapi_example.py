@@ -3,94 +3,25 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import subprocess
-import sys
-import tempfile
 from collections.abc import AsyncIterator, Callable
-from pathlib import Path
 from typing import Any
 
 import asyncpg
-import httpx
 import pytest
 
-from helpers import FAST, events, wait_until
+from helpers import events, wait_until
+from replicas import SLACK, Replica, StartReplica, replica_factory, wait_ready
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parent.parent
-APP = "examples.fastapi_app.app:create_app"
 GROUP = "example"
-SLACK = 15.0  # uvicorn and FastAPI take a while to import on a busy machine
-
-
-class Replica:
-    """One uvicorn process serving the example app on a unix socket."""
-
-    def __init__(self, dsn: str, instance_id: str, where: Path) -> None:
-        self.instance_id = instance_id
-        self.log = where / f"{instance_id}.log"
-        socket = where / f"{instance_id}.sock"
-        env = {
-            **os.environ,
-            "COORDINATOR_DSN": dsn,
-            "INSTANCE_ID": instance_id,
-            "TICK_INTERVAL": "0.1",
-            "COORDINATOR_TTL": str(FAST["ttl"]),
-            "COORDINATOR_HEARTBEAT_INTERVAL": str(FAST["heartbeat_interval"]),
-            "COORDINATOR_HEARTBEAT_TIMEOUT": str(FAST["heartbeat_timeout"]),
-        }
-        command = [sys.executable, "-m", "uvicorn", "--factory", APP, "--uds", str(socket)]
-        with self.log.open("wb") as log:
-            self.process = subprocess.Popen(
-                command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
-            )
-        self.http = httpx.AsyncClient(
-            transport=httpx.AsyncHTTPTransport(uds=str(socket)), base_url="http://replica"
-        )
-
-    async def get(self, path: str) -> Any:
-        response = await self.http.get(path)
-        response.raise_for_status()
-        return response.json()
-
-    async def state(self) -> dict[str, Any] | None:
-        """``GET /``, or None while the replica is not serving yet."""
-        if self.process.poll() is not None:
-            raise AssertionError(f"{self.instance_id} exited; its log:\n{self.log.read_text()}")
-        try:
-            state: dict[str, Any] = await self.get("/")
-        except httpx.TransportError:
-            return None
-        return state
-
-    async def runs_the_job(self) -> bool:
-        state = await self.state()
-        return state is not None and state["is_leader"] and state["jobs"][0]["running_here"]
-
-    async def close(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-        await asyncio.to_thread(self.process.wait)
-        await self.http.aclose()
 
 
 @pytest.fixture
-async def start_replica(dsn: str) -> AsyncIterator[Callable[[str], Replica]]:
-    started: list[Replica] = []
-    # A short directory: a unix socket's path must fit in 108 bytes.
-    with tempfile.TemporaryDirectory(prefix="example-") as where:
-
-        def start(instance_id: str) -> Replica:
-            replica = Replica(dsn, instance_id, Path(where))
-            started.append(replica)
-            return replica
-
+async def start_replica(dsn: str) -> AsyncIterator[StartReplica]:
+    async with replica_factory(dsn) as start:
         yield start
-        for replica in started:
-            await replica.close()
 
 
 async def ticks(dsn: str) -> list[tuple[str, int]]:
@@ -111,13 +42,8 @@ def ticks_of(dsn: str, term: int, at_least: int) -> Callable[[], Any]:
     return enough
 
 
-async def wait_ready(*replicas: Replica) -> None:
-    for replica in replicas:
-        await wait_until(replica.state, SLACK, what=f"{replica.instance_id} to serve", every=0.1)
-
-
 async def test_job_runs_on_one_replica_and_moves_on_kill_and_on_sigterm(
-    dsn: str, start_replica: Callable[[str], Replica]
+    dsn: str, start_replica: StartReplica
 ) -> None:
     both = [start_replica("replica-a"), start_replica("replica-b")]
     await wait_ready(*both)

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import urllib.request
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -64,10 +65,36 @@ def replica(dsn: str) -> Iterator[Callable[[str], Replica]]:
         one.close()
 
 
-def ticks(dsn: str) -> list[tuple[str, int]]:
+def rows(dsn: str) -> list[tuple[str, int, datetime]]:
+    """The job's committed rows: (instance id, term, the tick's scheduled time), in order."""
     with psycopg.connect(dsn) as conn:
-        rows = conn.execute("SELECT instance_id, term FROM flask_ticks ORDER BY id").fetchall()
-    return [(row[0], row[1]) for row in rows]
+        found = conn.execute(
+            "SELECT instance_id, term, scheduled_at FROM flask_ticks ORDER BY id"
+        ).fetchall()
+    return [(row[0], row[1], row[2]) for row in found]
+
+
+def ticks(dsn: str) -> list[tuple[str, int]]:
+    return [(who, term) for who, term, _ in rows(dsn)]
+
+
+def assert_each_tick_committed_once_in_order(dsn: str) -> None:
+    scheduled = [at for _, _, at in rows(dsn)]
+    assert len(set(scheduled)) == len(scheduled), "no tick's row committed twice"
+    terms = [term for _, term, _ in rows(dsn)]
+    assert terms == sorted(terms), "no row of an older term after one of a newer term"
+    assert scheduled == sorted(scheduled), "the new leader went on from the shared timetable"
+
+
+def unfinished_runs(dsn: str, term: int) -> list[str]:
+    """How the runs of ``term`` ended, where they were neither done nor skipped (late)."""
+    with psycopg.connect(dsn) as conn:
+        found = conn.execute(
+            "SELECT outcome FROM coordinator.job_runs WHERE term = %s"
+            " AND outcome NOT IN ('done', 'skipped')",
+            (term,),
+        ).fetchall()
+    return [row[0] for row in found]
 
 
 def test_the_job_runs_on_one_replica_and_moves_on_when_it_is_killed(
@@ -95,6 +122,7 @@ def test_the_job_runs_on_one_replica_and_moves_on_when_it_is_killed(
     assert state["term"] == 2
     eventually(lambda: (other.instance_id, 2) in ticks(dsn), SLACK, what="ticks of the new term")
     assert set(ticks(dsn)) == {(leader_id, 1), (other.instance_id, 2)}
+    assert_each_tick_committed_once_in_order(dsn)
 
 
 def test_sigterm_hands_over_after_the_running_tick(
@@ -108,3 +136,5 @@ def test_sigterm_hands_over_after_the_running_tick(
     assert first.process.wait(SLACK) == 0
     eventually(lambda: second.state()["term"] == 2, SLACK, what="the second to lead")
     eventually(lambda: ("b", 2) in ticks(dsn), SLACK, what="ticks of the new term")
+    assert_each_tick_committed_once_in_order(dsn)
+    assert unfinished_runs(dsn, 1) == [], "the run in progress finished before the hand-over"

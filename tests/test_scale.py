@@ -99,9 +99,9 @@ async def test_fair_spreading_converges_and_does_not_flap(dsn: str) -> None:
             await other.start()
         try:
             spread = await wait_until(
-                lambda: _spread_evenly(dsn, 3),
+                lambda: _settled_spread(dsn, first),
                 30,
-                what="leaderships to spread over three instances",
+                what="leaderships to spread over three instances and settle",
             )
             assert sorted(spread) == ["a", "b", "c"]
             elections = await _elections(dsn)
@@ -120,6 +120,22 @@ async def _spread_evenly(dsn: str, members: int) -> dict[str, int] | None:
     if len(spread) == members and total == 30 and max(spread.values()) <= 30 // members + 1:
         return spread
     return None
+
+
+async def _settled_spread(dsn: str, coord: Coordinator) -> dict[str, int] | None:
+    """An even spread that no election changed over a few heartbeats.
+
+    A leadership being handed over still shows its old leader for a moment,
+    so an even count alone may be a hand-over in flight.
+    """
+    elections = await _elections(dsn)
+    spread = await _spread_evenly(dsn, 3)
+    if spread is None:
+        return None
+    await _heartbeats(coord, 3)
+    if await _elections(dsn) != elections or await led_by(dsn) != spread:
+        return None
+    return spread
 
 
 async def _elections(dsn: str) -> int:

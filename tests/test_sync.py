@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta
 
+import psycopg
 import pytest
 from apscheduler.schedulers.background import BackgroundScheduler
+from test_drivers import sync_target
 
 from coordinator import ConfigurationError, HeartbeatDone, sync
 from helpers import FAST, eventually, lock_waiters_now
@@ -89,33 +92,126 @@ def test_a_blocking_callback_does_not_stop_the_heartbeat(
     release.set()
 
 
-def test_leader_only_jobs_of_a_background_scheduler_run_only_while_leading(
-    make: Callable[[str], sync.Coordinator],
+def ticks_done(dsn: str) -> list[tuple[str, int, datetime]]:
+    """Every tick recorded done on the shared timetable: (job id, term, scheduled time)."""
+    with psycopg.connect(dsn) as conn:
+        rows = conn.execute(
+            "SELECT job_id, term, scheduled_at FROM coordinator.job_runs"
+            " WHERE outcome = 'done' ORDER BY scheduled_at"
+        ).fetchall()
+    return [(row[0], row[1], row[2]) for row in rows]
+
+
+def test_leader_only_jobs_of_a_background_scheduler_run_on_the_shared_timetable(
+    dsn: str, make: Callable[[str], sync.Coordinator]
+) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE effects (scheduled_at timestamptz NOT NULL, term bigint)")
+    leader = make("a")
+    group = leader.group(GROUP)
+    scheduler = BackgroundScheduler()
+    jobs = sync.LeaderOnlyJobs(scheduler, group)
+    threads: list[str] = []
+    terms: list[int] = []
+
+    @jobs.scheduled_job("interval", seconds=0.05, id="fenced")
+    def fenced(run: sync.RunContext) -> None:
+        threads.append(threading.current_thread().name)
+        with psycopg.connect(dsn) as conn, run.fenced(conn) as tx:
+            tx.conn.execute("INSERT INTO effects VALUES (%s, %s)", (run.scheduled_at, tx.term))
+
+    @jobs.scheduled_job("interval", seconds=0.05, id="plain")
+    def plain(*, term: int) -> None:  # the former shape keeps working: at most once per tick
+        terms.append(term)
+
+    assert jobs.job_ids == ["fenced", "plain"]
+    scheduler.start()
+    try:
+        assert scheduler.get_job("fenced").next_run_time is None, "added paused: not leading yet"
+        leader.start()
+        eventually(lambda: len(ticks_done(dsn)) >= 4 and terms, SLACK, what="runs of both")
+        late: list[int] = []
+        jobs.add_job(lambda *, term: late.append(term), "interval", seconds=0.05, id="late")
+        eventually(lambda: late, SLACK, what="a job added while leading to be placed and run")
+        leader.stop()  # drains the runs in progress, then resigns
+        assert scheduler.get_job("fenced").next_run_time is None, "paused again on resign"
+    finally:
+        scheduler.shutdown()
+    assert all(name.startswith("coordinator-callback") for name in threads)
+    assert set(terms) == {1}
+    with psycopg.connect(dsn) as conn:
+        effects = conn.execute("SELECT scheduled_at, term FROM effects").fetchall()
+    done = [(at, term) for job_id, term, at in ticks_done(dsn) if job_id == "fenced"]
+    assert sorted(effects) == sorted(done), "each effect committed with its tick marked done"
+    assert len({at for at, _ in effects}) == len(effects), "no tick's effect committed twice"
+
+
+def test_a_fenced_tick_cut_off_by_a_lost_session_runs_again_in_the_next_term(
+    dsn: str, make: Callable[[str], sync.Coordinator]
+) -> None:
+    leader = make("a")
+    group = leader.group(GROUP)
+    scheduler = BackgroundScheduler()
+    jobs = sync.LeaderOnlyJobs(scheduler, group)
+    attempts: list[tuple[int, datetime, int]] = []
+
+    @jobs.scheduled_job("interval", hours=1, id="hourly", misfire_grace_time=None)
+    def hourly(run: sync.RunContext) -> None:
+        attempts.append((run.term, run.scheduled_at, run.attempt))
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            if run.attempt == 1:  # the leader's session dies in the middle of the run
+                conn.execute(
+                    "SELECT pg_terminate_backend(lock_pid) FROM coordinator.leader_status"
+                    " WHERE group_name = %s",
+                    (GROUP,),
+                )
+                eventually(lambda: not group.is_leader, SLACK, what="the leadership lost")
+            with run.fenced(conn):
+                pass
+
+    scheduler.start()
+    leader.start()
+    try:
+        group.wait_elected(SLACK)
+        job = eventually(
+            lambda: (job := scheduler.get_job("hourly")).next_run_time and job,
+            SLACK,
+            what="the job placed",
+        )
+        due = job.next_run_time - timedelta(hours=1) + timedelta(seconds=0.5)
+        scheduler.modify_job("hourly", next_run_time=due)
+        eventually(lambda: ticks_done(dsn), SLACK, what="the tick done in the next term")
+    finally:
+        leader.stop()
+        scheduler.shutdown()
+    assert attempts == [(1, due, 1), (2, due, 2)]
+    assert ticks_done(dsn) == [("hourly", 2, due)]
+
+
+@pytest.mark.parametrize("kind", ["psycopg", "sqlalchemy-connection", "sqlalchemy-session"])
+def test_run_fenced_marks_the_tick_done_through_each_blocking_driver(
+    dsn: str, make: Callable[[str], sync.Coordinator], kind: str
 ) -> None:
     leader = make("a")
     scheduler = BackgroundScheduler()
     jobs = sync.LeaderOnlyJobs(scheduler, leader.group(GROUP))
-    runs: list[tuple[int, str]] = []
 
     @jobs.scheduled_job("interval", seconds=0.05, id="tick")
-    def tick(*, term: int) -> None:
-        runs.append((term, threading.current_thread().name))
+    def tick(run: sync.RunContext) -> None:
+        with sync_target(kind, dsn) as target, run.fenced(target) as tx:
+            assert tx.term == run.term
 
-    assert jobs.job_ids == ["tick"]
     scheduler.start()
+    leader.start()
     try:
-        assert scheduler.get_job("tick").next_run_time is None, "added paused: not leading yet"
-        leader.start()
-        eventually(lambda: len(runs) >= 2, SLACK, what="runs")
-        assert {term for term, _ in runs} == {1}
-        assert all(name.startswith("coordinator-callback") for _, name in runs)
-        leader.stop()
-        assert scheduler.get_job("tick").next_run_time is None, "paused again on resign"
+        eventually(lambda: ticks_done(dsn), SLACK, what="a tick done in the job's transaction")
     finally:
+        leader.stop()
         scheduler.shutdown()
+    assert {(job_id, term) for job_id, term, _ in ticks_done(dsn)} == {("tick", 1)}
 
 
-def test_a_leader_only_job_must_take_term(make: Callable[[str], sync.Coordinator]) -> None:
+def test_a_leader_only_job_needs_an_id(make: Callable[[str], sync.Coordinator]) -> None:
     jobs = sync.LeaderOnlyJobs(BackgroundScheduler(), make("a").group(GROUP))
-    with pytest.raises(ConfigurationError, match="give it a keyword parameter `term`"):
-        jobs.add_job(lambda: None, "interval", seconds=1)
+    with pytest.raises(ConfigurationError, match="has no id: give it a stable id="):
+        jobs.add_job(lambda run: None, "interval", seconds=1)

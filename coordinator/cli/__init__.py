@@ -25,7 +25,18 @@ from coordinator.cli._settings import resolve_settings
 __all__ = ["main"]
 
 #: The subcommands, in the order ``--help`` lists them; each is the module of that name.
-COMMANDS = ("migrate", "grant", "run", "probe", "status", "history", "watch", "demo")
+COMMANDS = (
+    "migrate",
+    "grant",
+    "run",
+    "probe",
+    "status",
+    "history",
+    "jobs",
+    "watch",
+    "resign",
+    "demo",
+)
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:

@@ -44,7 +44,7 @@ REVOKE ALL ON ALL TABLES IN SCHEMA coordinator FROM coordinator_app;
 -- `history`, `watch` and the /leader endpoints read the rest.
 GRANT SELECT ON coordinator.schema_migrations, coordinator.leaders, coordinator.heartbeats,
     coordinator.events, coordinator.leader_status, coordinator.settings,
-    coordinator.sessions TO coordinator_app;
+    coordinator.sessions, coordinator.switchovers TO coordinator_app;
 
 -- Every change of state, each checked by the function itself.
 GRANT EXECUTE ON FUNCTION
@@ -65,6 +65,26 @@ GRANT EXECUTE ON FUNCTION
     -- The fencing token check that fenced transactions call first.
     coordinator.assert_term(text, bigint)
 TO coordinator_app;
+
+-- Leader-only jobs: the shared timetable is read directly and written only
+-- through its functions, which check the term first (migrations/0003_jobs.sql).
+GRANT SELECT ON coordinator.jobs, coordinator.job_runs TO coordinator_app;
+GRANT EXECUTE ON FUNCTION
+    coordinator.sync_jobs(text, bigint, text[], text[], timestamptz[]),
+    coordinator.claim_tick(text, bigint, text, timestamptz, text, text, text, timestamptz),
+    coordinator.finish_tick(text, bigint, text, timestamptz, text, float8),
+    coordinator.abandon_ticks(text, bigint, text[]),
+    coordinator.prune_job_runs(float8)
+TO coordinator_app;
+
+-- Switchover (`coordinator resign`): whoever may run instances may ask a
+-- leader to hand over; the function checks the group, its live leader and
+-- the target. To keep hand-overs to operators, revoke it from this role
+-- after running this file and grant it to theirs instead:
+--
+--     REVOKE EXECUTE ON FUNCTION coordinator.request_switchover(text, text) FROM coordinator_app;
+--     GRANT EXECUTE ON FUNCTION coordinator.request_switchover(text, text) TO <operators>;
+GRANT EXECUTE ON FUNCTION coordinator.request_switchover(text, text) TO coordinator_app;
 
 -- Fencing a stale leader, and ending a fenced transaction of an old term that
 -- holds a new leader off, terminate backends (pg_terminate_backend) with the

@@ -49,11 +49,13 @@ host    replication  all    127.0.0.1/32   scram-sha-256
 """
 
 #: Durability is pointless for a throwaway server and slows every test down.
+#: Commit timestamps let tests order commits as the server saw them.
 _TEST_SETTINGS = {
     "fsync": "off",
     "synchronous_commit": "off",
     "full_page_writes": "off",
     "max_connections": "300",
+    "track_commit_timestamp": "on",
 }
 
 

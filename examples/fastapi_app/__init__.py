@@ -1,1 +1,1 @@
-"""An example FastAPI app whose scheduled job runs on exactly one replica, fenced by its term."""
+"""An example FastAPI app whose scheduled jobs run once per tick, on one replica."""

@@ -1,9 +1,11 @@
-"""The example app: every replica serves HTTP; only the leader runs the scheduled job.
+"""The example app: every replica serves HTTP; only the leader runs the leader-only jobs.
 
-The job, ``tick``, writes one row into ``example_ticks`` every few seconds
-through a fenced transaction, with the term it runs under. The rows are the
-proof: each term's ticks come from one replica, and no tick of an old term
-follows a tick of a newer one.
+Built the way such services usually are: a factory, ``coordinate(app, ...)``
+for the coordinator, its scheduler and the leader-only jobs on ``app.state``,
+and a task module whose ``register(app)`` adds the jobs (``tasks.py``).
+``example_ticks`` is the proof: one row per tick of ``tick``, written with
+its scheduled time and term; each term's rows come from one replica, and no
+row of an old term commits after a row of a newer one.
 
 Run one replica with uvicorn (``create_app`` is a factory)::
 
@@ -12,7 +14,9 @@ Run one replica with uvicorn (``create_app`` is a factory)::
 
 Settings come from the environment: ``COORDINATOR_DSN`` (required),
 ``INSTANCE_ID`` (default host-pid-random), ``EXAMPLE_GROUP`` (``example``),
-``TICK_INTERVAL`` (seconds, 2), and optionally ``COORDINATOR_TTL``,
+``TICK_INTERVAL`` (seconds, 2), ``REPORT_INTERVAL`` (the tick interval),
+``TICK_WORK`` (how long each run takes, 0), ``TICK_GRACE`` (the jobs'
+``misfire_grace_time``, 30), and optionally ``COORDINATOR_TTL``,
 ``COORDINATOR_HEARTBEAT_INTERVAL`` and ``COORDINATOR_HEARTBEAT_TIMEOUT``.
 """
 
@@ -20,45 +24,37 @@ Settings come from the environment: ``COORDINATOR_DSN`` (required),
 # Annotated dependency in `tick_now`, which refers to a local variable.
 
 import contextlib
+import logging
 import os
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
-import asyncpg
-import structlog
-from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from fastapi import Depends, FastAPI, HTTPException, status
 
-from coordinator import (
-    ConfigurationError,
-    Coordinator,
-    Group,
-    NotLeader,
-    default_instance_id,
-    migrate,
-    read_status,
-)
-from coordinator.integrations.apscheduler import LeaderOnlyJobs
-from coordinator.integrations.fastapi import lifespan, require_leader
+from coordinator import ConfigurationError, NotLeader, default_instance_id, read_status
+from coordinator.integrations.fastapi import coordinate, require_leader
+
+from . import tasks
 
 __all__ = ["Settings", "create_app"]
 
-log = structlog.get_logger("example")
-
 CREATE_TICKS = """
     CREATE TABLE IF NOT EXISTS example_ticks (
-        id          bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-        instance_id text        NOT NULL,
-        term        bigint      NOT NULL,
-        at          timestamptz NOT NULL DEFAULT clock_timestamp()
+        id           bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        job          text        NOT NULL,
+        scheduled_at timestamptz,
+        term         bigint      NOT NULL,
+        instance_id  text        NOT NULL,
+        at           timestamptz NOT NULL DEFAULT clock_timestamp()
     )
 """
 # Replicas start together; CREATE TABLE IF NOT EXISTS alone can still collide.
 SERIALISE_SETUP = "SELECT pg_advisory_xact_lock(hashtext('example_ticks'))"
-INSERT_TICK = "INSERT INTO example_ticks (instance_id, term) VALUES ($1, $2) RETURNING id"
 RECENT_TICKS = """
-    SELECT id, instance_id, term, at FROM example_ticks ORDER BY id DESC LIMIT $1
+    SELECT id, job, scheduled_at, term, instance_id, at
+      FROM example_ticks ORDER BY id DESC LIMIT $1
 """
 
 _TIMINGS = {
@@ -74,6 +70,9 @@ class Settings:
     instance_id: str
     group: str = "example"
     tick_interval: float = 2.0
+    report_interval: float = 2.0
+    work: float = 0.0
+    grace: float = 30.0
     timings: Mapping[str, Any] = field(default_factory=dict)  # CoordinatorConfig fields
 
     @classmethod
@@ -83,11 +82,15 @@ class Settings:
             raise ConfigurationError(
                 "COORDINATOR_DSN is not set: export COORDINATOR_DSN=postgresql://user:pw@host/db"
             )
+        tick_interval = _seconds(environ, "TICK_INTERVAL") or 2.0
         return cls(
             dsn=dsn,
             instance_id=environ.get("INSTANCE_ID") or default_instance_id(),
             group=environ.get("EXAMPLE_GROUP") or "example",
-            tick_interval=_seconds(environ, "TICK_INTERVAL") or 2.0,
+            tick_interval=tick_interval,
+            report_interval=_seconds(environ, "REPORT_INTERVAL") or tick_interval,
+            work=_seconds(environ, "TICK_WORK", zero=True) or 0.0,
+            grace=_seconds(environ, "TICK_GRACE") or 30.0,
             timings={
                 setting: seconds
                 for name, setting in _TIMINGS.items()
@@ -96,7 +99,7 @@ class Settings:
         )
 
 
-def _seconds(environ: Mapping[str, str], name: str) -> float | None:
+def _seconds(environ: Mapping[str, str], name: str, *, zero: bool = False) -> float | None:
     text = environ.get(name)
     if not text:
         return None
@@ -104,74 +107,52 @@ def _seconds(environ: Mapping[str, str], name: str) -> float | None:
         value = float(text)
     except ValueError:
         value = -1.0
-    if value <= 0:
+    if value < 0 or (value == 0 and not zero):
         raise ConfigurationError(f"{name} must be a positive number of seconds, got {text!r}")
     return value
 
 
-@dataclass
-class _Replica:
-    """What this process knows about itself, for the endpoints."""
-
-    settings: Settings
-    group: Group
-    scheduler: AsyncIOScheduler
-    leader_jobs: LeaderOnlyJobs
-    pool: Any = None  # asyncpg.Pool, once the app has started
-    ticks_written: int = 0
-
-    async def write_tick(self, term: int) -> int:
-        """One tick row, committed only if ``term`` is still the group's current term."""
-        async with self.group.fenced(self.pool, term=term) as tx:
-            tick_id: int = await tx.conn.fetchval(INSERT_TICK, self.settings.instance_id, tx.term)
-        self.ticks_written += 1
-        log.info("tick_written", id=tick_id, term=term, instance_id=self.settings.instance_id)
-        return tick_id
-
-
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings.from_env()
-    scheduler = AsyncIOScheduler()
-    # The coordinator's heartbeat and monitor run in this same scheduler, on every replica.
-    coordinator = Coordinator(
-        settings.dsn, instance_id=settings.instance_id, scheduler=scheduler, **settings.timings
-    )
-    group = coordinator.group(settings.group)
-    replica = _Replica(settings, group, scheduler, LeaderOnlyJobs(scheduler, group))
-
-    @replica.leader_jobs.scheduled_job(
-        "interval", seconds=settings.tick_interval, id="tick", coalesce=True, max_instances=1
-    )
-    async def tick(*, term: int) -> None:
-        try:
-            await replica.write_tick(term)
-        except NotLeader as error:  # StaleTerm too: this term is over, and so is its work
-            log.warning("tick_refused", term=term, error=str(error))
+    # The library logs through stdlib logging and leaves the output to the app:
+    # its events (and this app's) at INFO on stderr, APScheduler's chatter off.
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)
 
     @contextlib.asynccontextmanager
-    async def run(app: FastAPI) -> AsyncIterator[None]:
-        await migrate(settings.dsn)  # safe from every replica at once
-        replica.pool = await asyncpg.create_pool(settings.dsn, min_size=1, max_size=4)
-        try:
-            async with replica.pool.acquire() as conn, conn.transaction():
-                await conn.execute(SERIALISE_SETUP)
-                await conn.execute(CREATE_TICKS)
-            async with lifespan(coordinator, scheduler=scheduler)(app):
-                yield
-        finally:
-            await replica.pool.close()
+    async def own_lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # The app's own start-up: app.state.pool is open, the coordinator not started yet.
+        async with app.state.pool.acquire() as conn, conn.transaction():
+            await conn.execute(SERIALISE_SETUP)
+            await conn.execute(CREATE_TICKS)
+        yield
 
-    app = FastAPI(title="pg-coordinator example", lifespan=run)
+    app = FastAPI(title="pg-coordinator example", lifespan=own_lifespan)
+    # The coordinator, its group, the scheduler and the leader-only jobs, on app.state;
+    # migrations applied at start-up (safe from every replica at once).
+    coordinate(
+        app,
+        settings.dsn,
+        group=settings.group,
+        instance_id=settings.instance_id,
+        migrate=True,
+        **settings.timings,
+    )
+    app.state.settings = settings
+    app.state.ticks_written = 0
+    app.state.seen_runs = 0
+    tasks.register(app)
+    state = app.state
 
     @app.get("/")
     async def this_replica() -> dict[str, Any]:
         """This replica: does it lead, in which term, and are the leader-only jobs running here."""
-        jobs = [scheduler.get_job(job_id) for job_id in replica.leader_jobs.job_ids]
+        jobs = [state.scheduler.get_job(job_id) for job_id in state.leader_jobs.job_ids]
         return {
             "instance_id": settings.instance_id,
-            "group": group.name,
-            "is_leader": group.is_leader,
-            "term": group.term,
+            "group": state.group.name,
+            "is_leader": state.group.is_leader,
+            "term": state.group.term,
             "jobs": [
                 {
                     "id": job.id,
@@ -181,29 +162,42 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 for job in jobs
                 if job is not None
             ],
-            "ticks_written": replica.ticks_written,
+            "ticks_written": state.ticks_written,
+            "seen_runs": state.seen_runs,
         }
 
     @app.get("/leader")
     async def leader() -> dict[str, Any]:
         """Who leads, as the database says: the same answer from every replica."""
-        async with replica.pool.acquire() as conn:
+        async with state.pool.acquire() as conn:
             rows = await read_status(conn)
-        row = next((r for r in rows if r.group == group.name), None)
-        return {"group": group.name, **(row.as_json() if row else {"leader": None})}
+        row = next((r for r in rows if r.group == state.group.name), None)
+        return {"group": state.group.name, **(row.as_json() if row else {"leader": None})}
 
     @app.get("/ticks")
     async def recent_ticks(limit: int = 20) -> list[dict[str, Any]]:
-        """The latest ticks, newest first: which replica wrote each, in which term."""
-        async with replica.pool.acquire() as conn:
+        """The latest ticks, newest first: which job and replica wrote each, in which term."""
+        async with state.pool.acquire() as conn:
             rows = await conn.fetch(RECENT_TICKS, limit)
-        return [{**dict(row), "at": row["at"].isoformat()} for row in rows]
+        return [
+            {
+                **dict(row),
+                "scheduled_at": row["scheduled_at"].isoformat() if row["scheduled_at"] else None,
+                "at": row["at"].isoformat(),
+            }
+            for row in rows
+        ]
 
     @app.post("/ticks")
-    async def tick_now(term: Annotated[int, Depends(require_leader(group))]) -> dict[str, Any]:
+    async def tick_now(
+        term: Annotated[int, Depends(require_leader(state.group))],
+    ) -> dict[str, Any]:
         """Write a tick now; only the leader may (503 elsewhere)."""
         try:
-            tick_id = await replica.write_tick(term)
+            async with state.group.fenced(state.pool, term=term) as tx:
+                tick_id = await tx.conn.fetchval(
+                    tasks.INSERT_TICK, "manual", datetime.now(UTC), term, settings.instance_id
+                )
         except NotLeader as error:
             raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, detail=str(error)) from None
         return {"id": tick_id, "term": term, "instance_id": settings.instance_id}

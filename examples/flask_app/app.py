@@ -1,9 +1,10 @@
 """A Flask app whose replicas all serve requests and exactly one runs the scheduled job.
 
 Threads, not asyncio: the coordinator runs through ``coordinator.sync`` and the
-job in an APScheduler 3 ``BackgroundScheduler``. The job writes through a
-psycopg 3 connection inside a fenced transaction, so a write of an old term
-never commits after a newer leader took office.
+job in an APScheduler 3 ``BackgroundScheduler``, on the shared timetable. The
+job writes through a psycopg 3 connection in ``run.fenced(conn)``: a fenced
+transaction that also marks its tick done, so each tick's row commits once,
+and a write of an old term never commits after a newer leader took office.
 
     GET /      {"instance_id": ..., "is_leader": ..., "term": ..., "ticks": ...}
 """
@@ -19,14 +20,15 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from flask import Flask
 
 from coordinator import default_instance_id
-from coordinator.sync import Coordinator, LeaderOnlyJobs
+from coordinator.sync import Coordinator, LeaderOnlyJobs, RunContext
 
 GROUP = "flask-example"
 CREATE_TICKS = """
     CREATE TABLE IF NOT EXISTS flask_ticks (
-        id          bigserial PRIMARY KEY,
-        instance_id text NOT NULL,
-        term        bigint NOT NULL
+        id           bigserial PRIMARY KEY,
+        instance_id  text NOT NULL,
+        term         bigint NOT NULL,
+        scheduled_at timestamptz NOT NULL
     )
 """
 
@@ -50,11 +52,11 @@ def create_app(
     jobs = LeaderOnlyJobs(scheduler, group)
 
     @jobs.scheduled_job("interval", seconds=tick_interval, id="tick")
-    def tick(*, term: int) -> None:
-        with psycopg.connect(dsn) as conn, group.fenced(conn, term=term) as tx:
+    def tick(run: RunContext) -> None:
+        with psycopg.connect(dsn) as conn, run.fenced(conn) as tx:
             tx.conn.execute(
-                "INSERT INTO flask_ticks (instance_id, term) VALUES (%s, %s)",
-                (instance_id, tx.term),
+                "INSERT INTO flask_ticks (instance_id, term, scheduled_at) VALUES (%s, %s, %s)",
+                (instance_id, tx.term, run.scheduled_at),
             )
 
     app = Flask(__name__)
@@ -75,7 +77,7 @@ def create_app(
 
     def shut_down() -> None:
         atexit.unregister(shut_down)
-        coordinator.stop()  # resigns: the next replica takes over at once
+        coordinator.stop()  # the running tick finishes, then it resigns: the next replica leads
         scheduler.shutdown()
 
     atexit.register(shut_down)

@@ -1,7 +1,7 @@
--- pg-coordinator schema, version 6: one heartbeat row per shared session.
+-- pg-coordinator schema, version 7: one heartbeat row per shared session.
 --
 -- In poll mode one session of a process holds the locks of all the groups
--- it leads, and they live and die with it. Version 5 still refreshed one
+-- it leads, and they live and die with it. Version 6 still refreshed one
 -- heartbeat row per group led and one member row per group followed, every
 -- interval: with 100,000 groups and 50 processes that is millions of row
 -- updates a minute, for a fact that is one per process. Here a shared
@@ -108,8 +108,9 @@ AS $$
 $$;
 
 -- Resign many seats of the calling backend at once (a process handing over
--- its surplus, or stopping): version 4's resign for each, with pg_locks read
--- once. Only seats whose lock this backend holds, for this instance and
+-- its surplus, or stopping): version 6's resign for each (a switchover's
+-- resignation starts its request's last ttl and names the target), with
+-- pg_locks read once. Only seats whose lock this backend holds, for this instance and
 -- term, are cleared; the session's lock_timeout bounds the wait for fenced
 -- transactions (lock_not_available: the caller resigns one by one).
 CREATE FUNCTION coordinator.resign_seats(
@@ -132,6 +133,14 @@ AS $$
            AND l.term = asked.term
            AND (l.lock_namespace::oid, l.lock_key::oid) IN (SELECT * FROM mine)
         RETURNING l.group_name, l.term, asked.reason
+    ), handing_over AS (
+        UPDATE coordinator.switchovers AS s
+           SET expires_at = clock_timestamp() + l.ttl
+          FROM cleared, coordinator.leaders AS l
+         WHERE s.group_name = cleared.group_name AND s.term = cleared.term
+           AND l.group_name = s.group_name
+           AND (cleared.reason = 'switchover' OR s.expires_at > clock_timestamp())
+        RETURNING s.group_name, s.target
     ), beat AS (
         UPDATE coordinator.heartbeats AS h
            SET role = 'follower', term = NULL, backend_pid = NULL, heartbeat_at = now()
@@ -139,9 +148,13 @@ AS $$
          WHERE h.group_name = cleared.group_name AND h.instance_id = resign_seats.instance_id
     )
     SELECT cleared.group_name, cleared.term
-      FROM cleared, LATERAL coordinator.record_event(cleared.group_name, 'resigned', cleared.term,
-                                                     resign_seats.instance_id,
-                                                     cleared.reason) AS recorded
+      FROM cleared
+      LEFT JOIN handing_over USING (group_name),
+           LATERAL coordinator.record_event(
+               cleared.group_name, 'resigned', cleared.term, resign_seats.instance_id,
+               CASE WHEN cleared.reason = 'switchover'
+                    THEN coalesce('switchover to ' || handing_over.target, cleared.reason)
+                    ELSE cleared.reason END) AS recorded
 $$;
 
 -- An instance that stops deletes its session row (and, as before, its
@@ -342,6 +355,87 @@ AS $$
     INSERT INTO coordinator.events (group_name, kind, term, instance_id, reason)
     VALUES (record_event.group_name, record_event.kind, record_event.term,
             record_event.instance_id, record_event.reason);
+$$;
+
+-- request_switchover as in version 6, with poll-mode members counted by
+-- their session row.
+CREATE OR REPLACE FUNCTION coordinator.request_switchover(group_name text, target text)
+RETURNS TABLE (term bigint, holder text, expires_at timestamptz)
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+    office record;
+    others integer;
+BEGIN
+    SELECT s.leader, s.term, l.ttl INTO office
+      FROM coordinator.leader_status AS s
+      JOIN coordinator.leaders AS l ON l.group_name = s.group_name
+     WHERE s.group_name = request_switchover.group_name;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'group % is unknown in this schema: check the name (coordinator status '
+                        'lists the groups)', quote_literal(request_switchover.group_name)
+              USING ERRCODE = 'LT004';
+    END IF;
+    IF office.leader IS NULL THEN
+        RAISE EXCEPTION 'nobody leads group %: there is nothing to hand over; an instance takes '
+                        'office on its own once it runs', quote_literal(request_switchover.group_name)
+              USING ERRCODE = 'LT004';
+    END IF;
+    IF request_switchover.target = office.leader THEN
+        RAISE EXCEPTION '% already leads group %: name another member, or leave out the target',
+                        quote_literal(office.leader), quote_literal(request_switchover.group_name)
+              USING ERRCODE = 'LT004';
+    END IF;
+    SELECT count(*) INTO others
+      FROM (SELECT h.instance_id FROM coordinator.heartbeats AS h
+             WHERE h.group_name = request_switchover.group_name
+               AND h.heartbeat_at > now() - office.ttl
+            UNION
+            -- A poll-mode member writes no row per group: a live session that
+            -- runs the same list of groups as the leader's is one.
+            SELECT s.instance_id FROM coordinator.sessions AS s
+              JOIN coordinator.sessions AS mine
+                ON mine.instance_id = office.leader AND mine.group_set = s.group_set
+             WHERE s.heartbeat_at > now() - s.ttl) AS m
+     WHERE m.instance_id <> office.leader
+       AND (request_switchover.target IS NULL OR m.instance_id = request_switchover.target);
+    IF others = 0 THEN
+        IF request_switchover.target IS NOT NULL THEN
+            RAISE EXCEPTION '% is not a live member of group % (no heartbeat within its ttl): '
+                            'name one that coordinator status --members shows as live',
+                            quote_literal(request_switchover.target),
+                            quote_literal(request_switchover.group_name)
+                  USING ERRCODE = 'LT004';
+        END IF;
+        RAISE EXCEPTION 'group % has no live member but its leader %: start another instance '
+                        'first, or nobody could take over',
+                        quote_literal(request_switchover.group_name), quote_literal(office.leader)
+              USING ERRCODE = 'LT004';
+    END IF;
+    RETURN QUERY
+    WITH request AS (
+        INSERT INTO coordinator.switchovers AS s
+               (group_name, term, from_instance, target, expires_at)
+        VALUES (request_switchover.group_name, office.term, office.leader,
+                request_switchover.target, clock_timestamp() + office.ttl)
+        ON CONFLICT (group_name) DO UPDATE
+           SET term = excluded.term, from_instance = excluded.from_instance,
+               target = excluded.target, requested_by = excluded.requested_by,
+               requested_at = excluded.requested_at, expires_at = excluded.expires_at
+        RETURNING s.group_name, s.term, s.from_instance, s.target, s.expires_at
+    )
+    SELECT request.term, request.from_instance, request.expires_at
+      FROM request,
+           LATERAL pg_notify(
+               (SELECT c.relnamespace::regnamespace::text FROM pg_class AS c
+                 WHERE c.oid = 'coordinator.leaders'::regclass) || '_switchover',
+               json_build_object('group', request.group_name, 'term', request.term,
+                                 'instance_id', request.from_instance,
+                                 'target', request.target)::text) AS notified;
+END
 $$;
 
 REVOKE ALL ON FUNCTION
