@@ -411,8 +411,8 @@ def _findings(r: Results) -> list[str]:
         f"{format_seconds(_cell_median(_pals(r), Fault.KILL))}.",
         f"- **Graceful stop.** {format_seconds(r.ours[Fault.TERM].failover.median)} against "
         f"{format_seconds(r.floor_unlock.median)} for a bare unlock: on SIGTERM the leader "
-        "runs `on_demoted`, commits its resignation in one statement and only then unlocks, "
-        "and the next "
+        "runs `on_demoted`, then resigns and unlocks in one statement, whose commit is "
+        "asynchronous (the next leader's durable commit flushes it too), and the next "
         "leader takes office as above.",
     ]
     lines += _trace_findings(r)
@@ -498,22 +498,32 @@ def _trace_findings(r: Results) -> list[str]:
         if elected is None or granted is None:
             continue
         after = f"{format_seconds(elected - granted)} from the grant to `on_elected`"
-        if fault is Fault.TERM and "unlock sent" in at:
-            before = at["unlock sent"]
+        committed = at.get("take office commit recorded")
+        answered = at.get("the next leader's take office answered")
+        flush = (
+            f" ({format_seconds(answered - committed)} of it from the commit record to the "
+            "answer: the WAL flush and the reply)"
+            if committed is not None and answered is not None
+            else ""
+        )
+        if fault is Fault.TERM and "resign and unlock sent" in at:
+            sent = at["resign and unlock sent"]
             lines.append(
                 f"- **Where a graceful hand-over's time goes** (trace medians): "
-                f"{format_seconds(before)} before the old leader even sends its unlock (signal "
-                "handling, `on_demoted`, the resign statement's round trip and durable commit), "
-                f"{format_seconds(granted - before)} from that to the grant, and {after} (the "
-                "take-office statement's round trip and durable commit, then the callback). "
-                "pals does only the unlock."
+                f"{format_seconds(sent)} until the old leader sends its resignation (signal "
+                "handling, `on_demoted`), "
+                f"{format_seconds(granted - sent)} from that to the grant (the resign "
+                "statement runs and unlocks at its end; its commit is asynchronous, so nobody "
+                "waits for its flush), and "
+                f"{after}: the take-office statement's round trip and durable commit{flush}, "
+                "then the callback. pals does only the unlock."
             )
         elif fault is Fault.KILL:
             lines.append(
                 f"- **Where a crash failover's time goes** (trace medians): "
                 f"{format_seconds(granted)} until the server grants the lock (as for any waiter), "
-                f"then {after}: the take-office round trip and durable commit, which pals does "
-                "not have."
+                f"then {after}: the take-office round trip and durable commit{flush}, which "
+                "pals does not have."
             )
     return lines
 
@@ -529,13 +539,14 @@ def _trace(r: Results) -> list[str]:
         "",
         f"A separate series of {r.ours[Fault.KILL].instances} traced instances (library "
         "defaults) per fault: `python -m bench` runs them with `--trace`, which adds a report "
-        "from the SIGTERM handler and from asyncpg's query logger for each resign, unlock and "
-        "lock-wait statement (answered at the time shown; sent at that minus its elapsed "
-        "time), and reads each commit's time from `pg_xact_commit_timestamp` of the "
-        "`resigned` and `elected` events (PostgreSQL takes it just before the commit's WAL "
-        "flush). Times are from the signal; **at** is the median time of the point, **step** "
-        "the median time from the previous point in the same trial. The library is unchanged; "
-        "only the benchmark's subject adds these reports.",
+        "from the SIGTERM handler and from the client for each lock-wait, take-office and "
+        "resign statement (the resignation unlocks too; answered at the time shown, sent at "
+        "that minus its elapsed time), and reads each commit's time from "
+        "`pg_xact_commit_timestamp` of the `resigned` and `elected` events (PostgreSQL "
+        "takes it just before the commit's WAL flush). Times are from the signal; **at** is "
+        "the median time of the point, **step** the median time from the previous point in "
+        "the same trial. The library is unchanged; only the benchmark's subject adds these "
+        "reports.",
         "",
     ]
     for fault, trace in r.traces.items():

@@ -155,6 +155,7 @@ def _new_term(trial: Trial) -> int | None:
 _HANDED_OVER: list[tuple[str, Point]] = [
     ("the next leader's lock wait answered (granted)", _report("new", "query", "lock_wait")),
     ("take office commit recorded", _committed("elected", _new_term)),
+    ("the next leader's take office answered", _report("new", "query", "take_office")),
     ("the next leader's on_elected runs", _report("new", "elected")),
 ]
 _POINTS: dict[Fault, list[tuple[str, Point]]] = {
@@ -162,10 +163,8 @@ _POINTS: dict[Fault, list[tuple[str, Point]]] = {
     Fault.TERM: [
         ("SIGTERM handler runs", _report("old", "sigterm")),
         ("on_demoted runs", _report("old", "demoted")),
-        ("resign statement sent", _report("old", "query", "resign", sent=True)),
+        ("resign and unlock sent", _report("old", "query", "resign", sent=True)),
         ("resign commit recorded", _committed("resigned", _old_term)),
-        ("resign answered", _report("old", "query", "resign")),
-        ("unlock sent", _report("old", "query", "unlock", sent=True)),
         *_HANDED_OVER,
     ],
 }

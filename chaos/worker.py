@@ -135,7 +135,7 @@ class Worker:
 
     def loop_tasks(self) -> Iterator[tuple[str, asyncio.Task[None] | None]]:
         for name, group in self.coordinator.groups.items():
-            yield name, getattr(group, "_task", None)
+            yield name, getattr(getattr(group, "_elector", None), "_task", None)
         shared = getattr(self.coordinator, "_shared", None)
         if shared is not None:
             yield "*shared session*", getattr(shared, "_task", None)

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
         SchemaNotMigrated,
         StaleTerm,
         SwitchoverFailed,
+        TermExhausted,
         UnsupportedDatabase,
     )
     from coordinator._fencing import FencedTransaction
@@ -79,6 +80,7 @@ __all__ = [
     "Signal",
     "StaleTerm",
     "SwitchoverFailed",
+    "TermExhausted",
     "UnsupportedDatabase",
     "Verdict",
     "default_instance_id",
@@ -114,6 +116,7 @@ _HOMES = {
     "SwitchoverFailed": "_errors",
     "HandOver": "_switchover",
     "request_switchover": "_switchover",
+    "TermExhausted": "_errors",
     "UnsupportedDatabase": "_errors",
     "FencedTransaction": "_fencing",
     "DemotionReason": "_term",

@@ -318,7 +318,12 @@ class Coordinator:
             self._listeners.emit(signal)
 
     def _following(self) -> list[str]:
-        return [name for name, e in self._electors.items() if e.role is Role.FOLLOWER]
+        """Groups this instance is a candidate in: following, its election loop not failing."""
+        return [
+            name
+            for name, e in self._electors.items()
+            if e.role is Role.FOLLOWER and e.problem is None
+        ]
 
     def _terms(self) -> dict[str, Term]:
         return {name: e.term for name, e in self._electors.items() if e.term is not None}

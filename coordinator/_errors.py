@@ -18,6 +18,7 @@ __all__ = [
     "SchemaNotMigrated",
     "StaleTerm",
     "SwitchoverFailed",
+    "TermExhausted",
     "UnsupportedDatabase",
 ]
 
@@ -64,3 +65,7 @@ class StaleTerm(NotLeader):
 
 class SwitchoverFailed(CoordinatorError, RuntimeError):
     """A switchover was refused, or the hand-over did not finish in time."""
+
+
+class TermExhausted(CoordinatorError, OverflowError):
+    """A group's next term would not fit in a bigint: it can never be led again."""

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 import asyncpg
 
-from coordinator._errors import NotLeader, StaleTerm
+from coordinator._errors import ConnectionFailed, NotLeader, StaleTerm
 
 __all__ = [
     "STALE_TERM_SQLSTATE",
@@ -85,15 +85,38 @@ async def fenced_transaction(
                 raise
             yield FencedTransaction(leadership.name, expected, conn)
             check_still_leading(leadership, expected)
+        except Exception as error:
+            # A term that is over says more than the session it ran on.
+            if not isinstance(error, NotLeader) and _session_ended(conn):
+                raise ConnectionFailed(
+                    f"the server ended the session of a fenced transaction of group "
+                    f"{leadership.name!r} in term {expected} before it committed (a terminated "
+                    "backend, idle_in_transaction_session_timeout or a restart): nothing was "
+                    "committed; run it again, on a new connection"
+                ) from error
+            await _roll_back(transaction, conn)
+            raise
         except BaseException:
-            try:
-                await transaction.rollback()
-            except Exception:  # noqa: BLE001 - report the cause, not the failed rollback
-                # Lost, or in a state nobody knows (a server that ended an idle
-                # transaction): drop it, so that no pool ever lends it again.
-                conn.terminate()
+            await _roll_back(transaction, conn)
             raise
         await transaction.commit()
+
+
+async def _roll_back(transaction: Any, conn: Any) -> None:
+    try:
+        await transaction.rollback()
+    except Exception:  # noqa: BLE001 - report the cause, not the failed rollback
+        # In a state nobody knows: drop it, so that no pool ever lends it again.
+        with contextlib.suppress(asyncpg.InterfaceError):  # a pool took it back already
+            conn.terminate()
+
+
+def _session_ended(conn: Any) -> bool:
+    """Whether the connection is gone; a pool's lent connection is taken back once it is."""
+    try:
+        return bool(conn.is_closed())
+    except asyncpg.InterfaceError:  # "released back to the pool": the pool saw it close
+        return True
 
 
 def check_still_leading(leadership: Leadership, term: int) -> None:

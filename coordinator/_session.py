@@ -11,16 +11,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 
 import asyncpg
 
 from coordinator._config import HOST, CoordinatorConfig
 from coordinator._connect import connect
+from coordinator._errors import TermExhausted
 from coordinator._logging import get_logger
 from coordinator._sql import Statements
-from coordinator._term import Term
+from coordinator._term import DemotionReason, Term
 
 __all__ = [
     "LockSession",
@@ -28,12 +29,15 @@ __all__ = [
     "log_ended_transactions",
     "refused_as_reserved",
     "resign_and_unlock",
+    "terms_must_fit",
 ]
 
 log = get_logger(__name__)
 
 #: take_office refused: a switchover reserves the group for another member.
 RESERVED_SQLSTATE = "LT003"
+#: The largest term: the term column is a bigint.
+LAST_TERM = 2**63 - 1
 
 
 class Reserved(Exception):
@@ -55,6 +59,7 @@ async def refused_as_reserved() -> AsyncIterator[None]:
 class _Prepared:
     take_office: asyncpg.prepared_stmt.PreparedStatement
     heartbeat: asyncpg.prepared_stmt.PreparedStatement
+    resign_and_unlock: asyncpg.prepared_stmt.PreparedStatement
 
 
 async def resign_and_unlock(
@@ -65,20 +70,35 @@ async def resign_and_unlock(
     term: int,
     reason: str,
     lock: tuple[int, int],
+    prepared: asyncpg.prepared_stmt.PreparedStatement | None = None,
 ) -> None:
-    """Clear the holder, record why, notify; then unlock: the next waiter wakes at once.
+    """Clear the holder, record why, notify and unlock, in one round trip: the
+    next waiter wakes at once (``prepared`` is that statement on ``conn``).
 
-    The session's lock_timeout bounds the wait on open fenced transactions of
-    this term; if they outlast it, the record is skipped and the next leader's
-    term update waits for them instead.
+    A switchover's resignation commits before the unlock instead: it starts
+    the last ttl of the switchover's reservation, which the next waiter's
+    take_office reads before it waits for the leader row. The session's
+    lock_timeout bounds the wait on open fenced transactions of this term;
+    if they outlast it, the record is skipped, the lock released alone, and
+    the next leader's term update waits for them instead.
     """
+    unlocked = False
     try:
-        await conn.execute(sql.resign, group, instance_id, term, reason)
+        if reason == DemotionReason.SWITCHOVER:
+            await conn.execute(sql.resign, group, instance_id, term, reason)
+        else:
+            args = (group, instance_id, term, reason, *lock)
+            if prepared is not None:
+                await prepared.fetchrow(*args)
+            else:
+                await conn.fetchrow(sql.resign_and_unlock, *args)
+            unlocked = True
     except asyncpg.LockNotAvailableError:
         log.warning(
             "resign_record_skipped", group=group, term=term, reason="fenced transactions still open"
         )
-    await conn.execute(sql.unlock, *lock)
+    if not unlocked:
+        await conn.execute(sql.unlock, *lock)
 
 
 def log_ended_transactions(group: str, office: asyncpg.Record) -> None:
@@ -91,6 +111,20 @@ def log_ended_transactions(group: str, office: asyncpg.Record) -> None:
             backend_pid=pid,
             reason="it held the new term off past take_office_timeout",
         )
+
+
+@contextlib.asynccontextmanager
+async def terms_must_fit(groups: Sequence[str]) -> AsyncIterator[None]:
+    """Taking office past the largest term raises TermExhausted, which names the fix."""
+    try:
+        yield
+    except asyncpg.NumericValueOutOfRangeError as error:
+        names = ", ".join(repr(group) for group in groups)
+        raise TermExhausted(
+            f"the next term of group {names} would not fit in a bigint (the largest term is "
+            f"{LAST_TERM}): terms are fencing tokens and never go back, so the group cannot be "
+            "led again; use a new group name"
+        ) from error
 
 
 class LockSession:
@@ -131,10 +165,14 @@ class LockSession:
         try:
             await conn.execute(sql.no_statement_timeout)
             # Parsed and planned now, while following, so that taking office
-            # after a crash costs execution only.
+            # after a crash, and handing over later, cost execution only.
             prepared = _Prepared(
                 take_office=await conn.prepare(sql.take_office),
                 heartbeat=await conn.prepare(sql.leader_heartbeat),
+                resign_and_unlock=await conn.prepare(sql.resign_and_unlock),
+            )
+            await conn.execute(
+                sql.rehearse_office, config.instance_id, HOST, os.getpid(), config.ttl, group
             )
         except BaseException:
             conn.terminate()
@@ -186,7 +224,8 @@ class LockSession:
         """
         args = ([self._group], instance_id, HOST, os.getpid(), self._config.ttl)
         try:
-            async with self._busy, refused_as_reserved():  # lock_timeout: set with the lock
+            # lock_timeout was set when the lock was granted.
+            async with self._busy, refused_as_reserved(), terms_must_fit([self._group]):
                 row = await self._prepared.take_office.fetchrow(*args)
                 if row is None:
                     await self._conn.execute(
@@ -219,7 +258,7 @@ class LockSession:
         return row is not None
 
     async def resign(self, term: Term, reason: str) -> None:
-        """Clear the holder, record why, notify, then unlock: the next waiter wakes at once.
+        """Clear the holder, record why, notify and unlock: the next waiter wakes at once.
 
         If that fails, the lock's state is in doubt: the session is dropped,
         and the campaign's next ``win()`` starts on a fresh one.
@@ -235,6 +274,7 @@ class LockSession:
                     term.number,
                     reason,
                     self._lock,
+                    self._prepared.resign_and_unlock,
                 )
         except BaseException:
             self.abort()

@@ -46,12 +46,14 @@ from coordinator._candidates import Candidates, Plan, members_channel, shard_cha
 from coordinator._config import HOST, CoordinatorConfig
 from coordinator._connect import connect
 from coordinator._describe import describe_error
+from coordinator._errors import TermExhausted
 from coordinator._logging import get_logger
 from coordinator._session import (
     Reserved,
     log_ended_transactions,
     refused_as_reserved,
     resign_and_unlock,
+    terms_must_fit,
 )
 from coordinator._signals import HeartbeatDone
 from coordinator._sql import Statements, switchover_channel
@@ -103,6 +105,7 @@ class SharedCampaign:
         self._resigning: list[_Resignation] = []
         self._background: set[asyncio.Task[None]] = set()
         self._trouble = Trouble(config)
+        self._exhausted: dict[str, str] = {}  # group -> why it can never take office
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
         self._lock_timeout = f"{int(config.office_wait * 1000)}ms"
@@ -115,6 +118,10 @@ class SharedCampaign:
     @property
     def problem(self) -> str | None:
         return self._trouble.problem
+
+    def problem_of(self, group: str) -> str | None:
+        """Why ``group`` cannot be won now: the session's trouble, or the group's own."""
+        return self._trouble.problem or self._exhausted.get(group)
 
     @property
     def backend_pid(self) -> int:
@@ -434,7 +441,7 @@ class SharedCampaign:
         started = time.monotonic()
         try:
             offices = await self._office_transaction(conn, won)
-        except (asyncpg.LockNotAvailableError, Reserved):
+        except (asyncpg.LockNotAvailableError, Reserved, TermExhausted):
             offices = []
             for group in won:
                 try:
@@ -448,6 +455,10 @@ class SharedCampaign:
                 except Reserved as reserved:
                     self._cool_down(group)  # the member a switchover names goes first
                     self._log.info("switchover_standing_aside", group=group, reason=str(reserved))
+                except TermExhausted as error:
+                    if group not in self._exhausted:  # said once; tried again every poll
+                        self._log.warning("take_office_failed", group=group, error=str(error))
+                    self._exhausted[group] = describe_error(error)
         taken = dict(offices)
         for group in won:
             if group not in taken:
@@ -458,6 +469,7 @@ class SharedCampaign:
                 self._locked.discard(self._keys[group])
         for group, number in offices:
             self._summoned.discard(group)
+            self._exhausted.pop(group, None)
             term = self._held[group] = Term(number, started, self._config.trust_window)
             future = self._waiting.pop(group, None)
             if future is None or future.done():
@@ -470,7 +482,7 @@ class SharedCampaign:
         self, conn: asyncpg.Connection, groups: list[str]
     ) -> list[tuple[str, int]]:
         # One statement, bounded by the session's lock_timeout.
-        async with self._busy, refused_as_reserved():
+        async with self._busy, refused_as_reserved(), terms_must_fit(groups):
             rows = await conn.fetch(
                 self._sql.take_office,
                 groups,
@@ -554,7 +566,7 @@ class SharedCandidacy:
 
     @property
     def problem(self) -> str | None:
-        return self._shared.problem
+        return self._shared.problem_of(self._group)
 
     async def win(self) -> tuple[Seat, Term] | None:
         term = await self._shared.win(self._group)

@@ -53,11 +53,14 @@ class Statements:
     # Server-side keepalives and tcp_user_timeout: a vanished client's session
     # (and so its lock) dies in seconds instead of after the OS defaults. The
     # same round trip brings the server's facts for the connect checks.
+    # Also read committed, whatever the database's default: the protocol's
+    # statements wait for row locks where serializable would fail them.
     set_keepalives: str = """
         SELECT set_config('tcp_keepalives_idle', $1, false),
                set_config('tcp_keepalives_interval', $2, false),
                set_config('tcp_keepalives_count', $3, false),
                set_config('tcp_user_timeout', $4, false),
+               set_config('default_transaction_isolation', 'read committed', false),
                pg_is_in_recovery() AS in_recovery,
                pg_backend_pid() AS backend_pid
     """
@@ -223,8 +226,38 @@ class Statements:
     # and term: a follower beat racing with taking office must not undo it.
     member_heartbeat: str = "SELECT {schema}.member_heartbeat($1::text[], $2, $3, $4)"
 
-    # $1 group, $2 instance, $3 term, $4 reason
+    # $1 group, $2 instance, $3 term, $4 reason: a switchover's resignation,
+    # committed before the unlock (see resign_and_unlock in _session.py).
     resign: str = "SELECT resigned_term FROM {schema}.resign($1, $2, $3, $4)"
+
+    # Resign and unlock in one round trip, in this order: $1 group, $2
+    # instance, $3 term, $4 reason; then pg_advisory_unlock($5, $6). The
+    # unlock takes effect at once, before the commit: the next waiter is
+    # granted the lock and starts taking office, and its term update waits
+    # for this transaction's row lock on the leader row, so it sees the
+    # resignation. This commit is asynchronous: nothing it writes is a term,
+    # and it is durable by the time the next leader's term is (that commit
+    # is forced durable and flushes the WAL in order), or within three
+    # wal_writer_delay when nobody takes over. If this term's fenced
+    # transactions outlast the lock_timeout, the statement fails before the
+    # unlock (lock_not_available): the caller unlocks on its own.
+    resign_and_unlock: str = """
+        SELECT resigned.term AS resigned_term, pg_advisory_unlock($5, $6) AS unlocked
+          FROM (SELECT (SELECT r.resigned_term FROM {schema}.resign($1, $2, $3, $4) AS r) AS term
+                  FROM (SELECT set_config('synchronous_commit', 'off', true) OFFSET 0) AS async
+                OFFSET 0) AS resigned
+    """
+
+    # Run once on a new lock session, while it follows: take office in no
+    # group and resign a term that never exists (terms start at 1). Neither
+    # writes anything, but the server loads the catalogs and plans the
+    # statements now, so that taking office and resigning later cost their
+    # execution only (on a fresh backend, a first take_office takes
+    # milliseconds longer). $1 instance, $2 host, $3 pid, $4 ttl, $5 group.
+    rehearse_office: str = """
+        SELECT (SELECT count(*) FROM {schema}.take_office('{}'::text[], $1, $2, $3, $4)),
+               (SELECT count(*) FROM {schema}.resign($5, $1, 0, 'rehearsal'))
+    """
 
     # Written from the control connection after leaderships lost their
     # session, so the history says what happened: one statement for any

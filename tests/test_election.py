@@ -133,6 +133,30 @@ async def test_resign_hands_over_at_once_and_follows_again(dsn: str, wait: str) 
         assert await leader.group("scheduler").wait_elected(5) == 3
 
 
+async def test_a_hand_over_records_the_resignation_and_then_the_next_term_only(
+    dsn: str, wait: str
+) -> None:
+    """A follower joining writes nothing (a blocking session rehearses taking office and
+    resigning without a term); resigning records and unlocks in one statement, and the
+    next term is taken only after the resignation is in."""
+    a, b = coordinator(dsn, "a", wait=wait), coordinator(dsn, "b", wait=wait)
+    async with running(a):
+        assert await a.group("scheduler").wait_elected(5) == 1
+        async with running(b):
+            await wait_until(lambda: followers_ready(dsn, wait), 5, what="b to wait")
+            assert await events(dsn) == [("elected", 1, "a")]
+            leader = await current_leader(dsn)
+            assert leader is not None
+            assert (leader["leader"], leader["term"]) == ("a", 1)
+            await a.group("scheduler").resign()
+            assert await b.group("scheduler").wait_elected(5) == 2
+            assert await events(dsn) == [
+                ("elected", 1, "a"),
+                ("resigned", 1, "a"),
+                ("elected", 2, "b"),
+            ]
+
+
 async def test_callbacks_receive_term_and_reason(dsn: str, wait: str) -> None:
     coord = coordinator(dsn, "solo", wait=wait)
     calls: list[tuple[str, object]] = []

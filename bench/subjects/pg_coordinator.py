@@ -7,10 +7,12 @@ Settings not given on the command line are the library's defaults.
 
 ``--trace`` adds what :mod:`bench.trace` needs to say where a hand-over's
 time goes, without touching the library: a ``sigterm`` report from the
-signal handler, and a ``query`` report for each resign, unlock and lock
-wait statement as asyncpg's query logger sees it answered (with its
-``elapsed``, so its start is known too). Query loggers run on the event
-loop's next turn after the answer, so those reports are late by the
+signal handler, and a ``query`` report for each lock wait, take-office,
+resign (which unlocks too) and unlock statement as the client sees it
+answered (with its ``elapsed``, so its start is known too): from asyncpg's
+query logger, or, for the prepared statements that bypass it, from a
+wrapper around ``PreparedStatement.fetchrow``. Query loggers run on the
+event loop's next turn after the answer, so those reports are late by the
 synchronous work that follows an answer: microseconds.
 """
 
@@ -23,14 +25,16 @@ import sys
 from typing import Any
 
 import asyncpg
+from asyncpg.prepared_stmt import PreparedStatement
 
-from bench.emit import emit
+from bench.emit import emit, now
 from coordinator import Coordinator
 from coordinator._logging import configure_logging
 
 #: The statements a hand-over trace reports, by a fragment of their text.
 _TRACED = {
-    "resign": "'resigned'",
+    "take_office": ".take_office(",
+    "resign": ".resign(",
     "unlock": "pg_advisory_unlock(",
     "lock_wait": "pg_advisory_lock(",
 }
@@ -90,12 +94,27 @@ def _trace_queries() -> None:
         return conn
 
     asyncpg.connect = connect_traced
+    # Prepared statements bypass the query loggers: report their answers here.
+    fetchrow = PreparedStatement.fetchrow
+
+    async def fetchrow_traced(self: PreparedStatement, *args: Any, **kwargs: Any) -> Any:
+        sent = now()
+        row = await fetchrow(self, *args, **kwargs)
+        _report(self.get_query(), now() - sent)
+        return row
+
+    PreparedStatement.fetchrow = fetchrow_traced  # type: ignore[method-assign]
 
 
 def _report_query(query: Any) -> None:
+    if query.exception is None:
+        _report(query.query, query.elapsed)
+
+
+def _report(query: str, elapsed: float) -> None:
     for kind, fragment in _TRACED.items():
-        if fragment in query.query and query.exception is None:
-            emit("query", kind=kind, elapsed=query.elapsed)
+        if fragment in query:
+            emit("query", kind=kind, elapsed=elapsed)
             return
 
 

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from coordinator._status import GroupStatus, MemberStatus, read_members, read_status
 from coordinator.cli._common import Columns, Subparsers, add_database_options, require_dsn
 
-__all__ = ["format_members", "format_status", "register"]
+__all__ = ["format_leaderless", "format_members", "format_status", "register"]
 
 
 def register(subparsers: Subparsers) -> None:
@@ -40,12 +40,39 @@ def handle(args: argparse.Namespace) -> int:
     rows = asyncio.run(read_status(dsn, schema=args.schema))
     if args.json:
         print(json.dumps([row.as_json() for row in rows], indent=2))
-    else:
-        print(format_status(rows))
-        spread = format_spread(rows)
-        if spread:
-            print(spread)
+        return 0
+    print(format_status(rows))
+    spread = format_spread(rows)
+    if spread:
+        print(spread)
+    if any(row.leader is None for row in rows):
+        print(format_leaderless(rows, asyncio.run(read_members(dsn, schema=args.schema))))
     return 0
+
+
+def format_leaderless(groups: Sequence[GroupStatus], members: Sequence[MemberStatus]) -> str:
+    """Why each group without a leader has none: an election to come, or no one to win it.
+
+    A candidate is a member whose heartbeat is live; an instance whose
+    election loop keeps failing stops its member heartbeat for that group,
+    so it is no candidate.
+    """
+    lines = []
+    for row in groups:
+        if row.leader is not None:
+            continue
+        candidates = sorted(m.instance_id for m in members if m.group == row.group and m.candidate)
+        if row.squatter_pid is not None:
+            why = f"backend {row.squatter_pid} holds its lock and is no coordinator's"
+        elif candidates:
+            why = f"nobody leads yet; live candidates: {', '.join(candidates)}"
+        else:
+            why = (
+                "no candidate is healthy: no member heartbeats within the ttl "
+                "(see the instances' /readyz and logs)"
+            )
+        lines.append(f"{row.group}: {why}")
+    return "\n".join(lines)
 
 
 def format_spread(rows: Sequence[GroupStatus]) -> str:

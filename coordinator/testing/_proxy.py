@@ -187,6 +187,9 @@ class TcpProxy(Managed):
     async def _shutdown(self) -> None:
         assert self._server is not None
         self._server.close()
+        # A connection accepted just before the close has a task that has not yet
+        # run, so no link: let it start, or the loop would stop with it pending.
+        await asyncio.sleep(0)
         # Cancel too: a link may still be waiting for its upstream connection.
         await self._abort_all(cancel=True)
         await self._server.wait_closed()
