@@ -125,8 +125,7 @@ class Coordinator:
     def failing(self) -> dict[str, str]:
         """Groups whose election loop cannot make progress now, with the latest reason."""
         if self._shared is not None:  # one session for all, running electors or not
-            problem = self._shared.problem
-            return {} if problem is None else dict.fromkeys(self._electors, problem)
+            return self._shared.problems()
         return {
             name: problem
             for name, elector in self._electors.items()

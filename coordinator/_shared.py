@@ -49,6 +49,7 @@ from coordinator._describe import describe_error
 from coordinator._errors import TermExhausted
 from coordinator._logging import get_logger
 from coordinator._session import (
+    NOT_HOLDING_SQLSTATE,
     Reserved,
     log_ended_transactions,
     refused_as_reserved,
@@ -122,6 +123,12 @@ class SharedCampaign:
     def problem_of(self, group: str) -> str | None:
         """Why ``group`` cannot be won now: the session's trouble, or the group's own."""
         return self._trouble.problem or self._exhausted.get(group)
+
+    def problems(self) -> dict[str, str]:
+        """Every group that cannot be won now, and why: all of them while the session fails."""
+        if self._trouble.problem is not None:
+            return dict.fromkeys(self._keys, self._trouble.problem)
+        return dict(self._exhausted)
 
     @property
     def backend_pid(self) -> int:
@@ -482,15 +489,25 @@ class SharedCampaign:
         self, conn: asyncpg.Connection, groups: list[str]
     ) -> list[tuple[str, int]]:
         # One statement, bounded by the session's lock_timeout.
+        args = (groups, self._config.instance_id, HOST, os.getpid(), self._config.ttl)
         async with self._busy, refused_as_reserved(), terms_must_fit(groups):
-            rows = await conn.fetch(
-                self._sql.take_office,
-                groups,
-                self._config.instance_id,
-                HOST,
-                os.getpid(),
-                self._config.ttl,
-            )
+            try:
+                rows = await conn.fetch(self._sql.take_office, *args)
+            except asyncpg.PostgresError as error:
+                if error.sqlstate != NOT_HOLDING_SQLSTATE:
+                    raise
+                # The locks were just granted, so the leader rows are gone: a server
+                # that lost recent commits. Register the groups again (what exists is
+                # left alone); if that was not it, the second refusal replaces the session.
+                await conn.execute(
+                    self._sql.register_groups,
+                    groups,
+                    [self._keys[group] for group in groups],
+                    self._config.lock_namespace,
+                    self._config.ttl,
+                )
+                self._log.warning("groups_registered_again", groups=len(groups))
+                rows = await conn.fetch(self._sql.take_office, *args)
         for row in rows:
             log_ended_transactions(row["group_name"], row)
         return [(row["group_name"], row["term"]) for row in rows]
