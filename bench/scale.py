@@ -322,12 +322,33 @@ async def tier(rig: Rig, processes: int, count: int) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as directory:
         config = tier_config(Path(directory), count)
         started = time.time()
-        members = [spawn_configured(rig, f"tier-{n:02d}", config) for n in range(processes)]
+        members, spawned = [], []
+        for n in range(processes):
+            spawned.append(time.time())
+            members.append(spawn_configured(rig, f"tier-{n:02d}", config))
         try:
-            return await _tier_run(rig, members, count, started)
+            row = await _tier_run(rig, members, count, started)
+            return {**row, **start_up(members, spawned, started)}
         finally:
             for member in members:
                 member.close()
+
+
+def start_up(
+    members: list[CoordinatorProcess], spawned: list[float], started: float
+) -> dict[str, float]:
+    """How long each process took from its spawn to ``coordinator_started`` (connected,
+    groups registered, electing), and when the last one got there."""
+    ready = [
+        next(logged_at(r) for r in member.records() if r.get("event") == "coordinator_started")
+        for member in members
+    ]
+    took = [at - spawn for at, spawn in zip(ready, spawned, strict=True)]
+    return {
+        "start_up_median_s": statistics.median(took),
+        "start_up_max_s": max(took),
+        "last_started_s": max(ready) - started,
+    }
 
 
 async def _tier_run(

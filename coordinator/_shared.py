@@ -70,6 +70,11 @@ log = get_logger()
 WATCHERS = 2
 #: Kinds of NOTIFY after which a group may be free: worth polling at once.
 _VACATING = frozenset({"resigned", "fenced", "expired", "lost"})
+#: The most groups tried and taken office for, or resigned, in one statement:
+#: a process alone with 100,000 groups takes them in rounds this size, polling
+#: again at once, so that no statement holds the shared session (and so its
+#: heartbeat) for long.
+BATCH = 2000
 
 
 class SharedCampaign:
@@ -188,22 +193,25 @@ class SharedCampaign:
         await asyncio.shield(done)
 
     async def _resign_together(self, conn: asyncpg.Connection) -> None:
-        batch: list[_Resignation] = []
-        try:
-            async with asyncio.timeout(self._config.resign_timeout), self._busy:
-                batch, self._resigning = self._resigning, []
-                await self._resign_batch(conn, batch)
-        except BaseException as error:
-            # Locks may still be held on a session that no longer knows them: replace it.
-            self.abort()
-            for resignation in batch or self._resigning:
-                if not resignation.done.done():
-                    resignation.done.set_exception(error)
-            if not isinstance(error, Exception):
-                raise
-            return
-        for resignation in batch:
-            resignation.done.set_result(None)
+        """Every resignation queued, :data:`BATCH` a statement, the session free between."""
+        while self._resigning:
+            batch: list[_Resignation] = []
+            try:
+                async with asyncio.timeout(self._config.resign_timeout), self._busy:
+                    batch, self._resigning = self._resigning[:BATCH], self._resigning[BATCH:]
+                    await self._resign_batch(conn, batch)
+            except BaseException as error:
+                # Locks may still be held on a session that no longer knows them: replace it.
+                self.abort()
+                for resignation in [*batch, *self._resigning]:
+                    if not resignation.done.done():
+                        resignation.done.set_exception(error)
+                self._resigning = []
+                if not isinstance(error, Exception):
+                    raise
+                return
+            for resignation in batch:
+                resignation.done.set_result(None)
 
     async def _resign_batch(self, conn: asyncpg.Connection, batch: list[_Resignation]) -> None:
         ns, me = self._config.lock_namespace, self._config.instance_id
@@ -431,8 +439,11 @@ class SharedCampaign:
         if not candidates:
             return  # at rest: every group this process should lead, it leads
         # In random order, so that instances polling together do not all
-        # contend for the same groups first.
+        # contend for the same groups first; the rest at the next poll, at once.
         random.shuffle(candidates)
+        if len(candidates) > BATCH:
+            candidates = candidates[:BATCH]
+            self._wake.set()
         keys = [self._keys[name] for name in candidates]
         async with self._busy:
             rows = await conn.fetch(
