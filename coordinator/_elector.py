@@ -227,6 +227,8 @@ class Elector:
         await self._notify_changed()
 
     async def _notify_changed(self) -> None:
+        if "changed" not in self.__dict__:
+            return  # never looked at, so nobody waits: a resting elector stops for free
         async with self.changed:
             self.changed.notify_all()
 
