@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-dev
 PG15   := /usr/lib/postgresql/15/bin
 
 .DEFAULT_GOAL := help
-.PHONY: help venv demo example test test-embedded test-pg15 chaos bench bench-handover lint format clean
+.PHONY: help venv demo example test test-embedded test-pg15 chaos bench bench-handover bench-scale lint format clean
 
 CHAOS_DURATION ?= 300
 CHAOS_ARGS ?=
@@ -55,6 +55,10 @@ bench: $(VENV)/.installed-bench ## failover, floor, trace, peers, overhead, scal
 
 bench-handover: $(VENV)/.installed-bench ## pg-coordinator's crash and graceful hand-over against pals's, interleaved, and the trace (about 5 min)
 	$(BIN)/python -m bench.handover $(BENCH_ARGS)
+
+SCALE_TIERS ?= 50x1000,50x10000,50x100000
+bench-scale: $(VENV)/.installed-bench ## the 100,000-group tier alone (SCALE_TIERS=PxG,...): bench/RESULTS.md, bench/scale.png
+	$(BIN)/python -m bench.scale --tier-only --tiers $(SCALE_TIERS)
 
 lint: $(STAMP) ## ruff and strict mypy
 	$(BIN)/ruff check .

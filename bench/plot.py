@@ -1,4 +1,5 @@
-"""The failover distributions as one picture (``bench/failover.png``).
+"""The failover distributions as one picture (``bench/failover.png``), and the
+cost of the scale tier against its group count (``bench/scale.png``).
 
 One row per series on a logarithmic time axis, every trial a dot and the
 median a bar, so milliseconds and tens of seconds fit together. Published
@@ -81,6 +82,28 @@ def plot_failovers(
     axes.set_ylim(-0.7, rows - 0.2)
     axes.grid(axis="x", which="both", alpha=0.25)
     axes.set_title(title, fontsize=10)
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+
+
+def plot_costs(rows: Sequence[dict[str, float]], path: Path) -> None:
+    """The tier's cost at rest against the group count: in all, and per 1,000 groups."""
+    groups = [row["groups"] for row in rows]
+    figure, (total, per) = plt.subplots(1, 2, figsize=(11, 4), dpi=110)
+    for axes, scale, unit in ((total, 1.0, "in all"), (per, 1000.0, "per 1,000 groups")):
+        cpu = [row["db_cpu"] * 100 * scale / (row["groups"] if scale > 1 else 1) for row in rows]
+        xacts = [row["xacts_per_s"] * scale / (row["groups"] if scale > 1 else 1) for row in rows]
+        axes.plot(groups, cpu, "o-", color=_COLORS["ours"], label="database CPU, % of a core")
+        axes.plot(groups, xacts, "s--", color=_COLORS["peer"], label="transactions/s")
+        axes.set_xscale("log")
+        axes.set_yscale("log")
+        for x, y, row in zip(groups, cpu, rows, strict=True):
+            axes.annotate(f"{row['processes']:.0f} x {row['groups']:,.0f}", (x, y), fontsize=7)
+        axes.set_xlabel("groups (processes x groups at each point; fair spreading on)")
+        axes.set_title(f"cost at rest, {unit}", fontsize=10)
+        axes.grid(which="both", alpha=0.25)
+        axes.legend(fontsize=8)
     figure.tight_layout()
     figure.savefig(path)
     plt.close(figure)

@@ -60,8 +60,12 @@ class Campaign(Protocol):
     def problem(self) -> str | None:
         """Why the campaign cannot make progress now; None while it can."""
 
-    async def win(self) -> tuple[Seat, Term]:
-        """Wait until this instance holds the lock and took office. Cancel it to stop."""
+    async def win(self) -> tuple[Seat, Term] | None:
+        """Wait until this instance holds the lock and took office. Cancel it to stop.
+
+        None: this instance is no longer a candidate for the group (the shared
+        campaign's candidacies changed); the elector rests until started again.
+        """
 
     async def close(self) -> None:
         """Give up the campaign's session, if it has one of its own."""

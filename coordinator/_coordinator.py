@@ -97,15 +97,17 @@ class Coordinator:
         self.config = config
         self._sql = Statements.for_schema(config.schema)
         self._groups: dict[str, Group] = {}
+        self._names_by_key: dict[int, str] = {}  # a collision is found in one look-up
         self._electors: dict[str, Elector] = {}
         self._listeners = Listeners()
         self._jobs = Jobs(scheduler)
         self._control = ControlConnection(config)
         self._lost = LostEvents(config, self._sql, self._control)
-        self._monitor = Monitor(config, self._sql, self._control, self._leads_any)
+        self._monitor = Monitor(config, self._sql, self._control, self._leads_any, self._polls)
         self._handovers = HandOvers(config, self._sql, self._control, self._terms)
         self._members: Members | None = None
         self._shared: SharedCampaign | None = None
+        self._enlisting: asyncio.Task[None] | None = None
         self._beating: list[Heartbeating] = []
         self._state = RunState.NEW
         self._log = log.bind(instance_id=config.instance_id)
@@ -122,6 +124,8 @@ class Coordinator:
     @property
     def failing(self) -> dict[str, str]:
         """Groups whose election loop cannot make progress now, with the latest reason."""
+        if self._shared is not None:  # one session for all, running electors or not
+            return self._shared.problems()
         return {
             name: problem
             for name, elector in self._electors.items()
@@ -136,12 +140,11 @@ class Coordinator:
             raise RuntimeError("add groups before the coordinator starts")
         validate_group_name(name)
         key = group_lock_key(name)
-        for other in self._groups.values():
-            if other.lock_key == key:
-                raise KeyCollisionError(
-                    f"groups {other.name!r} and {name!r} hash to the same lock key {key}: "
-                    "rename one of them"
-                )
+        other = self._names_by_key.setdefault(key, name)
+        if other != name:
+            raise KeyCollisionError(
+                f"groups {other!r} and {name!r} hash to the same lock key {key}: rename one of them"
+            )
         elector = Elector(
             name, self.config, emit=self._listeners.emit, record_lost=self._lost.record
         )
@@ -199,7 +202,7 @@ class Coordinator:
             await check_schema(conn, self.config.schema, self._sql.schema_version)
             members = self._members = Members(self.config, self._sql, self._keys())
             await members.register(conn)
-            beat = await members.heartbeat(conn, self._following())
+            beat = None if self._polls() else await members.heartbeat(conn, self._following())
         except BaseException:
             await conn.close()
             raise
@@ -222,17 +225,32 @@ class Coordinator:
         )
 
     def _start_electors(self) -> None:
-        if self.config.polls(len(self._groups)):
+        if self._polls():
             shared = self._shared = SharedCampaign(self.config, self._sql, self._keys())
             self._beating = [shared]
-            for name, elector in self._electors.items():
-                elector.start(shared.candidacy(name))
             shared.start()
+            self._enlisting = asyncio.create_task(
+                self._enlist(shared), name="coordinator-candidacies"
+            )
             return
         for name, elector in self._electors.items():
             campaign = BlockingCampaign(self.config, self._sql, name, self._groups[name].lock_key)
             self._beating.append(campaign)
             elector.start(campaign)
+
+    async def _enlist(self, shared: SharedCampaign) -> None:
+        """Poll mode: run the elector of every group this instance is a candidate for.
+
+        The others cost no task (see ``coordinator._candidates``): with
+        100,000 groups a process runs a few thousand electors.
+        """
+        while True:
+            await shared.polled.wait()
+            shared.polled.clear()
+            for name in shared.wanted:
+                elector = self._electors[name]
+                if not elector.started:
+                    elector.start(shared.candidacy(name))
 
     @untraced
     async def stop(self) -> None:
@@ -240,6 +258,9 @@ class Coordinator:
         if self._state is not RunState.RUNNING:
             return
         self._state = RunState.STOPPING
+        if self._enlisting is not None:
+            self._enlisting.cancel()
+            await asyncio.gather(self._enlisting, return_exceptions=True)
         await asyncio.gather(*(elector.stop() for elector in self._electors.values()))
         if self._shared is not None:
             await self._shared.stop()
@@ -272,8 +293,11 @@ class Coordinator:
             self._last_heartbeat_job = time.monotonic()
 
     async def _member_heartbeat(self) -> HeartbeatDone | None:
+        """Blocking mode's followers, one row per group; in poll mode the session row does it."""
         members = self._members
         assert members is not None  # the jobs start after the groups are registered
+        if self._polls():
+            return None
         started = time.monotonic()
         try:
             return await self._control.run(lambda conn: members.heartbeat(conn, self._following()))
@@ -305,6 +329,9 @@ class Coordinator:
 
     def _keys(self) -> dict[str, int]:
         return {name: group.lock_key for name, group in self._groups.items()}
+
+    def _polls(self) -> bool:
+        return self.config.polls(len(self._groups))
 
     def _leads_any(self) -> bool:
         return any(group.is_leader for group in self._groups.values())

@@ -47,6 +47,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import functools
 import inspect
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
@@ -91,7 +92,6 @@ class Elector:
         self._campaign: Campaign | None = None
         self._emit = emit
         self._record_lost = record_lost
-        self._log = log.bind(group=name, instance_id=config.instance_id)
         self.elected_callbacks: list[ElectedCallback] = []
         self.demoted_callbacks: list[DemotedCallback] = []
         self.role = Role.FOLLOWER
@@ -99,9 +99,26 @@ class Elector:
         self.term: Term | None = None
         #: A term has ended; its callbacks and hand-over are still running.
         self.leaving = False
-        self.changed = asyncio.Condition()
-        self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+
+    # Made on first use: a process with 100,000 groups keeps 100,000 electors,
+    # most of which (in poll mode) never campaign.
+    @functools.cached_property
+    def _log(self) -> Any:
+        return log.bind(group=self.name, instance_id=self._config.instance_id)
+
+    @functools.cached_property
+    def changed(self) -> asyncio.Condition:
+        """Notified at every change of role or term."""
+        return asyncio.Condition()
+
+    @functools.cached_property
+    def _stopping(self) -> asyncio.Event:
+        return asyncio.Event()
+
+    @property
+    def started(self) -> bool:
+        return self._task is not None
 
     @property
     def problem(self) -> str | None:
@@ -123,8 +140,10 @@ class Elector:
         self._stopping.set()
         if self.term is not None:
             self.term.end(DemotionReason.STOPPING)
-        if self._task is not None:
-            await self._task
+        if self._task is None:  # never campaigned (poll mode: not a candidate)
+            await self._set_role(Role.STOPPED)
+            return
+        await self._task
 
     # -- the state machine --------------------------------------------------
 
@@ -142,11 +161,14 @@ class Elector:
                 await self._back_off(failures)
                 continue
             if won is None:
-                break
+                break  # stopped, or not a candidate any more
             failures = 0
             await self._lead(*won)
         with contextlib.suppress(Exception):
             await self._campaign.close()
+        if not self._stopping.is_set():
+            self._task = None  # rests, a follower, until started again
+            return
         await self._set_role(Role.STOPPED)
 
     async def _lead(self, seat: Seat, term: Term) -> None:
@@ -205,6 +227,8 @@ class Elector:
         await self._notify_changed()
 
     async def _notify_changed(self) -> None:
+        if "changed" not in self.__dict__:
+            return  # never looked at, so nobody waits: a resting elector stops for free
         async with self.changed:
             self.changed.notify_all()
 

@@ -61,6 +61,8 @@ class Members:
         """Record every group and its key, in one transaction that a collision rolls back."""
         ns = self._config.lock_namespace
         names, keys = list(self._keys), list(self._keys.values())
+        if await conn.fetchval(self._sql.groups_registered, names, keys, ns):
+            return
         async with conn.transaction():
             await conn.execute(self._sql.register_groups, names, keys, ns, self._config.ttl)
             for row in await conn.fetch(self._sql.group_keys, names, keys, ns):

@@ -30,22 +30,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import math
 import os
 import random
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import asyncpg
 
 from coordinator._campaign import Seat, Trouble
+from coordinator._candidates import Candidates, Plan, members_channel, shard_channel, shard_of
 from coordinator._config import HOST, CoordinatorConfig
 from coordinator._connect import connect
 from coordinator._describe import describe_error
 from coordinator._errors import TermExhausted
 from coordinator._logging import get_logger
 from coordinator._session import (
+    NOT_HOLDING_SQLSTATE,
     Reserved,
     log_ended_transactions,
     refused_as_reserved,
@@ -53,18 +57,24 @@ from coordinator._session import (
     terms_must_fit,
 )
 from coordinator._signals import HeartbeatDone
-from coordinator._sql import Statements, notify_channel
+from coordinator._sql import Statements, switchover_channel
 from coordinator._term import DemotionReason, Term
 
 __all__ = ["SharedCampaign"]
 
 log = get_logger()
 
-#: Fair spreading takes up to the fair share, but sheds leaderships only above
-#: fair share + this, so that they do not flap.
-HYSTERESIS = 1
+#: The oldest live members look at the members every poll and say when they
+#: changed; the others look only then (and once a ttl), so that at rest the
+#: database answers two such looks a poll, not one per process.
+WATCHERS = 2
 #: Kinds of NOTIFY after which a group may be free: worth polling at once.
 _VACATING = frozenset({"resigned", "fenced", "expired", "lost"})
+#: The most groups tried and taken office for, or resigned, in one statement:
+#: a process alone with 100,000 groups takes them in rounds this size, polling
+#: again at once, so that no statement holds the shared session (and so its
+#: heartbeat) for long.
+BATCH = 2000
 
 
 class SharedCampaign:
@@ -74,13 +84,32 @@ class SharedCampaign:
         self._config = config
         self._sql = sql
         self._keys = dict(keys)  # group -> lock key
+        # Fair spreading counts the live sessions that run this same list.
+        listed = "\n".join(sorted(keys)).encode()
+        self._group_set = hashlib.md5(listed, usedforsecurity=False).hexdigest()
+        self._candidates = Candidates(config.instance_id, keys, fair=config.fair_spread)
+        self._plan: Plan | None = None
+        self._members_seen = 0
+        self._members_news = True  # look at the live members at the next poll
+        self._summoned: set[str] = set()  # groups a switchover names this instance for
+        self._watching = False
+        self._looked_at = -math.inf
+        self._listening: set[int] = set()  # the shards whose channels this session listens to
+        #: Set after every poll: the coordinator starts the electors of the groups
+        #: in :attr:`wanted` that do not run (one that was just resting may have
+        #: missed the change that made it wanted again).
+        self.polled = asyncio.Event()
         self._by_key = {key: name for name, key in keys.items()}
         self._conn: asyncpg.Connection | None = None
         self._busy = asyncio.Lock()
         self._wake = asyncio.Event()
-        self._waiting: dict[str, asyncio.Future[Term]] = {}
+        self._waiting: dict[str, asyncio.Future[Term | None]] = {}
         self._held: dict[str, Term] = {}  # in the order taken
+        self._locked: set[int] = set()  # the keys granted to the session, exactly
+        self._beats = 0
         self._cooldown: dict[str, float] = {}
+        self._resigning: list[_Resignation] = []
+        self._background: set[asyncio.Task[None]] = set()
         self._trouble = Trouble(config)
         self._exhausted: dict[str, str] = {}  # group -> why it can never take office
         self._stopping = False
@@ -100,23 +129,41 @@ class SharedCampaign:
         """Why ``group`` cannot be won now: the session's trouble, or the group's own."""
         return self._trouble.problem or self._exhausted.get(group)
 
+    def problems(self) -> dict[str, str]:
+        """Every group that cannot be won now, and why: all of them while the session fails."""
+        if self._trouble.problem is not None:
+            return dict.fromkeys(self._keys, self._trouble.problem)
+        return dict(self._exhausted)
+
     @property
     def backend_pid(self) -> int:
         return int(self._conn.get_server_pid()) if self._conn is not None else 0
 
+    @property
+    def wanted(self) -> frozenset[str]:
+        """The groups this process campaigns for now: its candidacies (see ``_candidates``),
+        and those a switchover named it the target of."""
+        return (self._plan.wanted if self._plan is not None else frozenset()) | self._summoned
+
     # -- driven by the electors and the heartbeat job -------------------------------
 
-    async def win(self, group: str) -> Term:
-        """Wait until the poller wins ``group`` and takes office."""
-        future: asyncio.Future[Term] = asyncio.get_running_loop().create_future()
+    async def win(self, group: str) -> Term | None:
+        """Wait until the poller wins ``group`` and takes office.
+
+        None once this process is no longer a candidate for ``group``: its
+        elector then rests, and costs no task, until it is a candidate again.
+        """
+        if group not in self.wanted:
+            return None
+        future: asyncio.Future[Term | None] = asyncio.get_running_loop().create_future()
         self._waiting[group] = future
         self._wake.set()
         try:
             return await future
         except asyncio.CancelledError:
-            if future.done() and not future.cancelled():
+            won = future.result() if future.done() and not future.cancelled() else None
+            if won is not None:
                 # Won just as the elector stopped: hand it straight back.
-                won = future.result()
                 with contextlib.suppress(Exception):
                     await asyncio.shield(self.resign(group, won, DemotionReason.STOPPING))
             raise
@@ -125,55 +172,127 @@ class SharedCampaign:
                 del self._waiting[group]
 
     async def resign(self, group: str, term: Term, reason: DemotionReason) -> None:
-        """Clear the holder, record why, notify, unlock; then stay away for a while."""
+        """Clear the holder, record why, notify, unlock; then stay away for a while.
+
+        Resignations that come together (a process handing over its surplus,
+        or stopping) go out together, in one statement: thousands of them
+        one round trip and one commit each would take minutes.
+        """
         conn = self._conn
         self._held.pop(group, None)
         if reason in (DemotionReason.RESIGNED, DemotionReason.SWITCHOVER):
             self._cool_down(group)  # handing over means letting someone else take it
         if conn is None or conn.is_closed():
             return
-        lock = (self._config.lock_namespace, self._keys[group])
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._resigning.append(_Resignation(group, term.number, reason, done))
+        if len(self._resigning) == 1:
+            task = asyncio.create_task(self._resign_together(conn))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+        await asyncio.shield(done)
+
+    async def _resign_together(self, conn: asyncpg.Connection) -> None:
+        """Every resignation queued, :data:`BATCH` a statement, the session free between."""
+        while self._resigning:
+            batch: list[_Resignation] = []
+            try:
+                async with asyncio.timeout(self._config.resign_timeout), self._busy:
+                    batch, self._resigning = self._resigning[:BATCH], self._resigning[BATCH:]
+                    await self._resign_batch(conn, batch)
+            except BaseException as error:
+                # Locks may still be held on a session that no longer knows them: replace it.
+                self.abort()
+                for resignation in [*batch, *self._resigning]:
+                    if not resignation.done.done():
+                        resignation.done.set_exception(error)
+                self._resigning = []
+                if not isinstance(error, Exception):
+                    raise
+                return
+            for resignation in batch:
+                resignation.done.set_result(None)
+
+    async def _resign_batch(self, conn: asyncpg.Connection, batch: list[_Resignation]) -> None:
+        ns, me = self._config.lock_namespace, self._config.instance_id
         try:
-            async with asyncio.timeout(self._config.resign_timeout), self._busy:
-                await resign_and_unlock(
-                    conn, self._sql, group, self._config.instance_id, term.number, reason, lock
-                )
-        except BaseException:
-            # The lock may still be held on a session that no longer knows it: replace it.
-            self.abort()
-            raise
+            await conn.execute(
+                self._sql.resign_seats,
+                [r.group for r in batch],
+                me,
+                [r.term for r in batch],
+                [str(r.reason) for r in batch],
+                ns,
+                [self._keys[r.group] for r in batch],
+            )
+        except asyncpg.LockNotAvailableError:
+            # Fenced transactions of some term are still open: one by one, so
+            # that only theirs skip the record.
+            for r in batch:
+                lock = (ns, self._keys[r.group])
+                await resign_and_unlock(conn, self._sql, r.group, me, r.term, r.reason, lock)
+                self._locked.discard(lock[1])
+            return
+        self._locked.difference_update(self._keys[r.group] for r in batch)
 
     def abort(self) -> None:
         if self._conn is not None and not self._conn.is_closed():
             self._conn.terminate()
 
     async def heartbeat(self) -> HeartbeatDone | None:
-        """One statement for every group this process leads."""
+        """One statement, on the session's one row, for every group led and followed.
+
+        A successful beat keeps the session from being fenced for a ttl, and
+        so extends the trust of every seat on it. Each beat also checks a
+        slice of the seats against the leader table, so that each is checked
+        once a ttl: a seat's lock cannot be lost while the session lives,
+        and checking all of them every beat was most of the cost at rest.
+        """
         conn = self._conn
-        held = {group: term for group, term in self._held.items() if term.ended is None}
-        if conn is None or not held:
+        if conn is None or conn.is_closed():
             return None
+        held = {group: term for group, term in self._held.items() if term.ended is None}
+        slices = max(1, int(self._config.ttl // self._config.heartbeat_interval))
+        self._beats += 1
+        checked = {
+            group: term
+            for group, term in held.items()
+            if self._keys[group] % slices == self._beats % slices
+        }
         started = time.monotonic()
-        groups = tuple(held)
+        groups = (*held, *(group for group in self._waiting if group not in held))
         try:
             async with asyncio.timeout(self._config.heartbeat_timeout), self._busy:
-                rows = await conn.fetch(
-                    self._sql.leader_heartbeat,
-                    self._config.instance_id,
-                    self._config.lock_namespace,
-                    list(groups),
-                    [term.number for term in held.values()],
-                )
+                rows = await self._beat(conn, checked)
         except Exception as error:  # noqa: BLE001 - the trust deadline deals with failures
             self._log.warning("heartbeat_failed", groups=len(held), error=describe_error(error))
             return HeartbeatDone(groups, time.monotonic() - started, ok=False, batch=True)
-        still_ours = {row["group_name"] for row in rows}
+        lost = {row["lost_group"] for row in rows}
+        if None in lost:  # the session row is another live backend's: nothing is ours
+            lost = set(held)
         for group, term in held.items():
-            if group in still_ours:
-                term.extend(started)
-            else:
+            if group in lost:
                 term.end(DemotionReason.LOCK_LOST)
+            else:
+                term.extend(started)
         return HeartbeatDone(groups, time.monotonic() - started, ok=True, batch=True)
+
+    async def _beat(
+        self, conn: asyncpg.Connection, held: Mapping[str, Term]
+    ) -> list[asyncpg.Record]:
+        return list(
+            await conn.fetch(
+                self._sql.session_heartbeat,
+                self._config.instance_id,
+                HOST,
+                os.getpid(),
+                len(self._keys),
+                self._group_set,
+                self._config.ttl,
+                list(held),
+                [term.number for term in held.values()],
+            )
+        )
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -187,6 +306,9 @@ class SharedCampaign:
         if self._task is not None:
             await self._task
         if self._conn is not None:
+            with contextlib.suppress(Exception):  # a session row left behind goes stale
+                async with asyncio.timeout(self._config.heartbeat_timeout):
+                    await self._conn.execute(self._sql.close_session, self._config.instance_id)
             try:
                 await self._conn.close(timeout=self._config.heartbeat_timeout)
             except Exception:  # noqa: BLE001 - closing still has to free the socket
@@ -199,6 +321,7 @@ class SharedCampaign:
                 if self._conn is None or self._conn.is_closed():
                     await self._connect()
                 await self._poll()
+                self.polled.set()
                 failures = 0
                 self._trouble.cleared()
             except Exception as error:  # noqa: BLE001 - the poller never dies
@@ -237,12 +360,25 @@ class SharedCampaign:
         conn = await connect(self._config.connection)
         try:
             await conn.execute(self._sql.set_session_lock_timeout, self._lock_timeout)
-            await conn.add_listener(notify_channel(self._config.schema), self._notified)
+            self._listening = set()
+            self._locked = set()
+            self._members_news = True
+            await conn.add_listener(members_channel(self._config.schema), self._members_changed)
+            await conn.add_listener(switchover_channel(self._config.schema), self._switchover)
+            await self._listen(conn, self.wanted)
+            await self._beat(conn, {})  # counted as a member before the first poll
         except BaseException:
             conn.terminate()
             raise
         conn.add_termination_listener(self._closed)
         self._conn = conn
+
+    async def _listen(self, conn: asyncpg.Connection, groups: frozenset[str]) -> None:
+        """Listen to the shard channels of ``groups``: hand-overs of others are not news here."""
+        shards = {shard_of(self._keys[group]) for group in groups} - self._listening
+        for shard in sorted(shards):
+            await conn.add_listener(shard_channel(self._config.schema, shard), self._notified)
+            self._listening.add(shard)
 
     def _closed(self, conn: asyncpg.Connection) -> None:
         """Every term on this session ends with it."""
@@ -257,6 +393,22 @@ class SharedCampaign:
     def _cool_down(self, group: str) -> None:
         self._cooldown[group] = time.monotonic() + 2 * self._config.poll_interval
 
+    def _switchover(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
+        """A switchover names this instance: campaign for that group, candidate or not."""
+        try:
+            request = json.loads(payload)
+        except ValueError:
+            return
+        group = request.get("group")
+        if request.get("target") == self._config.instance_id and group in self._keys:
+            self._summoned.add(group)
+            self.polled.set()  # its elector starts now
+            self._wake.set()
+
+    def _members_changed(self, _conn: object, _pid: int, _channel: str, _payload: str) -> None:
+        self._members_news = True
+        self._wake.set()
+
     def _notified(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
         try:
             change = json.loads(payload)
@@ -270,25 +422,34 @@ class SharedCampaign:
     async def _poll(self) -> None:
         conn = self._conn
         assert conn is not None
+        plan = await self._replan(conn)
+        if plan is None:
+            return  # members are joining: wait until they all count
+        if self._config.fair_spread:
+            self._shed(plan.assigned)
         now = time.monotonic()
         candidates = [
             name
             for name in self._waiting
-            if name not in self._held and self._cooldown.get(name, 0.0) <= now
+            if (name in plan.wanted or name in self._summoned)
+            and name not in self._held
+            and self._keys[name] not in self._locked
+            and self._cooldown.get(name, 0.0) <= now
         ]
+        if not candidates:
+            return  # at rest: every group this process should lead, it leads
         # In random order, so that instances polling together do not all
-        # contend for the same groups first.
+        # contend for the same groups first; the rest at the next poll, at once.
         random.shuffle(candidates)
-        budget = len(candidates)
-        if self._config.fair_spread:
-            share = await self._fair_share(conn)
-            self._shed_surplus(share)
-            budget = min(budget, share - len(self._held))
-        if budget <= 0:
-            return
+        if len(candidates) > BATCH:
+            candidates = candidates[:BATCH]
+            self._wake.set()
         keys = [self._keys[name] for name in candidates]
         async with self._busy:
-            rows = await conn.fetch(self._sql.try_locks, self._config.lock_namespace, keys, budget)
+            rows = await conn.fetch(
+                self._sql.try_locks, self._config.lock_namespace, keys, len(keys)
+            )
+        self._locked.update(row["lock_key"] for row in rows)
         won = [self._by_key[row["lock_key"]] for row in rows]
         if won:
             await self._take_office(conn, won)
@@ -323,7 +484,9 @@ class SharedCampaign:
                     await conn.execute(
                         self._sql.unlock, self._config.lock_namespace, self._keys[group]
                     )
+                self._locked.discard(self._keys[group])
         for group, number in offices:
+            self._summoned.discard(group)
             self._exhausted.pop(group, None)
             term = self._held[group] = Term(number, started, self._config.trust_window)
             future = self._waiting.pop(group, None)
@@ -337,34 +500,89 @@ class SharedCampaign:
         self, conn: asyncpg.Connection, groups: list[str]
     ) -> list[tuple[str, int]]:
         # One statement, bounded by the session's lock_timeout.
+        args = (groups, self._config.instance_id, HOST, os.getpid(), self._config.ttl)
         async with self._busy, refused_as_reserved(), terms_must_fit(groups):
-            rows = await conn.fetch(
-                self._sql.take_office,
-                groups,
-                self._config.instance_id,
-                HOST,
-                os.getpid(),
-                self._config.ttl,
-            )
+            try:
+                rows = await conn.fetch(self._sql.take_office, *args)
+            except asyncpg.PostgresError as error:
+                if error.sqlstate != NOT_HOLDING_SQLSTATE:
+                    raise
+                # The locks were just granted, so the leader rows are gone: a server
+                # that lost recent commits. Register the groups again (what exists is
+                # left alone); if that was not it, the second refusal replaces the session.
+                await conn.execute(
+                    self._sql.register_groups,
+                    groups,
+                    [self._keys[group] for group in groups],
+                    self._config.lock_namespace,
+                    self._config.ttl,
+                )
+                self._log.warning("groups_registered_again", groups=len(groups))
+                rows = await conn.fetch(self._sql.take_office, *args)
         for row in rows:
             log_ended_transactions(row["group_name"], row)
         return [(row["group_name"], row["term"]) for row in rows]
 
-    async def _fair_share(self, conn: asyncpg.Connection) -> int:
-        async with self._busy:
-            members = await conn.fetchval(
-                self._sql.live_members, list(self._keys), self._config.ttl
-            )
-        return math.ceil(len(self._keys) / max(1, int(members)))
+    async def _replan(self, conn: asyncpg.Connection) -> Plan | None:
+        """The candidacies and, with fair spreading, the shares, for the members live now.
 
-    def _shed_surplus(self, share: int) -> None:
-        """Hand over what this process leads above its fair share, newest first."""
-        leading = [group for group, term in self._held.items() if term.ended is None]
-        if len(leading) <= share + HYSTERESIS:
-            return
-        for group in reversed(leading[share:]):
-            self._held[group].end(DemotionReason.RESIGNED)
-        self._log.info("spreading_leaderships", share=share, handing_over=len(leading) - share)
+        The members are looked at when a watcher (one of the :data:`WATCHERS`
+        oldest, which look every poll) said they changed, and once a ttl. With
+        fair spreading, nothing is taken or handed over while members are
+        joining (more than at the last look): the first of many processes
+        started together would otherwise win everything, then hand nearly all
+        of it over again. A member that left counts at once, so a crashed
+        process's groups are taken at the next poll.
+        """
+        now = time.monotonic()
+        fresh = now - self._looked_at < self._config.ttl
+        if self._plan is not None and fresh and not (self._watching or self._members_news):
+            return self._plan
+        self._members_news = False
+        self._looked_at = now
+        async with self._busy:
+            rows = await conn.fetch(self._sql.live_members, self._group_set)
+        live = [row["instance_id"] for row in rows]
+        self._watching = self._config.instance_id in live[:WATCHERS]
+        joining = len(live) > self._members_seen
+        self._members_seen = len(live)
+        changed = self._plan is None or set(self._plan.members) != {*live, self._config.instance_id}
+        if changed and self._watching:
+            async with self._busy:
+                await conn.execute(
+                    self._sql.notify_members_changed, members_channel(self._config.schema)
+                )
+        if joining and self._config.fair_spread:
+            self._members_news = True  # look again at the next poll
+            return None
+        if changed:
+            plan = self._plan = self._candidates.plan(live)
+            async with self._busy:
+                await self._listen(conn, plan.wanted)
+            for group, future in self._waiting.items():
+                if group not in self.wanted and not future.done():
+                    future.set_result(None)  # not a candidate any more: its elector rests
+        return self._plan
+
+    def _shed(self, assigned: frozenset[str]) -> None:
+        """Hand over what this process leads but another member should (fair spreading)."""
+        surplus = [
+            term
+            for group, term in self._held.items()
+            if term.ended is None and group not in assigned
+        ]
+        for term in surplus:
+            term.end(DemotionReason.RESIGNED)
+        if surplus:
+            self._log.info("spreading_leaderships", share=len(assigned), handing_over=len(surplus))
+
+
+@dataclass(frozen=True)
+class _Resignation:
+    group: str
+    term: int
+    reason: DemotionReason
+    done: asyncio.Future[None]
 
 
 class SharedCandidacy:
@@ -378,9 +596,9 @@ class SharedCandidacy:
     def problem(self) -> str | None:
         return self._shared.problem_of(self._group)
 
-    async def win(self) -> tuple[Seat, Term]:
+    async def win(self) -> tuple[Seat, Term] | None:
         term = await self._shared.win(self._group)
-        return _SharedSeat(self._shared, self._group), term
+        return None if term is None else (_SharedSeat(self._shared, self._group), term)
 
     async def close(self) -> None:
         """The shared session outlives the groups; the coordinator stops it last."""

@@ -75,6 +75,17 @@ class Statements:
         SELECT {schema}.register_groups($1::text[], $2::int[], $3, $4)
     """
 
+    # Whether every group of $1 names is registered already with its key of $2
+    # in namespace $3: then registering writes nothing and no name can collide
+    # (the key is unique), so a fleet that restarts with 100,000 groups reads
+    # them once instead of writing and joining them again.
+    groups_registered: str = """
+        SELECT count(*) = cardinality($1::text[])
+          FROM unnest($1::text[], $2::int[]) AS g(name, key)
+          JOIN {schema}.leaders AS l
+            ON l.group_name = g.name AND l.lock_namespace = $3 AND l.lock_key = g.key
+    """
+
     group_keys: str = """
         SELECT g.name AS wanted, l.group_name, l.lock_namespace, l.lock_key
           FROM unnest($1::text[], $2::int[]) AS g(name, key)
@@ -128,26 +139,49 @@ class Statements:
 
     # Shared-session mode: try the given groups in one statement, winning at
     # most $3 of them (the scan stops at the limit, so no further lock is
-    # taken). The CASE makes sure a key this session already holds is never
-    # tried again: advisory locks stack, and a second grant would need a
-    # second unlock.
+    # taken). The caller never passes a key its session already holds
+    # (advisory locks stack, and a second grant would need a second unlock):
+    # it keeps the exact set of keys granted to the session, and replaces a
+    # session whose locks are in doubt. Not looking it up in pg_locks here
+    # spares a copy of the whole lock table (100,000 entries at scale) on
+    # every try of every process.
     try_locks: str = """
-        WITH mine AS (
-            SELECT objid::bigint AS lock_key FROM pg_catalog.pg_locks
-             WHERE locktype = 'advisory' AND pid = pg_backend_pid()
-               AND classid = $1::int::oid AND objsubid = 2
-        )
         SELECT k AS lock_key FROM unnest($2::int[]) AS k
-         WHERE CASE WHEN k::bigint IN (SELECT lock_key FROM mine) THEN false
-                    ELSE pg_try_advisory_lock($1, k) END
+         WHERE pg_try_advisory_lock($1, k)
          LIMIT $3
     """
 
-    # Live members of these groups: the fair share is groups / members.
+    # Live shared sessions that run the same list of groups ($1, its md5):
+    # the members among whom the groups' candidates and fair shares are
+    # ranked, oldest first (the oldest watch the others). A session whose
+    # backend is gone (its process was killed) stops counting at once, not a
+    # ttl later.
     live_members: str = """
-        SELECT count(DISTINCT instance_id) FROM {schema}.heartbeats
-         WHERE group_name = ANY($1::text[])
-           AND heartbeat_at > now() - make_interval(secs => $2)
+        SELECT s.instance_id FROM {schema}.sessions AS s
+         WHERE s.group_set = $1 AND s.heartbeat_at > now() - s.ttl
+           AND EXISTS (SELECT 1 FROM pg_catalog.pg_stat_activity AS a
+                        WHERE a.pid = s.backend_pid
+                          AND a.application_name = left('coordinator:' || s.instance_id, 63))
+         ORDER BY s.started_at, s.instance_id
+    """
+
+    # A watcher saw the live members change: everyone looks again. A hint
+    # only (anyone may send it); it costs a look, nothing more.
+    # $1 the channel (coordinator._candidates.members_channel).
+    notify_members_changed: str = "SELECT pg_notify($1, '')"
+
+    # Poll mode elects its monitor without a lock: the instance with the
+    # oldest live session runs the complete per-group scan. With no live
+    # session (blocking mode) every instance runs it. $1 instance.
+    is_monitor: str = """
+        SELECT coalesce((
+            SELECT s.instance_id = $1 FROM {schema}.sessions AS s
+             WHERE s.heartbeat_at > now() - s.ttl
+               AND EXISTS (SELECT 1 FROM pg_catalog.pg_stat_activity AS a
+                            WHERE a.pid = s.backend_pid
+                              AND a.application_name = left('coordinator:' || s.instance_id, 63))
+             ORDER BY s.started_at, s.instance_id
+             LIMIT 1), true)
     """
 
     # Shared-session mode: its waits on fenced transactions (taking office,
@@ -172,6 +206,38 @@ class Statements:
     # leader row, which fenced transactions may hold FOR SHARE.
     leader_heartbeat: str = """
         SELECT group_name FROM {schema}.leader_heartbeat($1, $2, $3::text[], $4::bigint[])
+    """
+
+    # Poll mode: one row per shared session is the liveness of everything it
+    # does, leading and following (migrations/0008_session_liveness.sql).
+    # $1 instance, $2 host, $3 pid, $4 group count, $5 group set, $6 ttl
+    # seconds, $7 group names led, $8 their terms; returns the seats lost.
+    session_heartbeat: str = """
+        SELECT lost_group
+          FROM {schema}.session_heartbeat($1, $2, $3, $4, $5, $6, $7::text[], $8::bigint[])
+    """
+
+    close_session: str = "SELECT {schema}.close_session($1)"
+
+    # Many resignations of this session, and their unlocks, in one statement:
+    # the locks are free before the commit sends the NOTIFY, so that a
+    # poller woken by it finds them free (with the unlocks a statement
+    # later, it tried too early and waited a whole poll). A successor that
+    # gets a lock before the commit waits for it in take_office's row lock.
+    # $1 group names, $2 instance, $3 their terms, $4 their reasons,
+    # $5 the lock namespace, $6 the groups' keys.
+    resign_seats: str = """
+        WITH resigned AS MATERIALIZED (
+            SELECT count(*) AS seats
+              FROM {schema}.resign_seats($1::text[], $2, $3::bigint[], $4::text[])
+        )
+        SELECT count(*) FILTER (WHERE pg_advisory_unlock($5, k))
+          FROM resigned, unnest($6::int[]) AS k
+    """
+
+    # The cheap monitor, run by every instance in poll mode: stale sessions.
+    fence_stale_sessions: str = """
+        SELECT group_name, kind, term, instance_id FROM {schema}.fence_stale_sessions($1)
     """
 
     # One statement for every group this instance follows. A row that says
@@ -260,14 +326,18 @@ class Statements:
 
     # Every member of every group, from the heartbeat table, with the verdict
     # of leader_status on who leads. Live: heartbeat younger than the group's ttl.
+    # A member in poll mode beats through its session's row, not its own.
     members: str = """
-        SELECT h.group_name, h.instance_id, h.term, h.host, h.pid, h.joined_at, h.heartbeat_at,
-               extract(epoch FROM now() - h.heartbeat_at)::float8 AS heartbeat_age_s,
-               now() - h.heartbeat_at <= l.ttl AS is_live,
+        SELECT h.group_name, h.instance_id, h.term, h.host, h.pid, h.joined_at,
+               beat.at AS heartbeat_at,
+               extract(epoch FROM now() - beat.at)::float8 AS heartbeat_age_s,
+               now() - beat.at <= l.ttl AS is_live,
                coalesce(s.leader = h.instance_id AND s.term = h.term, false) AS is_leader
           FROM {schema}.heartbeats AS h
           JOIN {schema}.leaders AS l ON l.group_name = h.group_name
           JOIN {schema}.leader_status AS s ON s.group_name = h.group_name
+          LEFT JOIN {schema}.sessions AS session ON session.instance_id = h.instance_id
+         CROSS JOIN LATERAL (SELECT greatest(h.heartbeat_at, session.heartbeat_at) AS at) AS beat
          ORDER BY h.group_name, h.instance_id
     """
 

@@ -140,15 +140,17 @@ async def waiting_backends(dsn: str) -> set[int]:
 async def followers_ready(dsn: str, wait: str, count: int = 1) -> bool:
     """Whether ``count`` followers are ready to take over at once.
 
-    Blocking: they wait in pg_advisory_lock. Polling: they are members whose
-    heartbeat is recent (their poller tries the free groups every poll).
+    Blocking: they wait in pg_advisory_lock. Polling: their shared sessions,
+    leading nothing, heartbeat recently (their poller tries the free groups
+    every poll).
     """
     if wait == "block":
         return await lock_waiters(dsn) >= count
     async with connected(dsn) as conn:
         members = await conn.fetchval(
-            "SELECT count(*) FROM coordinator.heartbeats "
-            "WHERE role = 'follower' AND heartbeat_at > now() - interval '1 second'"
+            "SELECT count(*) FROM coordinator.sessions AS s "
+            "WHERE s.heartbeat_at > now() - interval '1 second' AND NOT EXISTS "
+            "(SELECT 1 FROM coordinator.leaders AS l WHERE l.holder = s.instance_id)"
         )
     return int(members) >= count
 

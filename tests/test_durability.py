@@ -203,7 +203,9 @@ async def test_a_registration_lost_in_a_crash_is_made_again(
                 async with connected(dsn) as admin:
                     winner = await _first_elected(coords)
                     await wait_until(
-                        lambda: _both_live(admin), WAIT, what="both members to beat again"
+                        lambda: _live_members(admin, wait, {"a", "b"}),
+                        WAIT,
+                        what="both members to beat again",
                     )
                 assert all(loops_alive(coord) for coord in coords)
                 assert winner.group("scheduler").is_leader
@@ -226,8 +228,19 @@ async def _first_elected(coords: list[Coordinator]) -> Coordinator:
     return waits[done.pop()]
 
 
-async def _both_live(admin: asyncpg.Connection) -> bool:
-    return {row.instance_id for row in await read_members(admin) if row.live} == {"a", "b"}
+async def _live_members(admin: asyncpg.Connection, wait: str, expected: set[str]) -> set[str]:
+    """The live members once ``expected`` are among them (empty until then).
+
+    Blocking mode: live member rows. Polling: fresh session rows (a poll-mode
+    follower has no row per group)."""
+    if wait == "block":
+        live = {row.instance_id for row in await read_members(admin) if row.live}
+    else:
+        rows = await admin.fetch(
+            "SELECT instance_id FROM coordinator.sessions WHERE heartbeat_at > now() - ttl"
+        )
+        live = {row["instance_id"] for row in rows}
+    return live if expected <= live else set()
 
 
 async def test_a_term_at_the_bigint_maximum_refuses_office_clearly_and_keeps_the_loop(

@@ -98,7 +98,9 @@ async def test_frozen_leader_is_fenced_and_stays_demoted_after_thaw(
     lost = await asyncio.to_thread(frozen.wait_for, "leadership_lost", SLACK, term=1)
     assert lost["reason"] in {"trust_expired", "connection_lost"}
     # It follows again: its member heartbeat returns, and it never claims term 1 again.
-    await wait_until(lambda: _is_follower(dsn, frozen.instance_id), SLACK, what="it to follow")
+    await wait_until(
+        lambda: _is_follower(dsn, frozen.instance_id, wait), SLACK, what="it to follow"
+    )
     acquired = [r for r in frozen.records() if r.get("event") == "leadership_acquired"]
     assert [r["term"] for r in acquired] == [1]
     row = await leader_row(dsn)
@@ -106,16 +108,17 @@ async def test_frozen_leader_is_fenced_and_stays_demoted_after_thaw(
     assert row["leader"] == second["leader"]
 
 
-async def _is_follower(dsn: str, instance_id: str) -> bool:
-
+async def _is_follower(dsn: str, instance_id: str, wait: str) -> bool:
+    """A fresh member heartbeat: its follower row, or in poll mode its session's one row."""
+    beat = (
+        "SELECT role = 'follower' AND now() - heartbeat_at < interval '1 second' "
+        "FROM coordinator.heartbeats WHERE instance_id = $1"
+        if wait == "block"
+        else "SELECT now() - heartbeat_at < interval '1 second' "
+        "FROM coordinator.sessions WHERE instance_id = $1"
+    )
     async with connected(dsn) as conn:
-        return bool(
-            await conn.fetchval(
-                "SELECT role = 'follower' AND now() - heartbeat_at < interval '1 second' "
-                "FROM coordinator.heartbeats WHERE instance_id = $1",
-                instance_id,
-            )
-        )
+        return bool(await conn.fetchval(beat, instance_id))
 
 
 async def test_database_restart_under_running_instances_elects_again(

@@ -8,8 +8,9 @@ from typing import Any
 
 import pytest
 
-from coordinator import ConfigurationError, Coordinator, HeartbeatDone, Signal, group_lock_key
+from coordinator import ConfigurationError, Coordinator, HeartbeatDone, Signal
 from coordinator.testing import CoordinatorProcess
+from coordinator.testing import distinct_group_names as names
 from helpers import connected, coordinator, wait_until
 
 pytestmark = pytest.mark.slow
@@ -17,17 +18,6 @@ pytestmark = pytest.mark.slow
 POLL = {"wait": "poll", "poll_interval": 0.2}
 #: Thousands of groups on two shared cores: room for a busy event loop.
 ROOMY = {"ttl": 10.0, "heartbeat_interval": 1.0, "heartbeat_timeout": 2.0}
-
-
-def names(count: int) -> list[str]:
-    """``count`` group names whose lock keys differ (31-bit keys collide by chance)."""
-    chosen: dict[int, str] = {}
-    serial = 0
-    while len(chosen) < count:
-        name = f"tenant-{serial:05d}"
-        chosen.setdefault(group_lock_key(name), name)
-        serial += 1
-    return list(chosen.values())
 
 
 async def led_by(dsn: str) -> dict[str, int]:
@@ -77,9 +67,7 @@ async def test_killed_process_hands_every_group_to_the_survivor(
     await wait_until(lambda: _leads_all(dsn, "first", len(groups)), 60, what="first wins all")
     async with coordinator(dsn, "survivor", *groups, **POLL, **ROOMY) as survivor:
         await wait_until(
-            lambda: _follows_all(dsn, "survivor", len(groups)),
-            30,
-            what="the survivor to join every group",
+            lambda: _session_beats(dsn, "survivor"), 30, what="the survivor's session to beat"
         )
         first.kill()
         await wait_until(
@@ -90,13 +78,12 @@ async def test_killed_process_hands_every_group_to_the_survivor(
         assert {survivor.group(name).term for name in groups} == {2}
 
 
-async def _follows_all(dsn: str, instance_id: str, count: int) -> bool:
+async def _session_beats(dsn: str, instance_id: str) -> bool:
+    """Whether ``instance_id``'s shared session is recorded: its one row beats for every group."""
     async with connected(dsn) as conn:
         return bool(
             await conn.fetchval(
-                "SELECT count(*) = $2 FROM coordinator.heartbeats WHERE instance_id = $1",
-                instance_id,
-                count,
+                "SELECT count(*) = 1 FROM coordinator.sessions WHERE instance_id = $1", instance_id
             )
         )
 
@@ -208,3 +195,105 @@ async def _lost(dsn: str, instance_id: str, count: int) -> bool:
                 count,
             )
         )
+
+
+#: Short enough for a frozen process to be fenced soon, roomy enough for 2,000 groups.
+BRISK = {"ttl": 5.0, "heartbeat_interval": 1.0, "heartbeat_timeout": 2.0}
+
+
+async def test_frozen_process_is_fenced_once_and_its_groups_led_again(
+    dsn: str, spawn: Callable[..., CoordinatorProcess]
+) -> None:
+    """SIGSTOP: its one session is terminated once, each group gets one fenced event."""
+    groups = names(2000)
+    poll = ["--wait", "poll", "--poll-interval", "0.2"]
+    frozen = spawn(dsn, groups, instance_id="frozen", extra_args=poll, **BRISK)
+    await wait_until(lambda: _leads_all(dsn, "frozen", len(groups)), 60, what="frozen wins all")
+    async with coordinator(dsn, "survivor", *groups, **POLL, **BRISK):
+        await wait_until(lambda: _session_beats(dsn, "survivor"), 30, what="the survivor's beat")
+        backends = await _backends_of(dsn, "frozen")
+        assert len(backends) == 1  # every seat on the one shared session
+        frozen.freeze()
+        try:
+            await wait_until(
+                lambda: _leads_all(dsn, "survivor", len(groups)), 60, what="the survivor to lead"
+            )
+        finally:
+            frozen.thaw()
+        async with connected(dsn) as conn:
+            fenced = await conn.fetch(
+                "SELECT group_name, term, reason FROM coordinator.events "
+                "WHERE kind = 'fenced' AND instance_id = 'frozen'"
+            )
+            statuses = await conn.fetch("SELECT leader, is_stale FROM coordinator.leader_status")
+    # One event per group, all naming the one backend: it was terminated once.
+    assert sorted(row["group_name"] for row in fenced) == sorted(groups)
+    assert {row["term"] for row in fenced} == {1}
+    assert all(f"backend {backends[0]} terminated" in row["reason"] for row in fenced)
+    assert {(row["leader"], row["is_stale"]) for row in statuses} == {("survivor", False)}
+
+
+async def test_killed_process_groups_are_shared_out_again_with_fair_spreading(
+    dsn: str, spawn: Callable[..., CoordinatorProcess]
+) -> None:
+    """SIGKILL of one of three: its groups go to the others, and the view names only the living."""
+    groups = names(3000)
+    fair = ["--wait", "poll", "--poll-interval", "0.2", "--fair-spread", "true"]
+    victim = spawn(dsn, groups, instance_id="victim", extra_args=fair, **BRISK)
+    settings = {**POLL, **BRISK, "fair_spread": True}
+    async with (
+        coordinator(dsn, "left", *groups, **settings),
+        coordinator(dsn, "right", *groups, **settings),
+    ):
+        spread = await wait_until(
+            lambda: _spread_over(dsn, {"victim", "left", "right"}, len(groups)),
+            60,
+            what="the groups to spread over three",
+        )
+        victim.kill()
+        after = await wait_until(
+            lambda: _spread_over(dsn, {"left", "right"}, len(groups)),
+            30,
+            what="the victim's groups to be led again",
+        )
+    assert spread["victim"] > 0
+    assert max(after.values()) <= len(groups) // 2 + 1  # still fair between the two
+
+
+async def _backends_of(dsn: str, instance_id: str) -> list[int]:
+    async with connected(dsn) as conn:
+        rows = await conn.fetch(
+            "SELECT DISTINCT backend_pid FROM coordinator.leaders WHERE holder = $1", instance_id
+        )
+    return [row["backend_pid"] for row in rows]
+
+
+async def _spread_over(dsn: str, leaders: set[str], count: int) -> dict[str, int] | None:
+    """Every group led, by exactly ``leaders``, each within its share plus one."""
+    spread = await led_by(dsn)
+    if set(spread) != leaders or sum(spread.values()) != count:
+        return None
+    return spread if max(spread.values()) <= -(-count // len(leaders)) + 1 else None
+
+
+async def test_session_heartbeat_ends_a_seat_whose_leader_row_is_no_longer_ours(dsn: str) -> None:
+    """The one-row heartbeat still checks each seat: a row naming another holder ends it."""
+    groups = names(30)
+    demoted: list[str] = []
+    coord = coordinator(dsn, "beating", *groups, **POLL, heartbeat_interval=0.2)
+    coord.group(groups[0]).on_demoted(demoted.append)
+    async with coord:
+        await wait_until(lambda: _leads_all(dsn, "beating", len(groups)), 30, what="all won")
+        async with connected(dsn) as conn:  # the test's superuser, past the owner's functions
+            await conn.execute(
+                "UPDATE coordinator.leaders SET holder = 'someone-else' WHERE group_name = $1",
+                groups[0],
+            )
+
+        async def seat_ended() -> bool:
+            return demoted == ["lock_lost"]
+
+        await wait_until(seat_ended, 10, what="the seat to end")
+        # A seat in doubt replaces the shared session; every group is won again.
+        await wait_until(lambda: _leads_all(dsn, "beating", len(groups)), 30, what="won again")
+        assert coord.group(groups[0]).term == 2

@@ -44,7 +44,7 @@ REVOKE ALL ON ALL TABLES IN SCHEMA coordinator FROM coordinator_app;
 -- `history`, `watch` and the /leader endpoints read the rest.
 GRANT SELECT ON coordinator.schema_migrations, coordinator.leaders, coordinator.heartbeats,
     coordinator.events, coordinator.leader_status, coordinator.settings,
-    coordinator.switchovers TO coordinator_app;
+    coordinator.sessions, coordinator.switchovers TO coordinator_app;
 
 -- Every change of state, each checked by the function itself.
 GRANT EXECUTE ON FUNCTION
@@ -60,6 +60,10 @@ GRANT EXECUTE ON FUNCTION
     coordinator.prune_events(float8),
     coordinator.prune_members(float8),
     coordinator.leave_groups(text),
+    coordinator.session_heartbeat(text, text, integer, integer, text, float8, text[], bigint[]),
+    coordinator.resign_seats(text[], text, bigint[], text[]),
+    coordinator.close_session(text),
+    coordinator.fence_stale_sessions(text),
     -- The fencing token check that fenced transactions call first.
     coordinator.assert_term(text, bigint)
 TO coordinator_app;

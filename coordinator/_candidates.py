@@ -1,0 +1,128 @@
+"""Candidates: which live members campaign for which group, and who should lead it.
+
+In poll mode every process of a fleet runs the same list of groups. If each
+campaigned for every group, each would keep a waiting elector per group (a
+task, a future, about 4 KB) and try every free lock each poll: 50 processes
+x 100,000 groups do not fit in memory. Instead the groups are cut into
+:data:`SHARDS` shards by lock key, and each shard ranks the live members by
+rendezvous hashing (a hash of member and shard, highest first). Every
+process computes the same ranking from the same list of live members, with
+no coordination, and when a member leaves, only its shards change hands.
+
+- Without fair spreading, the first :data:`CANDIDATES` members of a shard's
+  ranking campaign for its groups: each process for about
+  ``CANDIDATES x groups / members`` of them, and a dead member's groups
+  already have a live candidate waiting.
+- With fair spreading, each shard goes to the first member in its ranking
+  that still has room under the fair share ``ceil(groups / members)``
+  (biggest shards first; a shard that fits nobody whole is split group by
+  group), so every member leads at most its share, and campaigns only for
+  what it should lead.
+
+Shards are also the NOTIFY channels (:func:`shard_channel`): a process
+listens only to the shards of the groups it campaigns for, so the news of
+100,000 hand-overs is not parsed by every process.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import struct
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+__all__ = [
+    "CANDIDATES",
+    "SHARDS",
+    "Candidates",
+    "Plan",
+    "members_channel",
+    "shard_channel",
+    "shard_of",
+]
+
+#: Shards per schema: the unit of candidacy and of NOTIFY channels. The
+#: database's record_event (migration 0008) computes the same shard.
+SHARDS = 1024
+#: Members that campaign for each shard's groups without fair spreading.
+CANDIDATES = 2
+
+
+def shard_of(lock_key: int) -> int:
+    return lock_key % SHARDS
+
+
+def members_channel(schema: str) -> str:
+    """The channel on which a watcher says that the live members changed."""
+    return f"{schema}_members"
+
+
+def shard_channel(schema: str, shard: int) -> str:
+    """The channel on which the hand-overs of one shard's groups are announced."""
+    return f"{schema}_shard_{shard}"
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What one member does for a given list of live members."""
+
+    members: tuple[str, ...]
+    #: The groups it campaigns for (its electors run).
+    wanted: frozenset[str]
+    #: With fair spreading: the groups it should lead, at most its fair share.
+    assigned: frozenset[str]
+
+
+class Candidates:
+    """The rendezvous ranking of one list of groups, seen by member ``me``."""
+
+    def __init__(self, me: str, keys: Mapping[str, int], *, fair: bool) -> None:
+        self._me = me
+        self._fair = fair
+        self._total = len(keys)
+        by_shard: dict[int, list[str]] = {}
+        for name, key in sorted(keys.items(), key=lambda item: item[1]):
+            by_shard.setdefault(shard_of(key), []).append(name)
+        # Biggest first: they pack best under the share; ties by shard, the same everywhere.
+        self._shards = sorted(by_shard.items(), key=lambda item: (-len(item[1]), item[0]))
+        self._scores: dict[str, tuple[int, ...]] = {}
+
+    def plan(self, live: Iterable[str]) -> Plan:
+        members = sorted({*live, self._me})
+        self._scores = {m: s for m, s in self._scores.items() if m in members}
+        # One tuple per shard, of every member's score: each ranking is a sort in C.
+        by_shard = list(zip(*(self._scores_of(member) for member in members), strict=True))
+        me = members.index(self._me)
+        share = math.ceil(self._total / len(members))
+        load = [0] * len(members)
+        wanted: set[str] = set()
+        assigned: set[str] = set()
+        for shard, groups in self._shards:
+            ranking = sorted(range(len(members)), key=by_shard[shard].__getitem__, reverse=True)
+            if not self._fair:
+                if me in ranking[:CANDIDATES]:
+                    wanted.update(groups)
+                continue
+            whole = next((i for i in ranking if load[i] + len(groups) <= share), None)
+            if whole is not None:
+                load[whole] += len(groups)
+                if whole == me:
+                    assigned.update(groups)
+                continue
+            for group in groups:  # some room is left: at least one member is under its share
+                taker = next(i for i in ranking if load[i] < share)
+                load[taker] += 1
+                if taker == me:
+                    assigned.add(group)
+        return Plan(
+            tuple(members), frozenset(assigned if self._fair else wanted), frozenset(assigned)
+        )
+
+    def _scores_of(self, member: str) -> tuple[int, ...]:
+        """The member's rendezvous score for each shard: 8 bytes each of SHAKE-128 of its name."""
+        scores = self._scores.get(member)
+        if scores is None:
+            stream = hashlib.shake_128(member.encode()).digest(8 * SHARDS)
+            scores = self._scores[member] = struct.unpack(f">{SHARDS}Q", stream)
+        return scores
