@@ -1,7 +1,7 @@
 -- pg-coordinator schema, version 8: one heartbeat row per shared session.
 --
 -- In poll mode one session of a process holds the locks of all the groups
--- it leads, and they live and die with it. Version 6 still refreshed one
+-- it leads, and they live and die with it. Version 7 still refreshed one
 -- heartbeat row per group led and one member row per group followed, every
 -- interval: with 100,000 groups and 50 processes that is millions of row
 -- updates a minute, for a fact that is one per process. Here a shared
