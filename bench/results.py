@@ -402,18 +402,18 @@ def _findings(r: Results) -> list[str]:
         "## What the figures show",
         "",
         f"- **Crash.** pg-coordinator's median is {format_seconds(overhead)} above the floor "
-        f"({format_seconds(r.floor_kill.median)}). Once the lock is granted, the new leader "
-        "takes office in one statement on its session (the prepared take-office statement: "
-        "term, heartbeat, event, NOTIFY, committed as one durable transaction: "
-        f"{format_seconds(r.commit.median)} alone here) and logs "
-        "`leadership_acquired` before `on_elected` runs; each round trip needs the client and "
-        "its backend scheduled again. A pals follower only returns from `pg_advisory_lock`: "
+        f"({format_seconds(r.floor_kill.median)}). The follower's waiting statement takes "
+        "office as soon as the server grants the lock (term, heartbeat, event, NOTIFY, one "
+        "durable transaction; a bare durable commit takes "
+        f"{format_seconds(r.commit.median)} here), with no round trip to the client between, "
+        "and `leadership_acquired` is logged before `on_elected` runs. A pals follower only "
+        "returns from `pg_advisory_lock`: "
         f"{format_seconds(_cell_median(_pals(r), Fault.KILL))}.",
         f"- **Graceful stop.** {format_seconds(r.ours[Fault.TERM].failover.median)} against "
         f"{format_seconds(r.floor_unlock.median)} for a bare unlock: on SIGTERM the leader "
-        "runs `on_demoted`, then resigns and unlocks in one statement, whose commit is "
-        "asynchronous (the next leader's durable commit flushes it too), and the next "
-        "leader takes office as above.",
+        "runs `on_demoted`, then one statement holds the leader row, unlocks and writes the "
+        "resignation, committed asynchronously (the next leader's durable commit flushes it "
+        "too); the next leader's term waits for that commit.",
     ]
     lines += _trace_findings(r)
     for fault in (Fault.STOP, Fault.BLACKHOLE):
@@ -493,37 +493,36 @@ def _trace_findings(r: Results) -> list[str]:
     lines = []
     for fault, trace in r.traces.items():
         at = {p.point: p.at.median for p in trace.phases}
+        office = at.get("take office commit recorded")
+        answered = at.get("the next leader's lock wait and take office answered")
         elected = at.get("the next leader's on_elected runs")
-        granted = at.get("the next leader's lock wait answered (granted)")
-        if elected is None or granted is None:
+        if office is None or answered is None or elected is None:
             continue
-        after = f"{format_seconds(elected - granted)} from the grant to `on_elected`"
-        committed = at.get("take office commit recorded")
-        answered = at.get("the next leader's take office answered")
-        flush = (
-            f" ({format_seconds(answered - committed)} of it from the commit record to the "
-            "answer: the WAL flush and the reply)"
-            if committed is not None and answered is not None
-            else ""
+        tail = (
+            f"{format_seconds(answered - office)} from that commit record to the answer (the "
+            f"WAL flush and the reply), and {format_seconds(elected - answered)} to "
+            "`on_elected`"
         )
-        if fault is Fault.TERM and "resign and unlock sent" in at:
-            sent = at["resign and unlock sent"]
+        resigned = at.get("resign commit recorded")
+        sent = at.get("resign and unlock sent")
+        if fault is Fault.TERM and resigned is not None and sent is not None:
             lines.append(
                 f"- **Where a graceful hand-over's time goes** (trace medians): "
                 f"{format_seconds(sent)} until the old leader sends its resignation (signal "
-                "handling, `on_demoted`), "
-                f"{format_seconds(granted - sent)} from that to the grant (the resign "
-                "statement runs and unlocks at its end; its commit is asynchronous, so nobody "
-                "waits for its flush), and "
-                f"{after}: the take-office statement's round trip and durable commit{flush}, "
-                "then the callback. pals does only the unlock."
+                f"handling, `on_demoted`); {format_seconds(resigned - sent)} until the "
+                "resignation commits (the statement unlocks before it writes, and the next "
+                "leader's waiting statement starts taking office meanwhile); "
+                f"{format_seconds(office - resigned)} until the next term commits (its update "
+                f"waits on the leader row for the resignation's commit); {tail}. pals does "
+                "only the unlock."
             )
         elif fault is Fault.KILL:
             lines.append(
                 f"- **Where a crash failover's time goes** (trace medians): "
-                f"{format_seconds(granted)} until the server grants the lock (as for any waiter), "
-                f"then {after}: the take-office round trip and durable commit{flush}, which "
-                "pals does not have."
+                f"{format_seconds(office)} until the next term's commit is recorded (the server "
+                "notices the dead session and grants the lock, as for any waiter, and the "
+                "waiting statement takes office at once); "
+                f"{tail}. pals only returns from the wait."
             )
     return lines
 
@@ -539,8 +538,9 @@ def _trace(r: Results) -> list[str]:
         "",
         f"A separate series of {r.ours[Fault.KILL].instances} traced instances (library "
         "defaults) per fault: `python -m bench` runs them with `--trace`, which adds a report "
-        "from the SIGTERM handler and from the client for each lock-wait, take-office and "
-        "resign statement (the resignation unlocks too; answered at the time shown, sent at "
+        "from the SIGTERM handler and from the client for each granted lock wait (which takes "
+        "office too), take-office and resign statement (the resignation unlocks too; "
+        "answered at the time shown, sent at "
         "that minus its elapsed time), and reads each commit's time from "
         "`pg_xact_commit_timestamp` of the `resigned` and `elected` events (PostgreSQL "
         "takes it just before the commit's WAL flush). Times are from the signal; **at** is "
