@@ -25,8 +25,8 @@ from bench.database import Database, embedded_server
 from bench.ours import Settings, run_trials
 from bench.peers import Context, Series, measure_peer, peers
 from bench.servers import Servers
-from bench.stats import Distribution, format_seconds
-from bench.trace import measure_trace
+from bench.stats import Distribution
+from bench.trace import measure_trace, print_trace
 from bench.venvs import ETCD3, PALS
 from coordinator.testing import LocalPostgres
 
@@ -80,14 +80,7 @@ async def _measure(server: LocalPostgres, trials: int, rounds: int, log_dir: Pat
         print(f"pals           {fault.value:<5} {peer.summary()}")
         print(f"  ratio of medians: {mine.median / peer.median:.2f}x", flush=True)
     for fault in (Fault.TERM, Fault.KILL):
-        trace = await measure_trace(await db(), fault, trials * rounds, log_dir)
-        print(f"hand-over trace, {fault.value} ({trace.trials} trials):")
-        for phase in trace.phases:
-            print(
-                f"  {phase.point:<55} at {format_seconds(phase.at.median):>9}  "
-                f"step {format_seconds(phase.step.median):>9}",
-                flush=True,
-            )
+        print_trace(await measure_trace(await db(), fault, trials * rounds, log_dir))
 
 
 if __name__ == "__main__":

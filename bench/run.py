@@ -53,7 +53,7 @@ from bench.published import PUBLISHED
 from bench.results import Results, keep_sections, markdown, raw
 from bench.servers import Servers, peer_servers
 from bench.stats import Distribution, format_seconds
-from bench.trace import measure_trace
+from bench.trace import measure_trace, print_trace
 from bench.venvs import APSCHEDULER4, ETCD3, PALS
 from coordinator.testing import LocalPostgres
 
@@ -179,13 +179,7 @@ async def _measure(
         traces[fault] = await measure_trace(
             await db(f"bench_trace_{fault.value}"), fault, plan.crash_trials, log_dir
         )
-        print(f"hand-over trace, {fault.value} ({traces[fault].trials} trials):")
-        for phase in traces[fault].phases:
-            print(
-                f"  {phase.point:<48} at {format_seconds(phase.at.median):>9}  "
-                f"step {format_seconds(phase.step.median):>9}",
-                flush=True,
-            )
+        print_trace(traces[fault])
 
     peer_results = await _measure_peers(servers, plan, log_dir, db)
     apscheduler = await measure_apscheduler(

@@ -30,9 +30,9 @@ from bench.children import Child, Record
 from bench.cluster import Fault, Trial
 from bench.database import Database
 from bench.ours import GROUP, Settings, run_trials
-from bench.stats import Distribution
+from bench.stats import Distribution, format_seconds
 
-__all__ = ["Phase", "Trace", "measure_trace"]
+__all__ = ["Phase", "Trace", "measure_trace", "print_trace"]
 
 
 @dataclass(frozen=True)
@@ -70,6 +70,17 @@ async def measure_trace(db: Database, fault: Fault, trials: int, log_dir: Path) 
         if at:
             phases.append(Phase(name, Distribution.of(at), Distribution.of(steps)))
     return Trace(fault, len(results), tuple(phases))
+
+
+def print_trace(trace: Trace) -> None:
+    """Each point's median time after the signal, and its median step, one line each."""
+    print(f"hand-over trace, {trace.fault.value} ({trace.trials} trials):")
+    for phase in trace.phases:
+        print(
+            f"  {phase.point:<55} at {format_seconds(phase.at.median):>9}  "
+            f"step {format_seconds(phase.step.median):>9}",
+            flush=True,
+        )
 
 
 def _step(row: list[float | None], i: int) -> float | None:

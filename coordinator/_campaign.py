@@ -103,7 +103,8 @@ class Trouble:
 
 
 class BlockingCampaign:
-    """One group on its own session, blocked in ``pg_advisory_lock`` while following."""
+    """One group on its own session, waiting in ``pg_advisory_lock`` while following
+    (bounded waits, sent again, that take office once granted)."""
 
     def __init__(
         self, config: CoordinatorConfig, sql: Statements, group: str, lock_key: int

@@ -2,8 +2,9 @@
 releases one group's advisory lock; the blocking campaign's seat.
 
 All statements on the connection are serialised by an asyncio lock, because
-an asyncpg connection runs one operation at a time. The blocking lock wait is
-the exception: while following, nothing else uses the session.
+an asyncpg connection runs one operation at a time. The lock waits (each
+bounded, and taking office once granted) are the exception: while
+following, nothing else uses the session.
 """
 
 from __future__ import annotations
@@ -83,8 +84,9 @@ async def resign_and_unlock(
     lock: tuple[int, int],
     prepared: asyncpg.prepared_stmt.PreparedStatement | None = None,
 ) -> None:
-    """Clear the holder, record why, notify and unlock, in one round trip: the
-    next waiter wakes at once (``prepared`` is that statement on ``conn``).
+    """Hold the leader row, unlock, then clear the holder, record why and
+    notify, in one round trip: the next waiter wakes at once, and its term
+    waits for this commit (``prepared`` is that statement on ``conn``).
 
     A switchover's resignation commits before the unlock instead: it starts
     the last ttl of the switchover's reservation, which the next waiter's
