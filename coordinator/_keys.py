@@ -11,6 +11,7 @@ refused by a unique constraint on the stored key, never silently shared.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 
 from coordinator._errors import ConfigurationError
 
@@ -18,6 +19,7 @@ __all__ = [
     "DEFAULT_LOCK_NAMESPACE",
     "MAX_GROUP_NAME_BYTES",
     "group_lock_key",
+    "group_set",
     "validate_group_name",
 ]
 
@@ -52,3 +54,13 @@ def group_lock_key(name: str) -> int:
     """The advisory-lock key of group ``name``: a non-negative int4."""
     digest = hashlib.sha256(name.encode("utf-8")).digest()
     return int.from_bytes(digest[:4], "big") & 0x7FFF_FFFF
+
+
+def group_set(names: Iterable[str]) -> str:
+    """The fingerprint of a list of groups: the md5 of its names, sorted, one per line.
+
+    Instances that run the same list share it: fair spreading counts them
+    together, and registration records a list once for all of them.
+    """
+    listed = "\n".join(sorted(names)).encode()
+    return hashlib.md5(listed, usedforsecurity=False).hexdigest()

@@ -18,6 +18,7 @@ import asyncpg
 
 from coordinator._config import HOST, CoordinatorConfig
 from coordinator._errors import ConfigurationError, KeyCollisionError
+from coordinator._keys import group_set
 from coordinator._logging import get_logger
 from coordinator._signals import HeartbeatDone
 from coordinator._sql import Statements
@@ -34,6 +35,7 @@ class Members:
         self._config = config
         self._sql = sql
         self._keys = keys
+        self._group_set = group_set(keys)
         self._log = log.bind(instance_id=config.instance_id)
 
     async def register(self, conn: asyncpg.Connection) -> None:
@@ -58,13 +60,20 @@ class Members:
         return HeartbeatDone(tuple(following), time.monotonic() - started, ok=True, batch=True)
 
     async def _register(self, conn: asyncpg.Connection) -> None:
-        """Record every group and its key, in one transaction that a collision rolls back."""
+        """Record every group and its key, in one transaction that a collision rolls back.
+
+        A list of groups already registered is one row to read
+        (``group_sets``), whatever its length; instances that start together
+        take turns, so that one registers the list and the others find it.
+        """
         ns = self._config.lock_namespace
-        names, keys = list(self._keys), list(self._keys.values())
-        if await conn.fetchval(self._sql.groups_registered, names, keys, ns):
+        if await conn.fetchval(self._sql.group_set_registered, self._group_set, ns):
             return
+        names, keys = list(self._keys), list(self._keys.values())
         async with conn.transaction():
-            await conn.execute(self._sql.register_groups, names, keys, ns, self._config.ttl)
+            args = (self._group_set, names, keys, ns, self._config.ttl)
+            if not await conn.fetchval(self._sql.register_group_set, *args):
+                return  # another instance registered this list meanwhile
             for row in await conn.fetch(self._sql.group_keys, names, keys, ns):
                 wanted, key = row["wanted"], self._keys[row["wanted"]]
                 if row["group_name"] != wanted:

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import json
 import math
 import os
@@ -42,11 +41,12 @@ from dataclasses import dataclass
 import asyncpg
 
 from coordinator._campaign import Seat, Trouble
-from coordinator._candidates import Candidates, Plan, members_channel, shard_channel, shard_of
+from coordinator._candidates import Candidates, Plan, handover_channel, members_channel
 from coordinator._config import HOST, CoordinatorConfig
 from coordinator._connect import connect
 from coordinator._describe import describe_error
 from coordinator._errors import TermExhausted
+from coordinator._keys import group_set
 from coordinator._logging import get_logger
 from coordinator._session import (
     NOT_HOLDING_SQLSTATE,
@@ -85,8 +85,7 @@ class SharedCampaign:
         self._sql = sql
         self._keys = dict(keys)  # group -> lock key
         # Fair spreading counts the live sessions that run this same list.
-        listed = "\n".join(sorted(keys)).encode()
-        self._group_set = hashlib.md5(listed, usedforsecurity=False).hexdigest()
+        self._group_set = group_set(keys)
         self._candidates = Candidates(config.instance_id, keys, fair=config.fair_spread)
         self._plan: Plan | None = None
         self._members_seen = 0
@@ -94,7 +93,7 @@ class SharedCampaign:
         self._summoned: set[str] = set()  # groups a switchover names this instance for
         self._watching = False
         self._looked_at = -math.inf
-        self._listening: set[int] = set()  # the shards whose channels this session listens to
+        self._listening: set[str] = set()  # the hand-over channels this session listens to
         #: Set after every poll: the coordinator starts the electors of the groups
         #: in :attr:`wanted` that do not run (one that was just resting may have
         #: missed the change that made it wanted again).
@@ -145,6 +144,10 @@ class SharedCampaign:
         and those a switchover named it the target of."""
         return (self._plan.wanted if self._plan is not None else frozenset()) | self._summoned
 
+    def _wants(self, group: str) -> bool:
+        """``group in self.wanted``, without building the set (each elector asks)."""
+        return (self._plan is not None and group in self._plan.wanted) or group in self._summoned
+
     # -- driven by the electors and the heartbeat job -------------------------------
 
     async def win(self, group: str) -> Term | None:
@@ -153,7 +156,7 @@ class SharedCampaign:
         None once this process is no longer a candidate for ``group``: its
         elector then rests, and costs no task, until it is a candidate again.
         """
-        if group not in self.wanted:
+        if not self._wants(group):
             return None
         future: asyncio.Future[Term | None] = asyncio.get_running_loop().create_future()
         self._waiting[group] = future
@@ -374,11 +377,11 @@ class SharedCampaign:
         self._conn = conn
 
     async def _listen(self, conn: asyncpg.Connection, groups: frozenset[str]) -> None:
-        """Listen to the shard channels of ``groups``: hand-overs of others are not news here."""
-        shards = {shard_of(self._keys[group]) for group in groups} - self._listening
-        for shard in sorted(shards):
-            await conn.add_listener(shard_channel(self._config.schema, shard), self._notified)
-            self._listening.add(shard)
+        """Listen to the hand-over channels of ``groups``: others' hand-overs are not news here."""
+        channels = {handover_channel(self._config.schema, self._keys[group]) for group in groups}
+        for channel in sorted(channels - self._listening):
+            await conn.add_listener(channel, self._notified)
+            self._listening.add(channel)
 
     def _closed(self, conn: asyncpg.Connection) -> None:
         """Every term on this session ends with it."""
@@ -431,7 +434,7 @@ class SharedCampaign:
         candidates = [
             name
             for name in self._waiting
-            if (name in plan.wanted or name in self._summoned)
+            if self._wants(name)
             and name not in self._held
             and self._keys[name] not in self._locked
             and self._cooldown.get(name, 0.0) <= now
@@ -560,7 +563,7 @@ class SharedCampaign:
             async with self._busy:
                 await self._listen(conn, plan.wanted)
             for group, future in self._waiting.items():
-                if group not in self.wanted and not future.done():
+                if not self._wants(group) and not future.done():
                     future.set_result(None)  # not a candidate any more: its elector rests
         return self._plan
 

@@ -75,15 +75,19 @@ class Statements:
         SELECT {schema}.register_groups($1::text[], $2::int[], $3, $4)
     """
 
-    # Whether every group of $1 names is registered already with its key of $2
-    # in namespace $3: then registering writes nothing and no name can collide
-    # (the key is unique), so a fleet that restarts with 100,000 groups reads
-    # them once instead of writing and joining them again.
-    groups_registered: str = """
-        SELECT count(*) = cardinality($1::text[])
-          FROM unnest($1::text[], $2::int[]) AS g(name, key)
-          JOIN {schema}.leaders AS l
-            ON l.group_name = g.name AND l.lock_namespace = $3 AND l.lock_key = g.key
+    # Whether the list of groups whose fingerprint is $1 (``group_set``) is
+    # registered in namespace $2: then registering writes nothing and no name
+    # can collide, so a fleet that restarts with 100,000 groups reads one row.
+    group_set_registered: str = """
+        SELECT EXISTS (SELECT 1 FROM {schema}.group_sets
+                        WHERE group_set = $1 AND lock_namespace = $2)
+    """
+
+    # Registers a list of groups once, taking turns with other instances:
+    # false when it was registered meanwhile. $1 fingerprint, $2 names,
+    # $3 keys, $4 namespace, $5 ttl.
+    register_group_set: str = """
+        SELECT {schema}.register_group_set($1, $2::text[], $3::int[], $4, $5)
     """
 
     group_keys: str = """
@@ -287,10 +291,8 @@ class Statements:
     # term's backend still holds the lock. $1 group names, $2 their terms,
     # $3 reasons, $4 instance.
     record_lost: str = """
-        SELECT lost.group_name, recorded.lost_term
-          FROM unnest($1::text[], $2::bigint[], $3::text[]) AS lost(group_name, term, reason),
-               LATERAL {schema}.record_lost(lost.group_name, $4, lost.term, lost.reason)
-                       AS recorded
+        SELECT group_name, lost_term
+          FROM {schema}.record_lost_all($1::text[], $4, $2::bigint[], $3::text[])
     """
 
     # The monitor, in one statement. A stale holder (heartbeat older than its

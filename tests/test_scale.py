@@ -297,3 +297,23 @@ async def test_session_heartbeat_ends_a_seat_whose_leader_row_is_no_longer_ours(
         # A seat in doubt replaces the shared session; every group is won again.
         await wait_until(lambda: _leads_all(dsn, "beating", len(groups)), 30, what="won again")
         assert coord.group(groups[0]).term == 2
+
+
+async def test_a_registered_list_of_groups_is_one_row(dsn: str) -> None:
+    """Instances started together record their list once; a changed list is a new one."""
+    groups = names(3000)
+    fleet = [coordinator(dsn, f"member-{n}", *groups, **POLL, **ROOMY) for n in range(4)]
+    try:
+        await asyncio.gather(*(member.start() for member in fleet))
+        async with connected(dsn) as conn:
+            sets = await conn.fetch("SELECT group_count FROM coordinator.group_sets")
+            assert await conn.fetchval("SELECT count(*) FROM coordinator.leaders") == len(groups)
+        assert [row["group_count"] for row in sets] == [len(groups)]
+        extra = coordinator(dsn, "member-extra", *groups, "one-more", **POLL, **ROOMY)
+        async with extra:
+            await extra.group("one-more").wait_elected(30)
+        async with connected(dsn) as conn:
+            counts = await conn.fetch("SELECT group_count FROM coordinator.group_sets")
+        assert sorted(row["group_count"] for row in counts) == [len(groups), len(groups) + 1]
+    finally:
+        await asyncio.gather(*(member.stop() for member in fleet))

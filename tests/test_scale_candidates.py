@@ -11,7 +11,12 @@ from collections.abc import Callable
 import pytest
 
 from coordinator import Coordinator, group_lock_key
-from coordinator._candidates import CANDIDATES, SHARDS, Candidates, shard_channel, shard_of
+from coordinator._candidates import (
+    CANDIDATES,
+    HANDOVER_CHANNELS,
+    Candidates,
+    handover_channel,
+)
 from coordinator.testing import CoordinatorProcess, distinct_group_names
 from helpers import connected, coordinator, wait_until
 
@@ -137,23 +142,20 @@ async def _led_without(dsn: str, gone: str, count: int) -> bool:
 
 
 @pytest.mark.slow
-async def test_a_hand_over_is_announced_on_its_shard_channel_only(dsn: str) -> None:
-    """Pollers listen to the shards of their groups: a resign reaches that shard's channel."""
+async def test_a_hand_over_is_announced_on_its_channel_only(dsn: str) -> None:
+    """Pollers listen to the hand-over channels of their groups: a resign reaches its own."""
     groups = keys(30)
     name = next(iter(groups))
-    shard = shard_of(groups[name])
-    other = (shard + 1) % SHARDS
+    mine = handover_channel("coordinator", groups[name])
+    other_key = groups[name] + 1
     heard: dict[str, list[dict[str, object]]] = {"mine": [], "other": [], "all": []}
     async with connected(dsn) as listener:
         await listener.add_listener(
             "coordinator_leadership", lambda *args: heard["all"].append(json.loads(args[3]))
         )
+        await listener.add_listener(mine, lambda *args: heard["mine"].append(json.loads(args[3])))
         await listener.add_listener(
-            shard_channel("coordinator", shard),
-            lambda *args: heard["mine"].append(json.loads(args[3])),
-        )
-        await listener.add_listener(
-            shard_channel("coordinator", other),
+            handover_channel("coordinator", other_key),
             lambda *args: heard["other"].append(json.loads(args[3])),
         )
         async with coordinator(dsn, "leader", *groups, **POLL, **ROOMY) as coord:
@@ -163,10 +165,11 @@ async def test_a_hand_over_is_announced_on_its_shard_channel_only(dsn: str) -> N
             async def announced() -> bool:
                 return any(n["group"] == name and n["kind"] == "resigned" for n in heard["mine"])
 
-            await wait_until(announced, 10, what="the resignation on its shard channel")
+            await wait_until(announced, 10, what="the resignation on its hand-over channel")
     assert all(n["kind"] != "elected" for n in heard["mine"])  # only what may free a group
     assert {"elected", "resigned"} <= {n["kind"] for n in heard["all"] if n["group"] == name}
-    assert all(shard_of(groups[str(n["group"])]) == other for n in heard["other"])
+    other = other_key % HANDOVER_CHANNELS
+    assert all(groups[str(n["group"])] % HANDOVER_CHANNELS == other for n in heard["other"])
 
 
 @pytest.mark.slow

@@ -44,11 +44,12 @@ REVOKE ALL ON ALL TABLES IN SCHEMA coordinator FROM coordinator_app;
 -- `history`, `watch` and the /leader endpoints read the rest.
 GRANT SELECT ON coordinator.schema_migrations, coordinator.leaders, coordinator.heartbeats,
     coordinator.events, coordinator.leader_status, coordinator.settings,
-    coordinator.sessions, coordinator.switchovers TO coordinator_app;
+    coordinator.sessions, coordinator.switchovers, coordinator.group_sets TO coordinator_app;
 
 -- Every change of state, each checked by the function itself.
 GRANT EXECUTE ON FUNCTION
     coordinator.register_groups(text[], integer[], integer, float8),
+    coordinator.register_group_set(text, text[], integer[], integer, float8),
     coordinator.take_office(text[], text, text, integer, float8),
     coordinator.campaign(text, text, text, integer, float8, integer),
     coordinator.leader_heartbeat(text, integer, text[], bigint[]),
@@ -56,6 +57,7 @@ GRANT EXECUTE ON FUNCTION
     coordinator.resign(text, text, bigint, text),
     coordinator.resign_and_unlock(text, text, bigint, text, integer, integer),
     coordinator.record_lost(text, text, bigint, text),
+    coordinator.record_lost_all(text[], text, bigint[], text[]),
     coordinator.fence_stale_leaders(text),
     coordinator.prune_events(float8),
     coordinator.prune_members(float8),
