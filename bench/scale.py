@@ -491,7 +491,7 @@ def report(single: list[dict[str, Any]], spread: list[dict[str, Any]], command: 
     return "\n".join(lines)
 
 
-def tier_report(tiers: list[dict[str, Any]], command: str) -> str:
+def tier_report(tiers: list[dict[str, Any]], failed: list[tuple[str, str]], command: str) -> str:
     lines = [
         TIER_BEGIN,
         "### The tier: many processes, fair spreading on, three SIGKILLed in turn",
@@ -521,6 +521,7 @@ def tier_report(tiers: list[dict[str, Any]], command: str) -> str:
             f"{row['rss_mb']:.0f} MB | {row['re_led_median_s']:.2f} s / "
             f"{row['re_led_max_s']:.2f} s ({row['orphans']:.0f} groups) |"
         )
+    lines += [f"| {row} | did not settle: {why} |" + " |" * 9 for row, why in failed]
     lines += [
         "",
         "Times are from the start of the first process; a process's start-up is from "
@@ -564,12 +565,14 @@ async def run(args: argparse.Namespace) -> None:
             spread.append({"fair": fair, **row})
             print(f"{args.processes} processes, fair={fair}: {row}", flush=True)
         tiers: list[dict[str, Any]] = []
+        failed: list[tuple[str, str]] = []  # (processes x groups, why)
         for processes, count in args.tiers:
             rig = Rig(server, await fresh_database(server, f"tier_{processes}_{count}"))
             try:
                 row = await tier(rig, processes, count)
             except (TimeoutError, MemoryError) as error:  # the smaller rows still count
                 print(f"tier, {processes} processes x {count} groups: failed: {error}", flush=True)
+                failed.append((f"{processes} x {count:,}", str(error).split(":")[0]))
                 continue
             tiers.append(row)
             print(f"tier, {processes} processes x {count} groups: {row}", flush=True)
@@ -579,7 +582,7 @@ async def run(args: argparse.Namespace) -> None:
         write_section(section)
     if tiers:
         plot_costs(tiers, PLOT)
-        section = tier_report(tiers, args.command)
+        section = tier_report(tiers, failed, args.command)
         print(section)
         write_section(section, TIER_BEGIN, TIER_END)
 
