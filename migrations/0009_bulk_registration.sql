@@ -20,9 +20,10 @@
 --   listening to the shard channels during a rolling upgrade, hear no
 --   hand-over and find free groups at their next poll.
 -- * record_lost_all: the lost leaderships of a session, recorded in one
---   statement that copies the lock table once. record_lost (kept for
---   earlier releases) looks the lock up per group, and at 100,000 locks each
---   look copies the whole table: 44 s for one process's 2,000 groups.
+--   statement that copies the lock table once. record_lost looked the lock
+--   up per group, and at 100,000 locks each look copies the whole table:
+--   44 s for one process's 2,000 groups. It stays, for earlier releases, as
+--   record_lost_all of one group.
 
 CREATE TABLE coordinator.group_sets (
     group_set       text        NOT NULL,
@@ -97,6 +98,20 @@ AS $$
       FROM ended, LATERAL coordinator.record_event(ended.group_name, 'lost', ended.term,
                                                    record_lost_all.instance_id,
                                                    ended.reason) AS recorded
+$$;
+
+-- The one-group form, for earlier releases, is now the same rule.
+CREATE OR REPLACE FUNCTION coordinator.record_lost(
+    group_name text, instance_id text, term bigint, reason text)
+RETURNS TABLE (lost_term bigint)
+LANGUAGE sql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT recorded.lost_term
+      FROM coordinator.record_lost_all(ARRAY[record_lost.group_name], record_lost.instance_id,
+                                       ARRAY[record_lost.term], ARRAY[record_lost.reason])
+           AS recorded
 $$;
 
 CREATE OR REPLACE FUNCTION coordinator.record_event(

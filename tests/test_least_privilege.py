@@ -255,6 +255,10 @@ async def test_a_forged_term_is_refused_by_every_function(
             "SELECT * FROM coordinator.record_lost($1, 'a', 1, 'forged')", GROUP
         )
         assert lost == []
+        lost = await conn.fetch(
+            "SELECT * FROM coordinator.record_lost_all(ARRAY[$1], 'a', '{1}', '{forged}')", GROUP
+        )
+        assert lost == []
         await conn.execute("SELECT coordinator.member_heartbeat($1, 'a', 'h', 1)", [GROUP])
         assert await conn.fetch("SELECT * FROM coordinator.fence_stale_leaders('forger')") == []
         with pytest.raises(asyncpg.PostgresError) as stale:
