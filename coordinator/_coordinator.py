@@ -265,6 +265,7 @@ class Coordinator:
         if self._shared is not None:
             await self._shared.stop()
         await self._jobs.stop(timeout=self.config.heartbeat_timeout)
+        await self._handovers.stop()
         await self._lost.stop()
         with contextlib.suppress(Exception):  # members expire on their own anyway
             await self._control.run(
@@ -280,12 +281,12 @@ class Coordinator:
     async def _heartbeat_job(self) -> None:
         """Leaders beat through their campaigns, followers in one statement; all at once."""
         try:
+            # Switchover requests are read again every cycle (a notification is
+            # only a hint), beside the beat: the job, and so the next beat, never
+            # waits for the control connection's other users.
+            self._handovers.check_soon()
             sources = (source.heartbeat() for source in self._beating)
-            # Switchover requests are read again alongside (a notification is only
-            # a hint), so the job lasts no longer than its slowest statement.
-            beats, _ = await asyncio.gather(
-                asyncio.gather(*sources, self._member_heartbeat()), self._handovers.check()
-            )
+            beats = await asyncio.gather(*sources, self._member_heartbeat())
             for beat in beats:
                 if beat is not None:
                     self._listeners.emit(beat)

@@ -151,9 +151,28 @@ class HandOvers:
         with contextlib.suppress(ValueError, AttributeError):
             if json.loads(payload).get("instance_id") != self._config.instance_id:
                 return
+        self._start_check()
+
+    def check_soon(self) -> None:
+        """Read the requests in a task of their own, unless a read is running already.
+
+        The heartbeat job asks every cycle (a notification is only a hint)
+        and does not wait: the control connection can be slow under load
+        (the monitor's scan, lost events), and a beat must never wait for it.
+        """
+        if not self._checks:
+            self._start_check()
+
+    def _start_check(self) -> None:
         task = asyncio.create_task(self.check())
         self._checks.add(task)
         task.add_done_callback(self._checks.discard)
+
+    async def stop(self) -> None:
+        """End the reads still running (the coordinator is stopping)."""
+        for task in self._checks:
+            task.cancel()
+        await asyncio.gather(*self._checks, return_exceptions=True)
 
     async def check(self) -> None:
         """Read the requests addressed to this instance; end each term they name."""
