@@ -226,7 +226,11 @@ class Coordinator:
 
     def _start_electors(self) -> None:
         if self._polls():
-            shared = self._shared = SharedCampaign(self.config, self._sql, self._keys())
+            members = self._members
+            assert members is not None  # the electors start after the groups are registered
+            shared = self._shared = SharedCampaign(
+                self.config, self._sql, members.keys, members.group_set
+            )
             self._beating = [shared]
             shared.start()
             self._enlisting = asyncio.create_task(

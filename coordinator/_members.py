@@ -35,8 +35,13 @@ class Members:
         self._config = config
         self._sql = sql
         self._keys = keys
-        self._group_set = group_set(keys)
+        #: The fingerprint of this list of groups (see ``group_set``).
+        self.group_set = group_set(keys)
         self._log = log.bind(instance_id=config.instance_id)
+
+    @property
+    def keys(self) -> Mapping[str, int]:
+        return self._keys
 
     async def register(self, conn: asyncpg.Connection) -> None:
         """Refuse what cannot work, then record every group and its key in one transaction."""
@@ -67,11 +72,11 @@ class Members:
         take turns, so that one registers the list and the others find it.
         """
         ns = self._config.lock_namespace
-        if await conn.fetchval(self._sql.group_set_registered, self._group_set, ns):
+        if await conn.fetchval(self._sql.group_set_registered, self.group_set, ns):
             return
         names, keys = list(self._keys), list(self._keys.values())
         async with conn.transaction():
-            args = (self._group_set, names, keys, ns, self._config.ttl)
+            args = (self.group_set, names, keys, ns, self._config.ttl)
             if not await conn.fetchval(self._sql.register_group_set, *args):
                 return  # another instance registered this list meanwhile
             for row in await conn.fetch(self._sql.group_keys, names, keys, ns):

@@ -46,7 +46,6 @@ from coordinator._config import HOST, CoordinatorConfig
 from coordinator._connect import connect
 from coordinator._describe import describe_error
 from coordinator._errors import TermExhausted
-from coordinator._keys import group_set
 from coordinator._logging import get_logger
 from coordinator._session import (
     NOT_HOLDING_SQLSTATE,
@@ -80,12 +79,14 @@ BATCH = 2000
 class SharedCampaign:
     """The poller, and the one connection that holds this process's locks."""
 
-    def __init__(self, config: CoordinatorConfig, sql: Statements, keys: Mapping[str, int]) -> None:
+    def __init__(
+        self, config: CoordinatorConfig, sql: Statements, keys: Mapping[str, int], group_set: str
+    ) -> None:
         self._config = config
         self._sql = sql
         self._keys = dict(keys)  # group -> lock key
         # Fair spreading counts the live sessions that run this same list.
-        self._group_set = group_set(keys)
+        self._group_set = group_set
         self._candidates = Candidates(config.instance_id, keys, fair=config.fair_spread)
         self._plan: Plan | None = None
         self._members_seen = 0
