@@ -17,9 +17,10 @@ from collections.abc import Mapping
 import asyncpg
 
 from coordinator._config import HOST, CoordinatorConfig
-from coordinator._errors import ConfigurationError, KeyCollisionError
+from coordinator._errors import ConfigurationError, KeyCollisionError, SchemaNotMigrated
 from coordinator._keys import group_set
 from coordinator._logging import get_logger
+from coordinator._migrations import GRANT_HINT
 from coordinator._signals import HeartbeatDone
 from coordinator._sql import Statements
 
@@ -46,7 +47,12 @@ class Members:
     async def register(self, conn: asyncpg.Connection) -> None:
         """Refuse what cannot work, then record every group and its key in one transaction."""
         await self._check_capacity(conn)
-        await self._register(conn)
+        try:
+            await self._register(conn)
+        except asyncpg.InsufficientPrivilegeError as error:
+            raise SchemaNotMigrated(
+                f"this role may not register groups ({error}): {GRANT_HINT}"
+            ) from None
 
     async def heartbeat(
         self, conn: asyncpg.Connection, following: list[str]

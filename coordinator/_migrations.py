@@ -24,7 +24,7 @@ from coordinator._keys import DEFAULT_LOCK_NAMESPACE, group_lock_key
 from coordinator._logging import get_logger
 from coordinator._sql import Statements, in_schema
 
-__all__ = ["Migration", "available_migrations", "check_schema", "migrate"]
+__all__ = ["GRANT_HINT", "Migration", "available_migrations", "check_schema", "migrate"]
 
 log = get_logger(__name__)
 
@@ -139,6 +139,10 @@ def _check_applied(applied: dict[int, asyncpg.Record], migrations: list[Migratio
             )
 
 
+#: What a role missing a privilege needs (after every migration that adds one).
+GRANT_HINT = "run `coordinator grant --role <role>` as the schema's owner (see docs/operations.md)"
+
+
 async def check_schema(conn: asyncpg.Connection, schema: str, schema_version_sql: str) -> None:
     """Refuse to start on a schema that is missing or older than this code."""
     hint = f"run `coordinator migrate` (schema {schema!r}) against this database first"
@@ -147,10 +151,7 @@ async def check_schema(conn: asyncpg.Connection, schema: str, schema_version_sql
     except (asyncpg.UndefinedTableError, asyncpg.InvalidSchemaNameError):
         raise SchemaNotMigrated(f"the coordinator tables are missing: {hint}") from None
     except asyncpg.InsufficientPrivilegeError:
-        raise SchemaNotMigrated(
-            f"this role may not use schema {schema!r}: run `coordinator grant --role <role>` "
-            "as the schema's owner (see docs/operations.md)"
-        ) from None
+        raise SchemaNotMigrated(f"this role may not use schema {schema!r}: {GRANT_HINT}") from None
     need = latest_version()
     if have < need:
         raise SchemaNotMigrated(

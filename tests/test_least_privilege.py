@@ -162,6 +162,24 @@ async def test_the_role_can_do_nothing_beyond_its_work(
                 await conn.execute(statement)
 
 
+async def test_a_role_granted_before_an_upgrade_is_told_to_run_grant(
+    dsn: str, make_role: Callable[..., Awaitable[Role]]
+) -> None:
+    """A role without what a newer migration added (here SELECT on group_sets, from 0009):
+    ``coordinator run`` refuses in one line that names the fix, and registers nothing."""
+    role = await make_role()
+    async with connected(dsn) as conn:
+        await conn.execute(f'REVOKE SELECT ON coordinator.group_sets FROM "{role.name}"')
+    result = cli("run", "--dsn", role.dsn, "--group", "scheduler", "--start-timeout", "5")
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "permission denied for table group_sets" in lines[0]
+    assert "run `coordinator grant --role <role>`" in lines[0]
+    async with connected(dsn) as conn:
+        assert await conn.fetchval("SELECT count(*) FROM coordinator.leaders") == 0
+
+
 async def test_no_table_can_be_written_directly(
     dsn: str, make_role: Callable[..., Awaitable[Role]]
 ) -> None:
