@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import itertools
 import os
 import time
 from types import TracebackType
@@ -36,7 +37,7 @@ from coordinator._members import Members
 from coordinator._migrations import check_schema
 from coordinator._monitor import Monitor
 from coordinator._otel import untraced
-from coordinator._shared import SharedCampaign
+from coordinator._shared import BATCH, SharedCampaign
 from coordinator._signals import HeartbeatDone, Listener, Signal
 from coordinator._sql import Statements
 from coordinator._switchover import HandOvers
@@ -246,15 +247,18 @@ class Coordinator:
         """Poll mode: run the elector of every group this instance is a candidate for.
 
         The others cost no task (see ``coordinator._candidates``): with
-        100,000 groups a process runs a few thousand electors.
+        100,000 groups a process runs a few thousand electors. At most a
+        :data:`~coordinator._shared.BATCH` start after each poll, the rest
+        after the next ones: the first of a fleet started together counts
+        itself alone and wants every group, and starting 100,000 electors at
+        once would hold the event loop, and so its heartbeat, for seconds.
         """
         while True:
             await shared.polled.wait()
             shared.polled.clear()
-            for name in shared.wanted:
-                elector = self._electors[name]
-                if not elector.started:
-                    elector.start(shared.candidacy(name))
+            idle = (name for name in shared.wanted if not self._electors[name].started)
+            for name in itertools.islice(idle, BATCH):
+                self._electors[name].start(shared.candidacy(name))
 
     @untraced
     async def stop(self) -> None:

@@ -69,10 +69,11 @@ log = get_logger()
 WATCHERS = 2
 #: Kinds of NOTIFY after which a group may be free: worth polling at once.
 _VACATING = frozenset({"resigned", "fenced", "expired", "lost"})
-#: The most groups tried and taken office for, or resigned, in one statement:
-#: a process alone with 100,000 groups takes them in rounds this size, polling
-#: again at once, so that no statement holds the shared session (and so its
-#: heartbeat) for long.
+#: The most groups tried and taken office for, or resigned, in one statement,
+#: and the most electors started or handed over after one poll: a process
+#: alone with 100,000 groups takes them in rounds this size, polling again at
+#: once, so that neither a statement nor a burst of electors holds the shared
+#: session or the event loop (and so the heartbeat) for long.
 BATCH = 2000
 
 
@@ -575,6 +576,9 @@ class SharedCampaign:
             for group, term in self._held.items()
             if term.ended is None and group not in assigned
         ]
+        if len(surplus) > BATCH:  # a batch a poll, the next at once: the loop stays free
+            surplus = surplus[:BATCH]
+            self._wake.set()
         for term in surplus:
             term.end(DemotionReason.RESIGNED)
         if surplus:

@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
+import asyncpg
 import pytest
 
 from coordinator import ConfigurationError, Coordinator, HeartbeatDone, Signal
@@ -317,3 +318,36 @@ async def test_a_registered_list_of_groups_is_one_row(dsn: str) -> None:
         assert sorted(row["group_count"] for row in counts) == [len(groups), len(groups) + 1]
     finally:
         await asyncio.gather(*(member.stop() for member in fleet))
+
+
+async def test_a_process_alone_takes_more_groups_than_a_batch_in_rounds(
+    dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Electors start a batch after each poll, and the rounds go on until every group is led."""
+    monkeypatch.setattr("coordinator._coordinator.BATCH", 10)
+    monkeypatch.setattr("coordinator._shared.BATCH", 10)
+    groups = names(35)
+    async with coordinator(dsn, "alone", *groups, **POLL) as coord:
+        await wait_until(lambda: _leads_all(dsn, "alone", len(groups)), 30, what="all led")
+        assert all(coord.group(name).is_leader for name in groups)
+    async with connected(dsn) as conn:
+        # Taken in rounds: no transaction gave out more than a batch of terms.
+        rounds = await conn.fetch(
+            "SELECT count(*) AS terms FROM coordinator.events WHERE kind = 'elected' "
+            "GROUP BY xmin::text"
+        )
+    assert max(row["terms"] for row in rounds) <= 10
+    assert sum(row["terms"] for row in rounds) == len(groups)
+
+
+async def test_a_refused_term_names_ten_groups_and_counts_the_rest(dsn: str) -> None:
+    """take_office from a backend without the locks: a short message, whatever the count."""
+    groups = names(12)
+    async with coordinator(dsn, "holder", *groups, **POLL), connected(dsn) as conn:
+        with pytest.raises(asyncpg.PostgresError) as refused:
+            await conn.fetch(
+                "SELECT * FROM coordinator.take_office($1, 'forger', 'h', 1, 5)", groups
+            )
+    assert refused.value.sqlstate == "LT002"
+    listed = ", ".join(sorted(groups)[:10])
+    assert f"advisory lock of group(s) {listed} and 2 more" in str(refused.value)
