@@ -62,9 +62,20 @@ async def running(*coords: Coordinator) -> AsyncIterator[None]:
 
 
 def loops_alive(coord: Coordinator) -> bool:
-    """Whether every election loop of ``coord`` still runs (no public API shows the tasks)."""
+    """Whether every loop of ``coord`` still runs (no public API shows the tasks).
+
+    In blocking mode each group's elector runs from start to stop. In poll mode
+    the shared campaign and the loop that starts candidacies run throughout,
+    and an elector rests (no task) while its process is not a candidate, for
+    instance while the other members' rows are missing after a crash; a task
+    that has finished is a loop that died."""
     tasks = [elector._task for elector in coord._electors.values()]
-    return all(task is not None and not task.done() for task in tasks)
+    if coord._shared is None:
+        return all(task is not None and not task.done() for task in tasks)
+    loops = [coord._shared._task, coord._enlisting]
+    return all(task is not None and not task.done() for task in loops) and all(
+        task is None or not task.done() for task in tasks
+    )
 
 
 async def _failing(coord: Coordinator) -> dict[str, str]:
