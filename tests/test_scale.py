@@ -277,8 +277,16 @@ async def _spread_over(dsn: str, leaders: set[str], count: int) -> dict[str, int
     return spread if max(spread.values()) <= -(-count // len(leaders)) + 1 else None
 
 
-async def test_session_heartbeat_ends_a_seat_whose_leader_row_is_no_longer_ours(dsn: str) -> None:
-    """The one-row heartbeat still checks each seat: a row naming another holder ends it."""
+@pytest.mark.parametrize(
+    ("change", "next_term"),
+    [("holder = 'someone-else'", 2), ("term = term + 10", 12), ("backend_pid = 0", 2)],
+    ids=["holder", "term", "backend"],
+)
+async def test_session_heartbeat_ends_a_seat_whose_leader_row_is_no_longer_ours(
+    dsn: str, change: str, next_term: int
+) -> None:
+    """The one-row heartbeat still checks each seat: a row naming another holder, term
+    or backend ends it."""
     groups = names(30)
     demoted: list[str] = []
     coord = coordinator(dsn, "beating", *groups, **POLL, heartbeat_interval=0.2)
@@ -287,8 +295,7 @@ async def test_session_heartbeat_ends_a_seat_whose_leader_row_is_no_longer_ours(
         await wait_until(lambda: _leads_all(dsn, "beating", len(groups)), 30, what="all won")
         async with connected(dsn) as conn:  # the test's superuser, past the owner's functions
             await conn.execute(
-                "UPDATE coordinator.leaders SET holder = 'someone-else' WHERE group_name = $1",
-                groups[0],
+                f"UPDATE coordinator.leaders SET {change} WHERE group_name = $1", groups[0]
             )
 
         async def seat_ended() -> bool:
@@ -297,7 +304,7 @@ async def test_session_heartbeat_ends_a_seat_whose_leader_row_is_no_longer_ours(
         await wait_until(seat_ended, 10, what="the seat to end")
         # A seat in doubt replaces the shared session; every group is won again.
         await wait_until(lambda: _leads_all(dsn, "beating", len(groups)), 30, what="won again")
-        assert coord.group(groups[0]).term == 2
+        assert coord.group(groups[0]).term == next_term
 
 
 async def test_a_registered_list_of_groups_is_one_row(dsn: str) -> None:
