@@ -25,7 +25,6 @@ from coordinator._sql import Statements
 from coordinator._term import DemotionReason, Term
 
 __all__ = [
-    "NOT_HOLDING_SQLSTATE",
     "HeldOff",
     "LockSession",
     "Reserved",
@@ -39,9 +38,6 @@ log = get_logger(__name__)
 
 #: take_office refused: a switchover reserves the group for another member.
 RESERVED_SQLSTATE = "LT003"
-#: take_office refused: this backend holds no lock of a group of that name
-#: (also when the group's leader row is gone: a server that lost recent commits).
-NOT_HOLDING_SQLSTATE = "LT002"
 #: The largest term: the term column is a bigint.
 LAST_TERM = 2**63 - 1
 

@@ -48,7 +48,6 @@ from coordinator._describe import describe_error
 from coordinator._errors import TermExhausted
 from coordinator._logging import get_logger
 from coordinator._session import (
-    NOT_HOLDING_SQLSTATE,
     Reserved,
     log_ended_transactions,
     refused_as_reserved,
@@ -100,7 +99,6 @@ class SharedCampaign:
         #: in :attr:`wanted` that do not run (one that was just resting may have
         #: missed the change that made it wanted again).
         self.polled = asyncio.Event()
-        self._by_key = {key: name for name, key in keys.items()}
         self._conn: asyncpg.Connection | None = None
         self._busy = asyncio.Lock()
         self._wake = asyncio.Event()
@@ -449,24 +447,17 @@ class SharedCampaign:
         if len(candidates) > BATCH:
             candidates = candidates[:BATCH]
             self._wake.set()
-        keys = [self._keys[name] for name in candidates]
-        async with self._busy:
-            rows = await conn.fetch(
-                self._sql.try_locks, self._config.lock_namespace, keys, len(keys)
-            )
-        self._locked.update(row["lock_key"] for row in rows)
-        won = [self._by_key[row["lock_key"]] for row in rows]
-        if won:
-            await self._take_office(conn, won)
+        await self._take_office(conn, candidates)
 
-    async def _take_office(self, conn: asyncpg.Connection, won: list[str]) -> None:
-        """Start the next term of every group won, together; one by one if fencing holds some."""
+    async def _take_office(self, conn: asyncpg.Connection, candidates: list[str]) -> None:
+        """Try the locks of ``candidates`` and start the next term of every group won,
+        together; one by one if fencing holds some. A failed try holds no lock."""
         started = time.monotonic()
         try:
-            offices = await self._office_transaction(conn, won)
+            offices = await self._office_transaction(conn, candidates)
         except (asyncpg.LockNotAvailableError, Reserved, TermExhausted):
             offices = []
-            for group in won:
+            for group in candidates:
                 try:
                     offices += await self._office_transaction(conn, [group])
                 except asyncpg.LockNotAvailableError:
@@ -482,14 +473,7 @@ class SharedCampaign:
                     if group not in self._exhausted:  # said once; tried again every poll
                         self._log.warning("take_office_failed", group=group, error=str(error))
                     self._exhausted[group] = describe_error(error)
-        taken = dict(offices)
-        for group in won:
-            if group not in taken:
-                async with self._busy:
-                    await conn.execute(
-                        self._sql.unlock, self._config.lock_namespace, self._keys[group]
-                    )
-                self._locked.discard(self._keys[group])
+        self._locked.update(self._keys[group] for group, _ in offices)
         for group, number in offices:
             self._summoned.discard(group)
             self._exhausted.pop(group, None)
@@ -507,26 +491,24 @@ class SharedCampaign:
         # One statement, bounded by the session's lock_timeout.
         args = (groups, self._config.instance_id, HOST, os.getpid(), self._config.ttl)
         async with self._busy, refused_as_reserved(), terms_must_fit(groups):
-            try:
-                rows = await conn.fetch(self._sql.take_office, *args)
-            except asyncpg.PostgresError as error:
-                if error.sqlstate != NOT_HOLDING_SQLSTATE:
-                    raise
-                # The locks were just granted, so the leader rows are gone: a server
-                # that lost recent commits. Register the groups again (what exists is
-                # left alone); if that was not it, the second refusal replaces the session.
+            rows = await conn.fetch(self._sql.take_free_offices, *args)
+            unregistered = [row["group_name"] for row in rows if row["term"] is None]
+            if unregistered:
+                # No leader row: a server that lost recent commits. Register the
+                # groups again (what exists is left alone) and try them at once.
                 await conn.execute(
                     self._sql.register_groups,
-                    groups,
-                    [self._keys[group] for group in groups],
+                    unregistered,
+                    [self._keys[group] for group in unregistered],
                     self._config.lock_namespace,
                     self._config.ttl,
                 )
-                self._log.warning("groups_registered_again", groups=len(groups))
-                rows = await conn.fetch(self._sql.take_office, *args)
-        for row in rows:
+                self._log.warning("groups_registered_again", groups=len(unregistered))
+                self._wake.set()
+        offices = [row for row in rows if row["term"] is not None]
+        for row in offices:
             log_ended_transactions(row["group_name"], row)
-        return [(row["group_name"], row["term"]) for row in rows]
+        return [(row["group_name"], row["term"]) for row in offices]
 
     async def _replan(self, conn: asyncpg.Connection) -> Plan | None:
         """The candidacies and, with fair spreading, the shares, for the members live now.

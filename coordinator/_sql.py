@@ -141,18 +141,19 @@ class Statements:
         )
     """
 
-    # Shared-session mode: try the given groups in one statement, winning at
-    # most $3 of them (the scan stops at the limit, so no further lock is
-    # taken). The caller never passes a key its session already holds
-    # (advisory locks stack, and a second grant would need a second unlock):
-    # it keeps the exact set of keys granted to the session, and replaces a
-    # session whose locks are in doubt. Not looking it up in pg_locks here
-    # spares a copy of the whole lock table (100,000 entries at scale) on
-    # every try of every process.
-    try_locks: str = """
-        SELECT k AS lock_key FROM unnest($2::int[]) AS k
-         WHERE pg_try_advisory_lock($1, k)
-         LIMIT $3
+    # Shared-session mode: try the locks of the given groups and take office
+    # for those granted, in one statement (migration 0012). The caller never
+    # passes a group whose lock its session already holds (advisory locks
+    # stack, and a second grant would need a second unlock): it keeps the
+    # exact set of keys granted to the session, and replaces a session whose
+    # locks are in doubt. A lock granted in the statement itself needs no look
+    # in pg_locks, which copies the whole lock table (100,000 entries at
+    # scale). On an error the function has released what it was granted. A
+    # row without a term: the group has no leader row (a server that lost
+    # recent commits). $1 group names, $2 instance, $3 host, $4 pid, $5 ttl.
+    take_free_offices: str = """
+        SELECT group_name, term, acquired_at, ended_backends
+          FROM {schema}.take_free_offices($1::text[], $2, $3, $4, $5)
     """
 
     # Live shared sessions that run the same list of groups ($1, its md5):

@@ -269,6 +269,10 @@ async def test_a_forged_term_is_refused_by_every_function(
             "SELECT * FROM coordinator.campaign($1, 'forger', 'h', 1, 5, 50)", GROUP
         )
         assert waited == []
+        tried = await conn.fetch(
+            "SELECT * FROM coordinator.take_free_offices($1, 'forger', 'h', 1, 5)", [GROUP]
+        )
+        assert tried == []
         lost = await conn.fetch(
             "SELECT * FROM coordinator.record_lost($1, 'a', 1, 'forged')", GROUP
         )

@@ -51,6 +51,7 @@ GRANT EXECUTE ON FUNCTION
     coordinator.register_groups(text[], integer[], integer, float8),
     coordinator.register_group_set(text, text[], integer[], integer, float8),
     coordinator.take_office(text[], text, text, integer, float8),
+    coordinator.take_free_offices(text[], text, text, integer, float8),
     coordinator.campaign(text, text, text, integer, float8, integer),
     coordinator.leader_heartbeat(text, integer, text[], bigint[]),
     coordinator.member_heartbeat(text[], text, text, integer),
