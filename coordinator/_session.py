@@ -25,12 +25,14 @@ from coordinator._sql import Statements
 from coordinator._term import DemotionReason, Term
 
 __all__ = [
+    "RESERVED_SQLSTATE",
     "HeldOff",
     "LockSession",
     "Reserved",
     "log_ended_transactions",
     "refused_as_reserved",
     "resign_and_unlock",
+    "term_exhausted",
     "terms_must_fit",
 ]
 
@@ -122,18 +124,23 @@ def log_ended_transactions(group: str, office: asyncpg.Record) -> None:
         )
 
 
+def term_exhausted(groups: Sequence[str]) -> TermExhausted:
+    """The error for groups whose next term would not fit in a bigint; it names the fix."""
+    names = ", ".join(repr(group) for group in groups)
+    return TermExhausted(
+        f"the next term of group {names} would not fit in a bigint (the largest term is "
+        f"{LAST_TERM}): terms are fencing tokens and never go back, so the group cannot be "
+        "led again; use a new group name"
+    )
+
+
 @contextlib.asynccontextmanager
 async def terms_must_fit(groups: Sequence[str]) -> AsyncIterator[None]:
     """Taking office past the largest term raises TermExhausted, which names the fix."""
     try:
         yield
     except asyncpg.NumericValueOutOfRangeError as error:
-        names = ", ".join(repr(group) for group in groups)
-        raise TermExhausted(
-            f"the next term of group {names} would not fit in a bigint (the largest term is "
-            f"{LAST_TERM}): terms are fencing tokens and never go back, so the group cannot be "
-            "led again; use a new group name"
-        ) from error
+        raise term_exhausted(groups) from error
 
 
 class LockSession:

@@ -45,14 +45,12 @@ from coordinator._candidates import Candidates, Plan, handover_channel, members_
 from coordinator._config import HOST, CoordinatorConfig
 from coordinator._connect import connect
 from coordinator._describe import describe_error
-from coordinator._errors import TermExhausted
 from coordinator._logging import get_logger
 from coordinator._session import (
-    Reserved,
+    RESERVED_SQLSTATE,
     log_ended_transactions,
-    refused_as_reserved,
     resign_and_unlock,
-    terms_must_fit,
+    term_exhausted,
 )
 from coordinator._signals import HeartbeatDone
 from coordinator._sql import Statements, switchover_channel
@@ -450,29 +448,25 @@ class SharedCampaign:
         await self._take_office(conn, candidates)
 
     async def _take_office(self, conn: asyncpg.Connection, candidates: list[str]) -> None:
-        """Try the locks of ``candidates`` and start the next term of every group won,
-        together; one by one if fencing holds some. A failed try holds no lock."""
+        """Try the locks of ``candidates`` and start the next term of every group won, in
+        one statement; a group whose term is refused comes back without its lock."""
         started = time.monotonic()
-        try:
-            offices = await self._office_transaction(conn, candidates)
-        except (asyncpg.LockNotAvailableError, Reserved, TermExhausted):
-            offices = []
-            for group in candidates:
-                try:
-                    offices += await self._office_transaction(conn, [group])
-                except asyncpg.LockNotAvailableError:
-                    self._log.warning(
-                        "take_office_waiting",
-                        group=group,
-                        reason="fenced transactions of the previous term are still open",
-                    )
-                except Reserved as reserved:
-                    self._cool_down(group)  # the member a switchover names goes first
-                    self._log.info("switchover_standing_aside", group=group, reason=str(reserved))
-                except TermExhausted as error:
-                    if group not in self._exhausted:  # said once; tried again every poll
-                        self._log.warning("take_office_failed", group=group, error=str(error))
-                    self._exhausted[group] = describe_error(error)
+        args = (candidates, self._config.instance_id, HOST, os.getpid(), self._config.ttl)
+        async with self._busy:
+            rows = await conn.fetch(self._sql.take_free_offices, *args)
+        offices: list[tuple[str, int]] = []
+        unregistered: list[str] = []
+        for row in rows:
+            group = row["group_name"]
+            if row["term"] is not None:
+                log_ended_transactions(group, row)
+                offices.append((group, row["term"]))
+            elif row["refused_sqlstate"] is not None:
+                self._refused(group, row["refused_sqlstate"], row["refusal"])
+            else:
+                unregistered.append(group)
+        if unregistered:
+            await self._register_again(conn, unregistered)
         self._locked.update(self._keys[group] for group, _ in offices)
         for group, number in offices:
             self._summoned.discard(group)
@@ -485,30 +479,38 @@ class SharedCampaign:
             else:
                 future.set_result(term)
 
-    async def _office_transaction(
-        self, conn: asyncpg.Connection, groups: list[str]
-    ) -> list[tuple[str, int]]:
-        # One statement, bounded by the session's lock_timeout.
-        args = (groups, self._config.instance_id, HOST, os.getpid(), self._config.ttl)
-        async with self._busy, refused_as_reserved(), terms_must_fit(groups):
-            rows = await conn.fetch(self._sql.take_free_offices, *args)
-            unregistered = [row["group_name"] for row in rows if row["term"] is None]
-            if unregistered:
-                # No leader row: a server that lost recent commits. Register the
-                # groups again (what exists is left alone) and try them at once.
-                await conn.execute(
-                    self._sql.register_groups,
-                    unregistered,
-                    [self._keys[group] for group in unregistered],
-                    self._config.lock_namespace,
-                    self._config.ttl,
-                )
-                self._log.warning("groups_registered_again", groups=len(unregistered))
-                self._wake.set()
-        offices = [row for row in rows if row["term"] is not None]
-        for row in offices:
-            log_ended_transactions(row["group_name"], row)
-        return [(row["group_name"], row["term"]) for row in offices]
+    def _refused(self, group: str, sqlstate: str, refusal: str) -> None:
+        """A group whose lock was granted but whose term could not start (its lock is
+        released again): a switchover reserves it, fenced transactions of the old term
+        are still open, or its next term would not fit."""
+        if sqlstate == RESERVED_SQLSTATE:
+            self._cool_down(group)  # the member a switchover names goes first
+            self._log.info("switchover_standing_aside", group=group, reason=refusal)
+        elif sqlstate == asyncpg.LockNotAvailableError.sqlstate:
+            self._log.warning(
+                "take_office_waiting",
+                group=group,
+                reason="fenced transactions of the previous term are still open",
+            )
+        else:  # numeric_value_out_of_range
+            error = term_exhausted([group])
+            if group not in self._exhausted:  # said once; tried again every poll
+                self._log.warning("take_office_failed", group=group, error=str(error))
+            self._exhausted[group] = describe_error(error)
+
+    async def _register_again(self, conn: asyncpg.Connection, groups: list[str]) -> None:
+        """Groups without a leader row (a server that lost recent commits): register them
+        again (what exists is left alone) and try them at once."""
+        async with self._busy:
+            await conn.execute(
+                self._sql.register_groups,
+                groups,
+                [self._keys[group] for group in groups],
+                self._config.lock_namespace,
+                self._config.ttl,
+            )
+        self._log.warning("groups_registered_again", groups=len(groups))
+        self._wake.set()
 
     async def _replan(self, conn: asyncpg.Connection) -> Plan | None:
         """The candidacies and, with fair spreading, the shares, for the members live now.

@@ -148,11 +148,14 @@ class Statements:
     # exact set of keys granted to the session, and replaces a session whose
     # locks are in doubt. A lock granted in the statement itself needs no look
     # in pg_locks, which copies the whole lock table (100,000 entries at
-    # scale). On an error the function has released what it was granted. A
-    # row without a term: the group has no leader row (a server that lost
-    # recent commits). $1 group names, $2 instance, $3 host, $4 pid, $5 ttl.
+    # scale). A row without a term: the group was refused (refused_sqlstate,
+    # refusal: a switchover reserves it, fenced transactions hold its row
+    # past the lock_timeout, its term would not fit) and its lock released,
+    # or it has no leader row (a server that lost recent commits). On any
+    # other error the function has released what it was granted.
+    # $1 group names, $2 instance, $3 host, $4 pid, $5 ttl.
     take_free_offices: str = """
-        SELECT group_name, term, acquired_at, ended_backends
+        SELECT group_name, term, acquired_at, ended_backends, refused_sqlstate, refusal
           FROM {schema}.take_free_offices($1::text[], $2, $3, $4, $5)
     """
 

@@ -12,12 +12,15 @@
 -- take_free_offices(groups, ...) tries each group's lock itself, with the key
 -- from the group's own leader row, and starts the terms of those granted,
 -- just as campaign() does for a blocking follower: a lock granted in this
--- very statement needs no look in pg_locks. When starting the terms fails
--- (a switchover reserves a group, fenced transactions hold a leader row
--- past the session's lock_timeout, a term would not fit), the locks it was
--- granted are released before the error is raised, so that the session holds
--- the lock of exactly the groups it has a term for. Session-level advisory
--- locks outlive a rolled-back statement; that is why it releases them itself.
+-- very statement needs no look in pg_locks. When the terms cannot start
+-- together because one of them is refused (a switchover reserves the group,
+-- fenced transactions hold its leader row past the session's lock_timeout,
+-- its term would not fit in a bigint), each group is tried on its own, and a
+-- refused one comes back without a term but with the refusal's SQLSTATE and
+-- message, its lock released: the session holds the lock of exactly the
+-- groups it has a term for. Session-level advisory locks outlive a
+-- rolled-back statement; that is why it releases them itself. Any other
+-- error releases every lock it was granted and is raised.
 --
 -- The caller passes only groups whose locks it does not hold: advisory locks
 -- stack, and a lock tried twice would need two unlocks. A group without a
@@ -29,7 +32,8 @@
 
 CREATE FUNCTION coordinator.take_free_offices(
     group_names text[], instance_id text, host text, pid integer, ttl_s float8)
-RETURNS TABLE (group_name text, term bigint, acquired_at timestamptz, ended_backends integer[])
+RETURNS TABLE (group_name text, term bigint, acquired_at timestamptz, ended_backends integer[],
+               refused_sqlstate text, refusal text)
 LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
@@ -39,6 +43,7 @@ DECLARE
     granted text[];
     namespaces integer[];
     keys integer[];
+    one record;
 BEGIN
     -- Materialized: a lock is tried only for a leader row of a group asked
     -- for, never while the planner scans rows it will not return.
@@ -57,7 +62,7 @@ BEGIN
       FROM won AS w;
     IF found_rows < cardinality(take_free_offices.group_names) THEN
         RETURN QUERY
-            SELECT g.name, NULL::bigint, NULL::timestamptz, NULL::integer[]
+            SELECT g.name, NULL::bigint, NULL::timestamptz, NULL::integer[], NULL::text, NULL::text
               FROM unnest(take_free_offices.group_names) AS g(name)
              WHERE (SELECT true FROM coordinator.leaders AS l
                      WHERE l.group_name = g.name) IS NULL;
@@ -66,11 +71,32 @@ BEGIN
         RETURN;
     END IF;
     BEGIN
-        RETURN QUERY SELECT * FROM coordinator.start_terms(granted,
-                                                           take_free_offices.instance_id,
-                                                           take_free_offices.host,
-                                                           take_free_offices.pid,
-                                                           take_free_offices.ttl_s);
+        BEGIN
+            RETURN QUERY
+                SELECT t.*, NULL::text, NULL::text
+                  FROM coordinator.start_terms(granted, take_free_offices.instance_id,
+                                               take_free_offices.host, take_free_offices.pid,
+                                               take_free_offices.ttl_s) AS t;
+            RETURN;
+        EXCEPTION WHEN lock_not_available OR numeric_value_out_of_range
+                    OR SQLSTATE 'LT003' THEN
+            NULL;  -- one of them is refused: each on its own, below
+        END;
+        FOR one IN SELECT * FROM unnest(granted, namespaces, keys) AS u(name, namespace, key)
+        LOOP
+            BEGIN
+                RETURN QUERY
+                    SELECT t.*, NULL::text, NULL::text
+                      FROM coordinator.start_terms(ARRAY[one.name], take_free_offices.instance_id,
+                                                   take_free_offices.host, take_free_offices.pid,
+                                                   take_free_offices.ttl_s) AS t;
+            EXCEPTION WHEN lock_not_available OR numeric_value_out_of_range
+                        OR SQLSTATE 'LT003' THEN
+                PERFORM pg_advisory_unlock(one.namespace, one.key);
+                RETURN QUERY SELECT one.name, NULL::bigint, NULL::timestamptz, NULL::integer[],
+                                    SQLSTATE, SQLERRM;
+            END;
+        END LOOP;
     EXCEPTION WHEN OTHERS THEN
         PERFORM pg_advisory_unlock(u.namespace, u.key)
            FROM unnest(namespaces, keys) AS u(namespace, key);
@@ -84,5 +110,6 @@ FROM PUBLIC;
 
 COMMENT ON FUNCTION coordinator.take_free_offices(text[], text, text, integer, float8) IS
     'Try the advisory lock of each group and take office for those granted, in one '
-    'statement; a group without a leader row comes back without a term. On an error '
-    'the locks granted are released first.';
+    'statement; a group without a leader row comes back without a term, a refused one '
+    'without a term but with the refusal, its lock released. On any other error every '
+    'lock granted is released first.';

@@ -361,28 +361,33 @@ async def test_a_refused_term_names_ten_groups_and_counts_the_rest(dsn: str) -> 
 
 
 async def test_taking_free_offices_holds_exactly_the_locks_of_its_terms(dsn: str) -> None:
-    """take_free_offices tries the locks and takes office in one statement: when a term
-    cannot start, the locks it was granted are released; a group without a leader row
-    comes back without a term, and nothing is locked for it."""
-    full, free = names(2)
-    async with coordinator(dsn, "registers", full, free, **POLL):
+    """take_free_offices tries the locks and takes office in one statement: a group whose
+    term is refused comes back with the refusal and without its lock, the others take
+    office; a group without a leader row comes back without a term, and nothing is
+    locked for it; any other error releases every lock it was granted."""
+    full, free, spare = names(3)
+    async with coordinator(dsn, "registers", full, free, spare, **POLL):
         pass
     held = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()"
-    take = "SELECT group_name, term FROM coordinator.take_free_offices($1, 'me', 'h', 1, 5)"
+    take = (
+        "SELECT group_name, term, refused_sqlstate, refusal "
+        "FROM coordinator.take_free_offices($1, 'me', 'h', 1, 5)"
+    )
     async with connected(dsn) as conn:
         await conn.execute(
             "UPDATE coordinator.leaders SET term = $1 WHERE group_name = $2", 2**63 - 1, full
         )
-        with pytest.raises(asyncpg.NumericValueOutOfRangeError):
-            await conn.fetch(take, [full, free])
-        assert await conn.fetchval(held) == 0
-        holder = "SELECT holder FROM coordinator.leaders WHERE group_name = $1"
-        assert await conn.fetchval(holder, free) is None
-        unregistered, taken = await conn.fetch(take, [free, "unregistered"])
-        assert tuple(unregistered) == ("unregistered", None)
-        assert taken["group_name"] == free
+        rows = {row["group_name"]: row for row in await conn.fetch(take, [full, free])}
+        assert tuple(rows[full]) == (full, None, "22003", "bigint out of range")
         leader = await conn.fetchrow(
             "SELECT holder, term FROM coordinator.leaders WHERE group_name = $1", free
         )
-        assert tuple(leader) == ("me", taken["term"])
+        assert tuple(leader) == ("me", rows[free]["term"])
+        assert await conn.fetchval(held) == 1
+        (unregistered,) = await conn.fetch(take, ["unregistered"])
+        assert tuple(unregistered) == ("unregistered", None, None, None)
+        assert await conn.fetchval(held) == 1
+        await conn.execute("SET default_transaction_read_only = on")
+        with pytest.raises(asyncpg.ReadOnlySQLTransactionError):
+            await conn.fetch(take, [spare])
         assert await conn.fetchval(held) == 1
