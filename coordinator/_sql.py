@@ -113,10 +113,14 @@ class Statements:
     # A waiting backend whose client died leaves the lock queue within a
     # quarter second (PostgreSQL 14 and later check the socket while a
     # statement runs): it can no longer be granted the lock, and take office,
-    # for a process that is gone.
+    # for a process that is gone. Its statements, and those of the functions
+    # they call, are planned once, generically: the plans the rehearsal
+    # below makes are the ones the hand-over runs (with custom plans, each
+    # of a statement's first five runs is planned again).
     lock_session_setup: str = """
         SELECT set_config('statement_timeout', '0', false), set_config('lock_timeout', $1, false),
-               set_config('client_connection_check_interval', '250ms', false)
+               set_config('client_connection_check_interval', '250ms', false),
+               set_config('plan_cache_mode', 'force_generic_plan', false)
     """
 
     # A blocking follower's wait and the new leader's take office, in one
@@ -276,17 +280,14 @@ class Statements:
                 OFFSET 0) AS resigned
     """
 
-    # Run once on a new lock session, while it follows: take office in no
-    # group and resign a term that never exists (terms start at 1), unlocking
-    # nothing. Neither writes anything, but the server loads the catalogs and
-    # plans the statements now, so that taking office and resigning later
-    # cost their execution only (on a fresh backend, a first take_office
-    # takes milliseconds longer). $1 instance, $2 host, $3 pid, $4 ttl, $5 group.
-    rehearse_office: str = """
-        SELECT (SELECT count(*) FROM {schema}.take_office('{}'::text[], $1, $2, $3, $4)),
-               (SELECT count(*)
-                  FROM {schema}.resign_and_unlock($5, $1, 0, 'rehearsal', NULL, NULL))
-    """
+    # Run once on a new lock session, while it follows: take office in a
+    # group of the backend's own, resign and unlock, and roll it all back
+    # (migrations/0013_rehearse_handover.sql). Nothing is written, but the
+    # server loads the catalogs and plans every statement on the path now,
+    # so that taking office and resigning later cost their execution only
+    # (on a fresh backend, a first hand-over takes about 2 ms longer). True
+    # if it ran to the end. $1 instance, $2 host, $3 pid, $4 ttl.
+    rehearse_handover: str = "SELECT {schema}.rehearse_handover($1, $2, $3, $4)"
 
     # Written from the control connection after leaderships lost their
     # session, so the history says what happened: one statement for any

@@ -21,6 +21,8 @@ from coordinator import (
     Signal,
     read_status,
 )
+from coordinator._keys import DEFAULT_LOCK_NAMESPACE, group_lock_key
+from coordinator._sql import Statements
 from coordinator.integrations.http import CoordinatorMetrics
 from coordinator.testing import TcpProxy
 from helpers import (
@@ -136,9 +138,9 @@ async def test_resign_hands_over_at_once_and_follows_again(dsn: str, wait: str) 
 async def test_a_hand_over_records_the_resignation_and_then_the_next_term_only(
     dsn: str, wait: str
 ) -> None:
-    """A follower joining writes nothing (a blocking session rehearses taking office and
-    resigning without a term); resigning records and unlocks in one statement, and the
-    next term is taken only after the resignation is in."""
+    """A follower joining writes nothing (a blocking session rehearses a hand-over and
+    rolls it back); resigning records and unlocks in one statement, and the next term is
+    taken only after the resignation is in."""
     a, b = coordinator(dsn, "a", wait=wait), coordinator(dsn, "b", wait=wait)
     async with running(a):
         assert await a.group("scheduler").wait_elected(5) == 1
@@ -155,6 +157,62 @@ async def test_a_hand_over_records_the_resignation_and_then_the_next_term_only(
                 ("resigned", 1, "a"),
                 ("elected", 2, "b"),
             ]
+
+
+SQL = Statements.for_schema("coordinator")
+
+
+async def database_state(conn: asyncpg.Connection) -> tuple[object, ...]:
+    """Everything a rehearsal could leave behind: rows, events and advisory locks."""
+    queries = (
+        "SELECT * FROM coordinator.leaders ORDER BY group_name",
+        "SELECT * FROM coordinator.heartbeats ORDER BY group_name, instance_id",
+        "SELECT * FROM coordinator.events ORDER BY id",
+        "SELECT classid, objid, pid, granted FROM pg_locks WHERE locktype = 'advisory' "
+        "ORDER BY pid, classid, objid",
+    )
+    return tuple([[tuple(r) for r in await conn.fetch(query)] for query in queries])
+
+
+async def test_the_hand_over_rehearsal_leaves_nothing_behind(dsn: str) -> None:
+    """A new lock session takes office in a group of its backend's own, resigns and
+    unlocks, and rolls it all back: no row, event, notification or lock stays."""
+    heard: list[str] = []
+    marker = asyncio.Event()
+
+    def received(_conn: object, _pid: int, _channel: str, payload: str) -> None:
+        heard.append(payload)
+        if payload == "marker":
+            marker.set()
+
+    async with connected(dsn) as watcher, connected(dsn) as session:
+        await watcher.add_listener("coordinator_leadership", received)
+        before = await database_state(watcher)
+        assert await session.fetchval(SQL.rehearse_handover, "rehearser", "h", 1, 5.0) is True
+        assert await database_state(watcher) == before
+        # Notifications arrive in commit order: one the rehearsal sent would come first.
+        await session.execute("SELECT pg_notify('coordinator_leadership', 'marker')")
+        await asyncio.wait_for(marker.wait(), 5)
+        assert heard == ["marker"]
+
+
+async def test_the_hand_over_rehearsal_steps_aside_for_what_is_not_its_own(dsn: str) -> None:
+    """A real group bearing the rehearsal's name, or another session holding its lock:
+    the rehearsal is skipped, and the group and the lock stay as they were."""
+    async with connected(dsn) as other, connected(dsn) as session:
+        backend = session.get_server_pid()
+        await other.execute("SELECT pg_advisory_lock(-1, $1)", backend)
+        before = await database_state(other)
+        assert await session.fetchval(SQL.rehearse_handover, "rehearser", "h", 1, 5.0) is False
+        assert await database_state(other) == before
+        await other.execute("SELECT pg_advisory_unlock(-1, $1)", backend)
+        name = f"rehearsal of backend {backend}"
+        await other.execute(
+            SQL.register_groups, [name], [group_lock_key(name)], DEFAULT_LOCK_NAMESPACE, 5.0
+        )
+        before = await database_state(other)
+        assert await session.fetchval(SQL.rehearse_handover, "rehearser", "h", 1, 5.0) is False
+        assert await database_state(other) == before
 
 
 async def test_callbacks_receive_term_and_reason(dsn: str, wait: str) -> None:

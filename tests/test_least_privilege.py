@@ -14,8 +14,8 @@ import asyncpg
 import pytest
 
 from coordinator.cli.grant import grant_sql
-from coordinator.testing import CoordinatorProcess
-from helpers import FAST, connected, coordinator
+from coordinator.testing import CoordinatorProcess, capture_logs
+from helpers import FAST, connected, coordinator, lock_waiters, wait_until
 
 Spawn = Callable[..., CoordinatorProcess]
 GROUP = "scheduler"
@@ -178,6 +178,31 @@ async def test_a_role_granted_before_an_upgrade_is_told_to_run_grant(
     assert "run `coordinator grant --role <role>`" in lines[0]
     async with connected(dsn) as conn:
         assert await conn.fetchval("SELECT count(*) FROM coordinator.leaders") == 0
+
+
+async def test_a_role_without_the_rehearsal_still_hands_over(
+    dsn: str, make_role: Callable[..., Awaitable[Role]]
+) -> None:
+    """A role granted before schema version 13 may not rehearse a hand-over: each lock
+    session says so, naming the fix, and elects and hands over all the same."""
+    role = await make_role()
+    async with connected(dsn) as conn:
+        await conn.execute(
+            "REVOKE EXECUTE ON FUNCTION coordinator.rehearse_handover(text, text, integer, "
+            f'float8) FROM "{role.name}"'
+        )
+    first = coordinator(role.dsn, "a", GROUP, wait="block")
+    second = coordinator(role.dsn, "b", GROUP, wait="block")
+    with capture_logs() as logs:
+        async with first:
+            assert await first.group(GROUP).wait_elected(WAIT) == 1
+            async with second:
+                await wait_until(lambda: lock_waiters(dsn), WAIT, what="the follower to wait")
+                await first.group(GROUP).resign()
+                assert await second.group(GROUP).wait_elected(WAIT) == 2
+    refused = [r for r in logs if r["event"] == "handover_rehearsal_refused"]
+    assert refused, "no lock session said it could not rehearse"
+    assert all("coordinator grant" in r["fix"] for r in refused)
 
 
 async def test_no_table_can_be_written_directly(
