@@ -406,14 +406,16 @@ def _findings(r: Results) -> list[str]:
         "office as soon as the server grants the lock (term, heartbeat, event, NOTIFY, one "
         "durable transaction; a bare durable commit takes "
         f"{format_seconds(r.commit.median)} here), with no round trip to the client between, "
-        "and `leadership_acquired` is logged before `on_elected` runs. A pals follower only "
+        "and `on_elected` runs before `leadership_acquired` is logged. A pals follower only "
         "returns from `pg_advisory_lock`: "
         f"{format_seconds(_cell_median(_pals(r), Fault.KILL))}.",
         f"- **Graceful stop.** {format_seconds(r.ours[Fault.TERM].failover.median)} against "
         f"{format_seconds(r.floor_unlock.median)} for a bare unlock: on SIGTERM the leader "
         "runs `on_demoted`, then one statement holds the leader row, unlocks and writes the "
         "resignation, committed asynchronously (the next leader's durable commit flushes it "
-        "too); the next leader's term waits for that commit.",
+        "too); the next leader's term waits for that commit. Each lock session rehearsed "
+        "the hand-over when it started (and rolled it back), so neither backend loads or "
+        "plans anything on the way.",
     ]
     lines += _trace_findings(r)
     for fault in (Fault.STOP, Fault.BLACKHOLE):

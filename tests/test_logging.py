@@ -72,7 +72,7 @@ async def test_events_reach_the_application_log_as_records_with_their_fields(
     assert record.getMessage().startswith(
         f"leadership_acquired group={GROUP} instance_id=app term=1"
     )
-    assert record.funcName == "_lead", "the record names the library's code, not structlog's"
+    assert record.funcName == "_log_acquired", "the record names the library's code"
     # The library prints nothing itself: only the application's handlers write anywhere.
     assert capfd.readouterr() == ("", "")
 
