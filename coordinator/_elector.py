@@ -49,7 +49,7 @@ import contextlib
 import enum
 import functools
 import inspect
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from coordinator._campaign import Campaign, Seat
@@ -67,7 +67,6 @@ log = get_logger()
 ElectedCallback = Callable[[int], Awaitable[None] | None]
 DemotedCallback = Callable[[str], Awaitable[None] | None]
 C = TypeVar("C", ElectedCallback, DemotedCallback)
-T = TypeVar("T")
 
 
 class Role(enum.Enum):
@@ -100,6 +99,7 @@ class Elector:
         #: A term has ended; its callbacks and hand-over are still running.
         self.leaving = False
         self._task: asyncio.Task[None] | None = None
+        self._winning = False  # in campaign.win(): stop() cancels the task
 
     # Made on first use: a process with 100,000 groups keeps 100,000 electors,
     # most of which (in poll mode) never campaign.
@@ -143,6 +143,9 @@ class Elector:
         if self._task is None:  # never campaigned (poll mode: not a candidate)
             await self._set_role(Role.STOPPED)
             return
+        if self._winning:
+            self._winning = False  # cancelled once, however often stop() is called
+            self._task.cancel()
         await self._task
 
     # -- the state machine --------------------------------------------------
@@ -152,7 +155,7 @@ class Elector:
         failures = 0
         while not self._stopping.is_set():
             try:
-                won = await self._unless_stopped(self._campaign.win())
+                won = await self._win()
             except Exception as error:  # noqa: BLE001 - a loop never dies
                 failures += 1
                 self._log.warning(
@@ -215,18 +218,26 @@ class Elector:
 
     # -- helpers ------------------------------------------------------------
 
-    async def _unless_stopped(self, work: Coroutine[Any, Any, T]) -> T | None:
-        """``work``'s result, or None (``work`` cancelled) once stop() is called."""
-        doing = asyncio.ensure_future(work)
-        stopping = asyncio.ensure_future(self._stopping.wait())
+    async def _win(self) -> tuple[Seat, Term] | None:
+        """``campaign.win()``, or None once stop() cancels it.
+
+        stop() cancels this very task, not a task made for each attempt: a
+        process with 100,000 groups would make and cancel 200,000 of them.
+        The campaign cleans up after a cancellation itself (a lock granted
+        meanwhile is released, a term won meanwhile handed back).
+        """
+        assert self._campaign is not None
+        self._winning = True
         try:
-            await asyncio.wait({doing, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            return await self._campaign.win()
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if not self._stopping.is_set() or task is None:
+                raise  # not stop()'s
+            task.uncancel()
+            return None
         finally:
-            stopping.cancel()
-            if not doing.done():
-                doing.cancel()
-                await asyncio.gather(doing, return_exceptions=True)
-        return None if doing.cancelled() else doing.result()
+            self._winning = False
 
     async def _set_role(self, role: Role) -> None:
         self.role = role

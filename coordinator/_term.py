@@ -11,7 +11,6 @@ into anyone.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import enum
 import time
 
@@ -42,7 +41,10 @@ class Term:
         self.trusted_until = started + trust_window
         self.ended: DemotionReason | None = None
         self._window = trust_window
-        self._over = asyncio.Event()
+        #: What :meth:`wait_over` waits on, while it waits. A future and a timer, not
+        #: an Event and ``asyncio.timeout``: a process with 100,000 leaderships
+        #: keeps one term each, and the garbage collector walks every object kept.
+        self._waiter: asyncio.Future[None] | None = None
 
     def __repr__(self) -> str:
         return f"<Term {self.number} ended={self.ended}>"
@@ -65,17 +67,27 @@ class Term:
         """End the term (the first reason given wins) and wake whoever waits on it."""
         if self.ended is None:
             self.ended = reason
-            self._over.set()
+            _wake(self._waiter)
 
     async def wait_over(self) -> DemotionReason:
         """Wait until the term ends or its trust deadline passes; return why."""
+        loop = asyncio.get_running_loop()
         while self.ended is None:
             remaining = self.trusted_until - time.monotonic()
             if remaining <= 0:
                 self.end(DemotionReason.TRUST_EXPIRED)
                 break
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(remaining):
-                    await self._over.wait()
+            waiter = self._waiter = loop.create_future()
+            deadline = loop.call_later(remaining, _wake, waiter)
+            try:
+                await waiter
+            finally:
+                deadline.cancel()
+                self._waiter = None
         assert self.ended is not None
         return self.ended
+
+
+def _wake(waiter: asyncio.Future[None] | None) -> None:
+    if waiter is not None and not waiter.done():
+        waiter.set_result(None)
