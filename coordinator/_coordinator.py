@@ -12,9 +12,9 @@ control connection and lost-event writer (``_control``), the monitor
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import enum
-import itertools
 import os
 import time
 from types import TracebackType
@@ -253,12 +253,21 @@ class Coordinator:
         itself alone and wants every group, and starting 100,000 electors at
         once would hold the event loop, and so its heartbeat, for seconds.
         """
+        idle: collections.deque[str] = collections.deque()
+        looked_at = -1
         while True:
             await shared.polled.wait()
             shared.polled.clear()
-            idle = (name for name in shared.wanted if not self._electors[name].started)
-            for name in itertools.islice(idle, BATCH):
-                self._electors[name].start(shared.candidacy(name))
+            if shared.candidacies_changed != looked_at:
+                looked_at = shared.candidacies_changed
+                idle = collections.deque(
+                    name for name in shared.wanted if not self._electors[name].started
+                )
+            for _ in range(min(BATCH, len(idle))):
+                name = idle.popleft()
+                elector = self._electors[name]
+                if not elector.started and shared.wants(name):
+                    elector.start(shared.candidacy(name))
 
     @untraced
     async def stop(self) -> None:

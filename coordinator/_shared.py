@@ -94,9 +94,12 @@ class SharedCampaign:
         self._looked_at = -math.inf
         self._listening: set[str] = set()  # the hand-over channels this session listens to
         #: Set after every poll: the coordinator starts the electors of the groups
-        #: in :attr:`wanted` that do not run (one that was just resting may have
-        #: missed the change that made it wanted again).
+        #: in :attr:`wanted` that do not run.
         self.polled = asyncio.Event()
+        #: Counts what can make a resting elector wanted again (a new plan, a
+        #: switchover's summons): the coordinator looks for electors to start only
+        #: when it moved, not among 100,000 groups at every poll.
+        self.candidacies_changed = 0
         self._conn: asyncpg.Connection | None = None
         self._busy = asyncio.Lock()
         self._wake = asyncio.Event()
@@ -140,9 +143,10 @@ class SharedCampaign:
     def wanted(self) -> frozenset[str]:
         """The groups this process campaigns for now: its candidacies (see ``_candidates``),
         and those a switchover named it the target of."""
-        return (self._plan.wanted if self._plan is not None else frozenset()) | self._summoned
+        wanted = self._plan.wanted if self._plan is not None else frozenset()
+        return wanted | self._summoned if self._summoned else wanted
 
-    def _wants(self, group: str) -> bool:
+    def wants(self, group: str) -> bool:
         """``group in self.wanted``, without building the set (each elector asks)."""
         return (self._plan is not None and group in self._plan.wanted) or group in self._summoned
 
@@ -154,7 +158,7 @@ class SharedCampaign:
         None once this process is no longer a candidate for ``group``: its
         elector then rests, and costs no task, until it is a candidate again.
         """
-        if not self._wants(group):
+        if not self.wants(group):
             return None
         future: asyncio.Future[Term | None] = asyncio.get_running_loop().create_future()
         self._waiting[group] = future
@@ -403,6 +407,7 @@ class SharedCampaign:
         group = request.get("group")
         if request.get("target") == self._config.instance_id and group in self._keys:
             self._summoned.add(group)
+            self.candidacies_changed += 1
             self.polled.set()  # its elector starts now
             self._wake.set()
 
@@ -432,7 +437,7 @@ class SharedCampaign:
         candidates = [
             name
             for name in self._waiting
-            if self._wants(name)
+            if self.wants(name)
             and name not in self._held
             and self._keys[name] not in self._locked
             and self._cooldown.get(name, 0.0) <= now
@@ -546,10 +551,11 @@ class SharedCampaign:
             return None
         if changed:
             plan = self._plan = self._candidates.plan(live)
+            self.candidacies_changed += 1
             async with self._busy:
                 await self._listen(conn, plan.wanted)
             for group, future in self._waiting.items():
-                if not self._wants(group) and not future.done():
+                if not self.wants(group) and not future.done():
                     future.set_result(None)  # not a candidate any more: its elector rests
         return self._plan
 
