@@ -396,13 +396,7 @@ async def _tier_run(
     await rig.wait_for("SELECT count(*) = $1 FROM coordinator.sessions", processes, every=0.5)
     all_joined = time.time()
     all_led = await all_led_at(rig, count, started)
-    # Spread: nobody above its share plus the hysteresis; then a quiet window.
-    limit = math.ceil(count / processes) + 1
-    spread_at = await rig.wait_for(
-        f"SELECT coalesce(max(n), 0) <= $1 FROM (SELECT count(*) AS n {LED} GROUP BY holder) AS s",
-        limit,
-        every=0.5,
-    )
+    spread_at = await spread(rig, count, processes)
     # A ttl long: every heartbeat, every look at the members and one per-group scan.
     xacts, cpu = await rig.at_rest(TIER_TIMINGS["ttl"])
     # The readers' view agrees: every group led by a live holder.
@@ -414,7 +408,11 @@ async def _tier_run(
     memory = sum(_rss(member.pid) for member in members) / processes
     # A watcher (the second oldest), one from the middle, the newest.
     victims = [members[1], members[processes // 2], members[-1]]
-    re_led = [await _kill_and_wait(rig, victim) for victim in victims]
+    re_led = []
+    for killed, victim in enumerate(victims):
+        # Each kill hits a settled fleet: the previous kill's shares have moved.
+        await spread(rig, count, processes - killed)
+        re_led.append(await _kill_and_wait(rig, victim))
     return {
         "processes": processes,
         "groups": count,
@@ -429,6 +427,17 @@ async def _tier_run(
         "re_led_median_s": statistics.median(seconds for _, seconds in re_led),
         "re_led_max_s": max(seconds for _, seconds in re_led),
     }
+
+
+async def spread(rig: Rig, count: int, processes: int) -> float:
+    """When every group is led and nobody leads more than its share plus one."""
+    return await rig.wait_for(
+        f"SELECT coalesce(sum(n), 0) = $1 AND coalesce(max(n), 0) <= $2 FROM "
+        f"(SELECT count(*) AS n {LED} GROUP BY holder) AS s",
+        count,
+        math.ceil(count / processes) + 1,
+        every=0.5,
+    )
 
 
 async def _kill_and_wait(rig: Rig, victim: TierMember) -> tuple[int, float]:

@@ -92,6 +92,7 @@ class SharedCampaign:
         self._summoned: set[str] = set()  # groups a switchover names this instance for
         self._watching = False
         self._looked_at = -math.inf
+        self._shed_from = -math.inf  # fair spreading hands over from then on (see _replan)
         self._listening: set[str] = set()  # the hand-over channels this session listens to
         #: Set after every poll: the coordinator starts the electors of the groups
         #: in :attr:`wanted` that do not run.
@@ -431,8 +432,6 @@ class SharedCampaign:
         plan = await self._replan(conn)
         if plan is None:
             return  # members are joining: wait until they all count
-        if self._config.fair_spread:
-            self._shed(plan.assigned)
         now = time.monotonic()
         candidates = [
             name
@@ -442,19 +441,22 @@ class SharedCampaign:
             and self._keys[name] not in self._locked
             and self._cooldown.get(name, 0.0) <= now
         ]
-        if not candidates:
-            return  # at rest: every group this process should lead, it leads
-        # In random order, so that instances polling together do not all
-        # contend for the same groups first; the rest at the next poll, at once.
-        random.shuffle(candidates)
-        if len(candidates) > BATCH:
-            candidates = candidates[:BATCH]
-            self._wake.set()
-        await self._take_office(conn, candidates)
+        if candidates:  # none at rest: every group this process should lead, it leads
+            # In random order, so that instances polling together do not all
+            # contend for the same groups first; the rest at the next poll, at once.
+            random.shuffle(candidates)
+            if len(candidates) > BATCH:
+                candidates = candidates[:BATCH]
+                self._wake.set()
+            if await self._take_office(conn, candidates):
+                return  # what nobody led goes first: hand over at a poll that won nothing
+        if self._config.fair_spread and now >= self._shed_from:
+            self._shed(plan.assigned)
 
-    async def _take_office(self, conn: asyncpg.Connection, candidates: list[str]) -> None:
+    async def _take_office(self, conn: asyncpg.Connection, candidates: list[str]) -> int:
         """Try the locks of ``candidates`` and start the next term of every group won, in
-        one statement; a group whose term is refused comes back without its lock."""
+        one statement; a group whose term is refused comes back without its lock. Returns
+        how many were won."""
         started = time.monotonic()
         args = (candidates, self._config.instance_id, HOST, os.getpid(), self._config.ttl)
         async with self._busy:
@@ -483,6 +485,7 @@ class SharedCampaign:
                 await self.resign(group, term, DemotionReason.STOPPING)
             else:
                 future.set_result(term)
+        return len(offices)
 
     def _refused(self, group: str, sqlstate: str, refusal: str) -> None:
         """A group whose lock was granted but whose term could not start (its lock is
@@ -526,7 +529,10 @@ class SharedCampaign:
         joining (more than at the last look): the first of many processes
         started together would otherwise win everything, then hand nearly all
         of it over again. A member that left counts at once, so a crashed
-        process's groups are taken at the next poll.
+        process's groups are taken at the next poll. What the new shares move
+        between the living is handed over a poll interval later, and only at a
+        poll that won nothing, so that the hand-overs (at 100,000 groups twice
+        as many as the orphans) do not hold up the groups that nobody leads.
         """
         now = time.monotonic()
         fresh = now - self._looked_at < self._config.ttl
@@ -552,6 +558,7 @@ class SharedCampaign:
         if changed:
             plan = self._plan = self._candidates.plan(live)
             self.candidacies_changed += 1
+            self._shed_from = now + self._config.poll_interval
             async with self._busy:
                 await self._listen(conn, plan.wanted)
             for group, future in self._waiting.items():

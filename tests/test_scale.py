@@ -261,6 +261,60 @@ async def test_killed_process_groups_are_shared_out_again_with_fair_spreading(
     assert max(after.values()) <= len(groups) // 2 + 1  # still fair between the two
 
 
+async def test_a_dead_members_groups_are_led_before_the_shares_move(
+    dsn: str, spawn: Callable[..., CoordinatorProcess]
+) -> None:
+    """Fair spreading after a SIGKILL: each survivor takes its orphans before it hands
+    over what the new shares move (by commit time), so the hand-overs do not hold up
+    the groups nobody leads."""
+    groups = names(3000)  # of three, "right" then hands 20 groups to "left"
+    fair = ["--wait", "poll", "--poll-interval", "0.2", "--fair-spread", "true"]
+    victim = spawn(dsn, groups, instance_id="victim", extra_args=fair, **BRISK)
+    settings = {**POLL, **BRISK, "fair_spread": True}
+    async with (
+        coordinator(dsn, "left", *groups, **settings),
+        coordinator(dsn, "right", *groups, **settings),
+    ):
+        await wait_until(
+            lambda: _spread_over(dsn, {"victim", "left", "right"}, len(groups)),
+            60,
+            what="the groups to spread over three",
+        )
+        async with connected(dsn) as conn:
+            orphans = [
+                row["group_name"]
+                for row in await conn.fetch(
+                    "SELECT group_name FROM coordinator.leaders WHERE holder = 'victim'"
+                )
+            ]
+            killed_at = await conn.fetchval("SELECT clock_timestamp()")
+        victim.kill()
+        await wait_until(
+            lambda: _spread_over(dsn, {"left", "right"}, len(groups)),
+            30,
+            what="the victim's groups to be led again and the shares to move",
+        )
+        async with connected(dsn) as conn:
+            rows = await conn.fetch(
+                "SELECT instance_id, kind, group_name = ANY($1) AS orphan, "
+                "pg_xact_commit_timestamp(xmin) AS committed FROM coordinator.events "
+                "WHERE at > $2 AND kind IN ('elected', 'resigned')",
+                orphans,
+                killed_at,
+            )
+    moved = [row for row in rows if row["kind"] == "resigned"]
+    assert moved, "the new shares moved no group: the check below would be empty"
+    for survivor in {row["instance_id"] for row in moved}:
+        orphans_led = [
+            row["committed"]
+            for row in rows
+            if row["instance_id"] == survivor and row["kind"] == "elected" and row["orphan"]
+        ]
+        handed_over = [row["committed"] for row in moved if row["instance_id"] == survivor]
+        assert orphans_led, f"{survivor} took none of the victim's groups"
+        assert max(orphans_led) < min(handed_over), survivor
+
+
 async def _backends_of(dsn: str, instance_id: str) -> list[int]:
     async with connected(dsn) as conn:
         rows = await conn.fetch(
