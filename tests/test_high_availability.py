@@ -211,8 +211,7 @@ async def test_a_multi_host_dsn_with_read_write_never_lands_on_the_standby(
             # name for a moment before it moves on; a session that stayed would
             # keep this above zero until the timeout.
             return not await conn.fetchval(
-                "SELECT count(*) FROM pg_stat_activity"
-                " WHERE application_name LIKE 'coordinator:%'"
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'coordinator:%'"
             )
 
         await wait_until(no_session_on_standby, WAIT, what="no coordinator session on the standby")
