@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import contextlib
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import asyncpg
@@ -239,18 +240,7 @@ async def test_killed_process_groups_are_shared_out_again_with_fair_spreading(
 ) -> None:
     """SIGKILL of one of three: its groups go to the others, and the view names only the living."""
     groups = names(3000)
-    fair = ["--wait", "poll", "--poll-interval", "0.2", "--fair-spread", "true"]
-    victim = spawn(dsn, groups, instance_id="victim", extra_args=fair, **BRISK)
-    settings = {**POLL, **BRISK, "fair_spread": True}
-    async with (
-        coordinator(dsn, "left", *groups, **settings),
-        coordinator(dsn, "right", *groups, **settings),
-    ):
-        spread = await wait_until(
-            lambda: _spread_over(dsn, {"victim", "left", "right"}, len(groups)),
-            60,
-            what="the groups to spread over three",
-        )
+    async with _three_spread(dsn, spawn, groups) as (victim, spread):
         victim.kill()
         after = await wait_until(
             lambda: _spread_over(dsn, {"left", "right"}, len(groups)),
@@ -268,18 +258,7 @@ async def test_a_dead_members_groups_are_led_before_the_shares_move(
     over what the new shares move (by commit time), so the hand-overs do not hold up
     the groups nobody leads."""
     groups = names(3000)  # of three, "right" then hands 20 groups to "left"
-    fair = ["--wait", "poll", "--poll-interval", "0.2", "--fair-spread", "true"]
-    victim = spawn(dsn, groups, instance_id="victim", extra_args=fair, **BRISK)
-    settings = {**POLL, **BRISK, "fair_spread": True}
-    async with (
-        coordinator(dsn, "left", *groups, **settings),
-        coordinator(dsn, "right", *groups, **settings),
-    ):
-        await wait_until(
-            lambda: _spread_over(dsn, {"victim", "left", "right"}, len(groups)),
-            60,
-            what="the groups to spread over three",
-        )
+    async with _three_spread(dsn, spawn, groups) as (victim, _):
         async with connected(dsn) as conn:
             orphans = [
                 row["group_name"]
@@ -313,6 +292,26 @@ async def test_a_dead_members_groups_are_led_before_the_shares_move(
         handed_over = [row["committed"] for row in moved if row["instance_id"] == survivor]
         assert orphans_led, f"{survivor} took none of the victim's groups"
         assert max(orphans_led) < min(handed_over), survivor
+
+
+@contextlib.asynccontextmanager
+async def _three_spread(
+    dsn: str, spawn: Callable[..., CoordinatorProcess], groups: list[str]
+) -> AsyncIterator[tuple[CoordinatorProcess, dict[str, int]]]:
+    """A ``victim`` process and two in-process members, fair spreading on, spread evenly."""
+    fair = ["--wait", "poll", "--poll-interval", "0.2", "--fair-spread", "true"]
+    victim = spawn(dsn, groups, instance_id="victim", extra_args=fair, **BRISK)
+    settings = {**POLL, **BRISK, "fair_spread": True}
+    async with (
+        coordinator(dsn, "left", *groups, **settings),
+        coordinator(dsn, "right", *groups, **settings),
+    ):
+        spread = await wait_until(
+            lambda: _spread_over(dsn, {"victim", "left", "right"}, len(groups)),
+            60,
+            what="the groups to spread over three",
+        )
+        yield victim, spread
 
 
 async def _backends_of(dsn: str, instance_id: str) -> list[int]:
