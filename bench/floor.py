@@ -58,8 +58,9 @@ async def measure_floor_kill(db: Database, trials: int, log_dir: Path) -> Distri
     return Distribution.of(samples)
 
 
-async def measure_floor_unlock(db: Database, trials: int) -> Distribution:
-    """``pg_advisory_unlock`` by the holder until the waiter holds the lock."""
+async def measure_floor_unlock(db: Database, trials: int, rest_s: float = 0.0) -> Distribution:
+    """``pg_advisory_unlock`` by the holder until the waiter holds the lock, ``rest_s``
+    after the waiter lined up (see :func:`measure_commit`)."""
     holder = await asyncpg.connect(db.dsn)
     waiter = await asyncpg.connect(db.dsn)
     samples = []
@@ -68,6 +69,7 @@ async def measure_floor_unlock(db: Database, trials: int) -> Distribution:
             await holder.execute("SELECT pg_advisory_lock($1)", _KEY)
             waiting = asyncio.create_task(waiter.execute("SELECT pg_advisory_lock($1)", _KEY))
             await db.wait_advisory_locks(granted=1, waiting=1, timeout=_LINE_UP_S)
+            await asyncio.sleep(rest_s)
             started = now()
             unlocking = asyncio.create_task(holder.execute("SELECT pg_advisory_unlock($1)", _KEY))
             await waiting
@@ -80,11 +82,14 @@ async def measure_floor_unlock(db: Database, trials: int) -> Distribution:
     return Distribution.of(samples)
 
 
-async def measure_commit(db: Database, trials: int) -> Distribution:
+async def measure_commit(db: Database, trials: int, rest_s: float = 0.0) -> Distribution:
     """One single-row UPDATE in its own transaction: the price of any durable write.
 
     Taking office commits one transaction, so a pg-coordinator failover costs
-    at least the lock handover plus this.
+    at least the lock handover plus this. Each trial comes ``rest_s`` after the
+    last: a hand-over comes after a rest, and on a machine whose processes
+    (and, on a virtual machine, whose CPUs) went idle, every process the
+    answer passes through has to be woken first.
     """
     conn = await asyncpg.connect(db.dsn)
     samples = []
@@ -92,6 +97,7 @@ async def measure_commit(db: Database, trials: int) -> Distribution:
         await conn.execute("CREATE TABLE bench_commit (id int PRIMARY KEY, n bigint NOT NULL)")
         await conn.execute("INSERT INTO bench_commit VALUES (1, 0)")
         for _ in range(trials):
+            await asyncio.sleep(rest_s)
             started = now()
             await conn.execute("UPDATE bench_commit SET n = n + 1 WHERE id = 1")
             samples.append(now() - started)

@@ -5,9 +5,10 @@ path: on one embedded PostgreSQL 18, ``--rounds`` rounds of a crash
 (SIGKILL) and a graceful stop (SIGTERM) of pg-coordinator's leader and of
 pals's, ``--trials`` each per round, interleaved so that the machine's load
 falls on both alike; then the hand-over trace of each fault. Prints each
-pooled distribution and the ratio of the medians. pals needs only
-PostgreSQL (its virtual environment is made if missing); no other peer
-server is started.
+pooled distribution and the ratio of the medians, and the floor (a bare
+unlock to a waiter, one durable commit) after a short and a long rest.
+pals needs only PostgreSQL (its virtual environment is made if missing);
+no other peer server is started.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from pathlib import Path
 
 from bench.cluster import Fault
 from bench.database import Database, embedded_server
+from bench.floor import measure_commit, measure_floor_unlock
 from bench.ours import Settings, run_trials
 from bench.peers import Context, Series, measure_peer, peers
 from bench.servers import Servers
@@ -33,6 +35,8 @@ from coordinator.testing import LocalPostgres
 __all__ = ["main"]
 
 FAULTS = (Fault.KILL, Fault.TERM)
+#: The floor's rests: back to back, and as idle as the machine is between faults.
+RESTS_S = (0.01, 0.5)
 #: pals needs no peer server: its lock is PostgreSQL's.
 NO_SERVERS = Servers(zookeeper="", etcd="", redis="", versions={})
 
@@ -81,6 +85,12 @@ async def _measure(server: LocalPostgres, trials: int, rounds: int, log_dir: Pat
         print(f"  ratio of medians: {mine.median / peer.median:.2f}x", flush=True)
     for fault in (Fault.TERM, Fault.KILL):
         print_trace(await measure_trace(await db(), fault, trials * rounds, log_dir))
+    print("the floor, after a short and a long rest:")
+    for rest_s in RESTS_S:
+        unlock = await measure_floor_unlock(await db(), trials * rounds, rest_s)
+        commit = await measure_commit(await db(), trials * rounds, rest_s)
+        print(f"  bare unlock to waiter  rest {rest_s:4.2f} s  {unlock.summary()}")
+        print(f"  one durable commit     rest {rest_s:4.2f} s  {commit.summary()}", flush=True)
 
 
 if __name__ == "__main__":
