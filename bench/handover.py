@@ -35,7 +35,7 @@ from coordinator.testing import LocalPostgres
 __all__ = ["main"]
 
 FAULTS = (Fault.KILL, Fault.TERM)
-#: The floor's rests: back to back, and as idle as the machine is between faults.
+#: The floor's rests: nearly back to back, and as idle as the machine is between faults.
 RESTS_S = (0.01, 0.5)
 #: pals needs no peer server: its lock is PostgreSQL's.
 NO_SERVERS = Servers(zookeeper="", etcd="", redis="", versions={})
