@@ -326,14 +326,16 @@ class TierMember:
 
 
 def tier_config(directory: Path, count: int) -> Path:
+    """The tier's settings file; its groups are in a groups file, one name per line."""
+    groups = directory / f"tier-{count}.txt"
+    groups.write_text("".join(f"{name}\n" for name in group_names(count)))
     path = directory / f"tier-{count}.toml"
     lines = [
         f"{name} = {value}"
         for name, value in {**TIER_TIMINGS, "poll_interval": POLL_INTERVAL}.items()
     ]
-    lines += ['wait = "poll"', "fair_spread = true", "groups = ["]
-    lines += [f'  "{name}",' for name in group_names(count)]
-    path.write_text("\n".join([*lines, "]", ""]))
+    lines += ['wait = "poll"', "fair_spread = true", f'groups_file = "{groups}"']
+    path.write_text("\n".join([*lines, ""]))
     return path
 
 

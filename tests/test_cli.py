@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from helpers import COLLIDING_NAMES, connected, coordinator, wait_until
+from helpers import COLLIDING_NAMES, FAST, connected, coordinator, wait_until
 
 PASSWORD_MARK = "pw"
 
@@ -95,6 +95,36 @@ def test_standby_is_refused(pg_server: Any) -> None:
 def test_bad_run_settings_are_refused_before_connecting(args: list[str], fragment: str) -> None:
     base = ["run", "--dsn", "postgresql://nobody@127.0.0.1:1/none", "--group", COLLIDING_NAMES[0]]
     assert_one_line_error(cli(*base, *args), fragment)
+
+
+async def test_run_takes_part_in_the_groups_of_its_groups_file_and_its_flags(
+    dsn: str, tmp_path: Path
+) -> None:
+    listed = tmp_path / "partitions.txt"
+    listed.write_text("# one line per partition\npart-0\n\npart-1\n")
+    command = [
+        *(sys.executable, "-m", "coordinator", "run", "--dsn", dsn, "--instance-id", "listed"),
+        *("--groups-file", str(listed), "--group", "scheduler", "--group", "part-0"),
+        *(f"--{name.replace('_', '-')}={value}" for name, value in FAST.items()),
+    ]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        async with connected(dsn) as conn:
+
+            async def registered() -> list[str]:
+                """Every group this database knows, once all of them are led by 'listed'."""
+                rows = await conn.fetch(
+                    "SELECT group_name, holder FROM coordinator.leaders ORDER BY group_name"
+                )
+                led = all(row["holder"] == "listed" for row in rows)
+                return [row["group_name"] for row in rows] if rows and led else []
+
+            groups = await wait_until(registered, 30, what="the listed groups led")
+            assert groups == ["part-0", "part-1", "scheduler"]
+    finally:
+        process.terminate()
+        _, stderr = process.communicate(timeout=30)
+    assert process.returncode == 0, stderr
 
 
 async def test_status_json_has_exactly_the_documented_keys(dsn: str) -> None:

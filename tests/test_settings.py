@@ -20,6 +20,7 @@ from coordinator.cli._settings import (
     Address,
     config_settings,
     duration,
+    read_groups_file,
     resolve_settings,
 )
 from coordinator.cli.history import parse_since
@@ -325,3 +326,42 @@ def test_status_with_an_unescaped_slash_in_the_password_shows_no_secret() -> Non
     result = coordinator_cli("status", "--dsn", "postgresql://u:pa/ssSECRET@host/db")
     assert_one_line_refusal(result, "Percent-encode them")
     assert "SECRET" not in result.stdout + result.stderr
+
+
+def test_a_groups_file_is_read_line_by_line_skipping_blanks_and_comments(tmp_path: Path) -> None:
+    listed = tmp_path / "groups.txt"
+    listed.write_text("# partitions of the orders topic\n\npart-0\n  part-1  \n# part-2\n")
+    assert read_groups_file(listed) == ["part-0", "part-1"]
+    config = tmp_path / "coordinator.toml"
+    config.write_text(f'groups_file = "{listed}"\n')
+    assert settings("run", "--config", str(config)).groups_file == str(listed)
+
+
+@pytest.mark.parametrize(
+    ("content", "fragment"),
+    [
+        (b"a\nb\x01c\n", "line 2: group name 'b\\x01c' has surrounding whitespace or control"),
+        (b"ok\n" + b"x" * 201 + b"\n", "line 2: group name"),
+        (b"# nothing yet\n\n", "names no group: put one group name per line"),
+        (b"caf\xe9\n", "is not UTF-8 text (byte 3)"),
+    ],
+)
+def test_a_bad_groups_file_is_refused_naming_the_line(
+    tmp_path: Path, content: bytes, fragment: str
+) -> None:
+    listed = tmp_path / "groups.txt"
+    listed.write_bytes(content)
+    with pytest.raises(ConfigurationError) as raised:
+        read_groups_file(listed)
+    assert fragment in str(raised.value)
+    assert len(str(raised.value).splitlines()) == 1
+
+
+def test_a_missing_groups_file_stops_run_in_one_line(tmp_path: Path) -> None:
+    result = coordinator_cli(
+        "run", "--dsn", "postgresql://nobody@127.0.0.1:1/none",
+        "--groups-file", str(tmp_path / "nowhere.txt"),
+    )  # fmt: skip
+    assert result.returncode == 1, result
+    (line,) = result.stderr.strip().splitlines()
+    assert "does not exist: fix --groups-file or $COORDINATOR_GROUPS_FILE" in line

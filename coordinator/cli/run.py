@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import gc
 import signal
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import asyncpg
@@ -34,7 +35,13 @@ from coordinator._errors import ConfigurationError, CoordinatorError, LoginRefus
 from coordinator._exec import add_exec_options, leader_command
 from coordinator._logging import configure_logging, get_logger
 from coordinator.cli._common import Subparsers, require_dsn
-from coordinator.cli._settings import SETTINGS, Address, add_settings, config_settings
+from coordinator.cli._settings import (
+    SETTINGS,
+    Address,
+    add_settings,
+    config_settings,
+    read_groups_file,
+)
 
 if TYPE_CHECKING:
     from coordinator._health import Health
@@ -64,21 +71,31 @@ def register(subparsers: Subparsers) -> None:
 def handle(args: argparse.Namespace) -> int:
     # First, so that every event of the command, even a refusal, has its format.
     configure_logging(args.log_format)
-    if not args.groups:
-        raise ConfigurationError(
-            "no groups to take part in: pass --group NAME (repeat for several), "
-            'set COORDINATOR_GROUPS=a,b or put groups = ["a"] in the config file'
-        )
+    groups = _group_names(args)
     config = CoordinatorConfig(**{**config_settings(vars(args)), "dsn": require_dsn(args)})
     if args.start_timeout is not None:
         check_seconds("start_timeout", args.start_timeout, 0.0, 3650 * 24 * 3600.0, "")
     coordinator = Coordinator(config=config)
-    _add_groups(coordinator, args.groups)
+    _add_groups(coordinator, groups)
     leader_command(coordinator, args)
     server, health = (
         _http_server(coordinator, args.http, args.ready_when) if args.http else (None, None)
     )
     return asyncio.run(_serve(coordinator, server, health, args.start_timeout))
+
+
+def _group_names(args: argparse.Namespace) -> list[str]:
+    """The groups of ``--group`` (or its variable or key), then those of the groups file."""
+    names = list(args.groups or ())
+    if args.groups_file:
+        names += read_groups_file(Path(args.groups_file))
+    if not names:
+        raise ConfigurationError(
+            "no groups to take part in: pass --group NAME (repeat for several), "
+            'set COORDINATOR_GROUPS=a,b, put groups = ["a"] in the config file '
+            "or name a file of them, one per line, with --groups-file"
+        )
+    return names
 
 
 def _add_groups(coordinator: Coordinator, names: list[str]) -> None:
