@@ -107,7 +107,11 @@ async def test_run_takes_part_in_the_groups_of_its_groups_file_and_its_flags(
         *("--groups-file", str(listed), "--group", "scheduler", "--group", "part-0"),
         *(f"--{name.replace('_', '-')}={value}" for name, value in FAST.items()),
     ]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    log = tmp_path / "run.log"
+    with log.open("wb") as output:
+        process = await asyncio.create_subprocess_exec(
+            *command, stdout=output, stderr=subprocess.STDOUT
+        )
     try:
         async with connected(dsn) as conn:
 
@@ -123,8 +127,9 @@ async def test_run_takes_part_in_the_groups_of_its_groups_file_and_its_flags(
             assert groups == ["part-0", "part-1", "scheduler"]
     finally:
         process.terminate()
-        _, stderr = process.communicate(timeout=30)
-    assert process.returncode == 0, stderr
+        async with asyncio.timeout(30):
+            await process.wait()
+    assert process.returncode == 0, log.read_text()
 
 
 async def test_status_json_has_exactly_the_documented_keys(dsn: str) -> None:

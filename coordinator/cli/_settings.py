@@ -413,7 +413,5 @@ def read_groups_file(path: Path) -> list[str]:
         except ConfigurationError as error:
             raise ConfigurationError(f"groups file {path}, line {number}: {error}") from None
     if not names:
-        raise ConfigurationError(
-            f"groups file {path} names no group: put one group name per line"
-        )
+        raise ConfigurationError(f"groups file {path} names no group: put one group name per line")
     return names
