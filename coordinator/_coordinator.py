@@ -17,6 +17,7 @@ import contextlib
 import enum
 import os
 import time
+from collections.abc import Iterable, Mapping
 from types import TracebackType
 from typing import Any, Self
 
@@ -97,8 +98,11 @@ class Coordinator:
             raise ConfigurationError("pass either config= or a DSN and settings, not both")
         self.config = config
         self._sql = Statements.for_schema(config.schema)
-        self._groups: dict[str, Group] = {}
+        #: Every group joined, with its lock key, in the order joined.
+        self._keys_by_name: dict[str, int] = {}
         self._names_by_key: dict[int, str] = {}  # a collision is found in one look-up
+        #: The groups and electors made so far: on first use (see add_groups).
+        self._groups: dict[str, Group] = {}
         self._electors: dict[str, Elector] = {}
         self._listeners = Listeners()
         self._jobs = Jobs(scheduler)
@@ -120,7 +124,8 @@ class Coordinator:
 
     @property
     def groups(self) -> dict[str, Group]:
-        return dict(self._groups)
+        """Every group joined, by name, in the order joined (each made now if not yet)."""
+        return {name: self._group(name) for name in self._keys_by_name}
 
     @property
     def failing(self) -> dict[str, str]:
@@ -134,24 +139,54 @@ class Coordinator:
         }
 
     def group(self, name: str) -> Group:
-        """The group called ``name``, created on first use (before start)."""
-        if name in self._groups:
-            return self._groups[name]
+        """The group called ``name``, joined on first use (before start)."""
+        if name not in self._keys_by_name:
+            self.add_groups([name])
+        return self._group(name)
+
+    def add_groups(self, names: Iterable[str]) -> None:
+        """Join every group of ``names`` (before start), each once, as :meth:`group` does.
+
+        For many groups: a group's :class:`Group` and elector (about 560
+        bytes) are made only when first used, by :meth:`group`,
+        :attr:`groups` or an election. In poll mode a process of a fleet
+        sharing 100,000 groups campaigns for a few thousand of them, and
+        making the others took most of its start.
+        """
         if self._state is not RunState.NEW:
             raise RuntimeError("add groups before the coordinator starts")
-        validate_group_name(name)
-        key = group_lock_key(name)
-        other = self._names_by_key.setdefault(key, name)
-        if other != name:
-            raise KeyCollisionError(
-                f"groups {other!r} and {name!r} hash to the same lock key {key}: rename one of them"
+        joining: dict[str, int] = {}
+        names_by_key: dict[int, str] = {}
+        for name in names:
+            if name in self._keys_by_name or name in joining:
+                continue
+            validate_group_name(name)
+            key = group_lock_key(name)
+            other = self._names_by_key.get(key) or names_by_key.setdefault(key, name)
+            if other != name:
+                raise KeyCollisionError(
+                    f"groups {other!r} and {name!r} hash to the same lock key {key}: "
+                    "rename one of them"
+                )
+            joining[name] = key
+        # All or nothing: a refused list joins none of its groups.
+        self._keys_by_name.update(joining)
+        self._names_by_key.update(names_by_key)
+
+    def _group(self, name: str) -> Group:
+        """The joined group ``name``, made (with its elector) on first use."""
+        group = self._groups.get(name)
+        if group is None:
+            elector = self._electors[name] = Elector(
+                name, self.config, emit=self._listeners.emit, record_lost=self._lost.record
             )
-        elector = Elector(
-            name, self.config, emit=self._listeners.emit, record_lost=self._lost.record
-        )
-        self._electors[name] = elector
-        group = self._groups[name] = Group(elector, key, self._sql)
+            group = self._groups[name] = Group(elector, self._keys_by_name[name], self._sql)
         return group
+
+    def _elector(self, name: str) -> Elector:
+        if name not in self._electors:
+            self._group(name)
+        return self._electors[name]
 
     def add_listener(self, listener: Listener) -> None:
         """Call ``listener(signal)`` for every :mod:`signal <coordinator._signals>` emitted."""
@@ -196,7 +231,7 @@ class Coordinator:
         """
         if self._state is not RunState.NEW:
             raise RuntimeError(f"a coordinator starts once; this one is {self._state.value}")
-        if not self._groups:
+        if not self._keys_by_name:
             raise ConfigurationError("no groups to join: call coordinator.group(name) first")
         conn = await connect(self.config.connection)
         try:
@@ -219,7 +254,9 @@ class Coordinator:
         self._log.info(
             "coordinator_started",
             wait="poll" if self._shared is not None else "block",
-            groups=list(self._groups) if len(self._groups) <= 10 else len(self._groups),
+            groups=list(self._keys_by_name)
+            if len(self._keys_by_name) <= 10
+            else len(self._keys_by_name),
             dsn=self.config.redacted_dsn,
             ttl=self.config.ttl,
             heartbeat_interval=self.config.heartbeat_interval,
@@ -238,10 +275,10 @@ class Coordinator:
                 self._enlist(shared), name="coordinator-candidacies"
             )
             return
-        for name, elector in self._electors.items():
-            campaign = BlockingCampaign(self.config, self._sql, name, self._groups[name].lock_key)
+        for name, key in self._keys_by_name.items():
+            campaign = BlockingCampaign(self.config, self._sql, name, key)
             self._beating.append(campaign)
-            elector.start(campaign)
+            self._elector(name).start(campaign)
 
     async def _enlist(self, shared: SharedCampaign) -> None:
         """Poll mode: run the elector of every group this instance is a candidate for.
@@ -261,11 +298,11 @@ class Coordinator:
             if shared.candidacies_changed != looked_at:
                 looked_at = shared.candidacies_changed
                 idle = collections.deque(
-                    name for name in shared.wanted if not self._electors[name].started
+                    name for name in shared.wanted if not self._elector(name).started
                 )
             for _ in range(min(BATCH, len(idle))):
                 name = idle.popleft()
-                elector = self._electors[name]
+                elector = self._elector(name)
                 if not elector.started and shared.wants(name):
                     elector.start(shared.candidacy(name))
 
@@ -335,21 +372,22 @@ class Coordinator:
             self._listeners.emit(signal)
 
     def _following(self) -> list[str]:
-        """Groups this instance is a candidate in: following, its election loop not failing."""
-        return [
-            name
-            for name, e in self._electors.items()
-            if e.role is Role.FOLLOWER and e.problem is None
-        ]
+        """Groups this instance is a candidate in: following, its election loop not failing.
+
+        Blocking mode only (poll mode beats through its session's row), where
+        every group gets its elector: even before they start, at the first beat.
+        """
+        electors = [self._elector(name) for name in self._keys_by_name]
+        return [e.name for e in electors if e.role is Role.FOLLOWER and e.problem is None]
 
     def _terms(self) -> dict[str, Term]:
         return {name: e.term for name, e in self._electors.items() if e.term is not None}
 
-    def _keys(self) -> dict[str, int]:
-        return {name: group.lock_key for name, group in self._groups.items()}
+    def _keys(self) -> Mapping[str, int]:
+        return self._keys_by_name
 
     def _polls(self) -> bool:
-        return self.config.polls(len(self._groups))
+        return self.config.polls(len(self._keys_by_name))
 
     def _leads_any(self) -> bool:
         return any(group.is_leader for group in self._groups.values())

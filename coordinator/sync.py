@@ -27,7 +27,7 @@ import concurrent.futures
 import contextlib
 import functools
 import threading
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterable
 from types import TracebackType
 from typing import Any, Protocol, Self, TypeVar
 
@@ -108,6 +108,10 @@ class Coordinator:
         if name not in self._groups:
             self._groups[name] = Group(self._inner.group(name), self, self._assert_term_sql)
         return self._groups[name]
+
+    def add_groups(self, names: Iterable[str]) -> None:
+        """Join every group of ``names`` (before start); see the asyncio coordinator's."""
+        self._inner.add_groups(names)
 
     def add_listener(self, listener: Listener) -> None:
         """Call ``listener(signal)`` for every signal; it runs on the loop: keep it quick."""

@@ -10,10 +10,10 @@ from typing import Any
 import asyncpg
 import pytest
 
-from coordinator import ConfigurationError, Coordinator, HeartbeatDone, Signal
+from coordinator import ConfigurationError, Coordinator, HeartbeatDone, KeyCollisionError, Signal
 from coordinator.testing import CoordinatorProcess
 from coordinator.testing import distinct_group_names as names
-from helpers import connected, coordinator, wait_until
+from helpers import COLLIDING_NAMES, FAST, connected, coordinator, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -444,3 +444,21 @@ async def test_taking_free_offices_holds_exactly_the_locks_of_its_terms(dsn: str
         with pytest.raises(asyncpg.ReadOnlySQLTransactionError):
             await conn.fetch(take, [spare])
         assert await conn.fetchval(held) == 1
+
+
+async def test_groups_joined_in_bulk_are_led_and_listed_in_the_order_joined(dsn: str) -> None:
+    groups = names(300)
+    coord = Coordinator(dsn, instance_id="bulk", **FAST, **POLL)
+    coord.add_groups([*groups[:200], groups[0]])  # a repeated name joins once
+    with pytest.raises(KeyCollisionError, match="hash to the same lock key"):
+        coord.add_groups(["refused-with-its-list", *COLLIDING_NAMES])
+    coord.add_groups(groups[200:])
+    async with coord:
+        await wait_until(lambda: _leads_all(dsn, "bulk", len(groups)), 60, what="all groups won")
+        assert list(coord.groups) == groups
+        assert all(group.is_leader for group in coord.groups.values())
+        with pytest.raises(RuntimeError, match="before the coordinator starts"):
+            coord.add_groups(["late"])
+    async with connected(dsn) as conn:
+        registered = await conn.fetchval("SELECT count(*) FROM coordinator.leaders")
+    assert registered == len(groups)  # neither the refused list nor the late group

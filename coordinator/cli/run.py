@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import gc
 import signal
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -76,7 +75,7 @@ def handle(args: argparse.Namespace) -> int:
     if args.start_timeout is not None:
         check_seconds("start_timeout", args.start_timeout, 0.0, 3650 * 24 * 3600.0, "")
     coordinator = Coordinator(config=config)
-    _add_groups(coordinator, groups)
+    coordinator.add_groups(groups)
     leader_command(coordinator, args)
     server, health = (
         _http_server(coordinator, args.http, args.ready_when) if args.http else (None, None)
@@ -96,24 +95,6 @@ def _group_names(args: argparse.Namespace) -> list[str]:
             "or name a file of them, one per line, with --groups-file"
         )
     return names
-
-
-def _add_groups(coordinator: Coordinator, names: list[str]) -> None:
-    """Every group of the list, each once.
-
-    The groups and their electors are most of what this process keeps, and
-    live as long as it does: 100,000 groups are half a million objects.
-    Collecting cycles while they are made would walk them again and again
-    (a third of the time), and later collections need not walk them at all,
-    so they are made with the collector paused, then frozen out of its reach.
-    """
-    gc.disable()
-    try:
-        for name in dict.fromkeys(names):
-            coordinator.group(name)
-    finally:
-        gc.enable()
-    gc.freeze()
 
 
 def _http_server(
