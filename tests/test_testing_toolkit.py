@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import tempfile
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import quote
 
@@ -180,3 +183,21 @@ async def test_reset_aborts_both_ends_of_every_connection(
 
 async def _is_closed(conn: asyncpg.Connection) -> bool:
     return bool(conn.is_closed())
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the server runs as another user only under root")
+def test_a_temporary_directory_the_server_user_cannot_enter_is_one_line_before_initdb(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    closed = tmp_path / "private"
+    closed.mkdir(mode=0o700)
+    (closed / "tmp").mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(closed / "tmp"))
+    server = LocalPostgres.embedded()
+    with pytest.raises(RuntimeError) as raised:
+        server.start()
+    message = str(raised.value)
+    assert f"cannot enter {closed} (mode 700)" in message
+    assert "set TMPDIR to a directory others may enter" in message
+    assert len(message.splitlines()) == 1
+    assert not list((closed / "tmp").iterdir())  # nothing made before the refusal

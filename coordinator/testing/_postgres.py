@@ -167,6 +167,7 @@ class LocalPostgres(Managed):
             return
         user = _server_user()
         if user is not None:
+            _check_temporary_directory()
             self._bin_dir = _reachable_install(self._bin_dir.parent) / self._bin_dir.name
         if self._data_dir is None:
             self._data_dir = _make_dir(user)
@@ -404,6 +405,23 @@ def _server_user() -> pwd.struct_passwd | None:
             f"PostgreSQL refuses to run as root and useradd {SERVER_USER} failed: "
             f"{created.stderr.strip()}"
         ) from None
+
+
+def _check_temporary_directory() -> None:
+    """Refuse, in one line, a temporary directory the server's user cannot enter.
+
+    Its data directory, and a copy of the binaries when theirs are closed to
+    others, go there; otherwise initdb fails with a bare PermissionError.
+    """
+    temporary = Path(tempfile.gettempdir()).resolve()
+    for path in [temporary, *temporary.parents]:
+        mode = path.stat().st_mode
+        if not mode & stat.S_IXOTH:
+            raise RuntimeError(
+                f"the server runs as {SERVER_USER}, which cannot enter {path} (mode "
+                f"{stat.S_IMODE(mode):o}) on the way to the temporary directory {temporary}: "
+                f"set TMPDIR to a directory others may enter, such as /tmp, or chmod o+x {path}"
+            )
 
 
 def _make_dir(user: pwd.struct_passwd | None) -> Path:
