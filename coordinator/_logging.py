@@ -17,6 +17,7 @@ one JSON object or one aligned line per event on stdout.
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from collections.abc import MutableMapping
 from typing import IO, Any, Literal
@@ -29,6 +30,9 @@ LogFormat = Literal["json", "console"]
 
 #: The parent of every logger of the library.
 LOGGER_NAME = "coordinator"
+
+#: What makes a value need quotes in the message: str.isspace's characters.
+_SPACE = re.compile(r"\s")
 
 #: LogRecord's own attributes: a field of that name is stored with a trailing underscore.
 _RESERVED = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
@@ -65,7 +69,7 @@ def _to_record(
 
 def _plain(value: Any) -> str:
     text = str(value)
-    return repr(text) if not text or any(c.isspace() for c in text) else text
+    return repr(text) if not text or _SPACE.search(text) else text
 
 
 def configure_logging(
