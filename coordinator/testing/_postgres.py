@@ -414,14 +414,26 @@ def _check_temporary_directory() -> None:
     others, go there; otherwise initdb fails with a bare PermissionError.
     """
     temporary = Path(tempfile.gettempdir()).resolve()
-    for path in [temporary, *temporary.parents]:
-        mode = path.stat().st_mode
-        if not mode & stat.S_IXOTH:
-            raise RuntimeError(
-                f"the server runs as {SERVER_USER}, which cannot enter {path} (mode "
-                f"{stat.S_IMODE(mode):o}) on the way to the temporary directory {temporary}: "
-                f"set TMPDIR to a directory others may enter, such as /tmp, or chmod o+x {path}"
-            )
+    closed = _closed_to_others(temporary)
+    if closed is not None:
+        mode = stat.S_IMODE(closed.stat().st_mode)
+        raise RuntimeError(
+            f"the server runs as {SERVER_USER}, which cannot enter {closed} (mode {mode:o}) "
+            f"on the way to the temporary directory {temporary}: set TMPDIR to a directory "
+            f"others may enter, such as /tmp, or chmod o+x {closed}"
+        )
+
+
+def _closed_to_others(directory: Path) -> Path | None:
+    """The deepest of ``directory`` and the directories above it that others cannot enter."""
+    return next(
+        (
+            path
+            for path in [directory, *directory.parents]
+            if not path.stat().st_mode & stat.S_IXOTH
+        ),
+        None,
+    )
 
 
 def _make_dir(user: pwd.struct_passwd | None) -> Path:
@@ -513,7 +525,7 @@ def _reachable_install(prefix: Path) -> Path:
     the system's temporary directory, shared by later runs, is used instead.
     """
     prefix = prefix.resolve()
-    if not all(parent.stat().st_mode & stat.S_IXOTH for parent in prefix.parents):
+    if _closed_to_others(prefix.parent) is not None:
         prefix = _shared_copy(prefix)
         tree = prefix.parents[1]  # the copy's root: the package and its libraries
     else:
