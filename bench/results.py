@@ -404,16 +404,18 @@ def _findings(r: Results) -> list[str]:
         f"- **Crash.** pg-coordinator's median is {format_seconds(overhead)} above the floor "
         f"({format_seconds(r.floor_kill.median)}). The follower's waiting statement takes "
         "office as soon as the server grants the lock (term, heartbeat, event, NOTIFY, one "
-        "durable transaction; a bare durable commit takes "
-        f"{format_seconds(r.commit.median)} here), with no round trip to the client between, "
-        "and `on_elected` runs before `leadership_acquired` is logged. A pals follower only "
+        "transaction), with no round trip to the client between; the term's number was drawn "
+        "durably while the follower waited, so that commit waits for no WAL flush (a bare "
+        f"durable commit takes {format_seconds(r.commit.median)} here). `on_elected` runs "
+        "before `leadership_acquired` is logged. A pals follower only "
         "returns from `pg_advisory_lock`: "
         f"{format_seconds(_cell_median(_pals(r), Fault.KILL))}.",
         f"- **Graceful stop.** {format_seconds(r.ours[Fault.TERM].failover.median)} against "
         f"{format_seconds(r.floor_unlock.median)} for a bare unlock: on SIGTERM the leader "
         "runs `on_demoted`, then one statement holds the leader row, unlocks and writes the "
-        "resignation, committed asynchronously (the next leader's durable commit flushes it "
-        "too); the next leader's term waits for that commit. Each lock session rehearsed "
+        "resignation, committed asynchronously; the next leader's term waits for that "
+        "commit, and commits asynchronously too, with the number it drew durably before it "
+        "waited. Each lock session rehearsed "
         "the hand-over when it started (and rolled it back), so neither backend loads or "
         "plans anything on the way.",
     ]
@@ -502,7 +504,7 @@ def _trace_findings(r: Results) -> list[str]:
             continue
         tail = (
             f"{format_seconds(answered - office)} from that commit record to the answer (the "
-            f"WAL flush and the reply), and {format_seconds(elected - answered)} to "
+            f"reply: no WAL flush), and {format_seconds(elected - answered)} to "
             "`on_elected`"
         )
         resigned = at.get("resign commit recorded")

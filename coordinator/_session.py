@@ -67,7 +67,7 @@ async def refused_as_reserved() -> AsyncIterator[None]:
 
 @dataclass(frozen=True)
 class _Prepared:
-    reserve_term: asyncpg.prepared_stmt.PreparedStatement
+    draw_term: asyncpg.prepared_stmt.PreparedStatement
     campaign: asyncpg.prepared_stmt.PreparedStatement
     take_office: asyncpg.prepared_stmt.PreparedStatement
     heartbeat: asyncpg.prepared_stmt.PreparedStatement
@@ -187,7 +187,7 @@ class LockSession:
         self._group = group
         self._lock = (config.lock_namespace, lock_key)
         self._busy = asyncio.Lock()
-        self._reserving = True  # until the role turns out not to be granted it
+        self._drawing = True  # until the role turns out not to be granted it
 
     @classmethod
     async def open(
@@ -204,7 +204,7 @@ class LockSession:
             # Parsed and planned now, while following, so that taking office
             # after a crash, and handing over later, cost execution only.
             prepared = _Prepared(
-                reserve_term=await conn.prepare(sql.reserve_term),
+                draw_term=await conn.prepare(sql.draw_term),
                 campaign=await conn.prepare(sql.campaign),
                 take_office=await conn.prepare(sql.take_office),
                 heartbeat=await conn.prepare(sql.leader_heartbeat),
@@ -244,7 +244,7 @@ class LockSession:
         """
         wait_ms = max(1, int(self._config.lock_wait * 1000))
         args = (self._group, instance_id, HOST, os.getpid(), self._config.ttl, wait_ms)
-        await self._reserve_term()
+        await self._draw_term()
         try:
             async with refused_as_reserved(), terms_must_fit([self._group]):
                 row = await self._prepared.campaign.fetchrow(*args)
@@ -261,22 +261,20 @@ class LockSession:
         log_ended_transactions(self._group, row)
         return int(row["term"])
 
-    async def _reserve_term(self) -> None:
-        """Draw the next term durably now, while following, so that taking
-        office commits without waiting for a WAL flush.
+    async def _draw_term(self) -> None:
+        """Have the group's next term drawn durably now, while following, so
+        that taking office commits without waiting for a WAL flush.
 
         A role granted before schema version 15 may not: it takes office as
         before, with the flush on the hand-over's path.
         """
-        if not self._reserving:
+        if not self._drawing:
             return
         try:
-            await self._prepared.reserve_term.fetchval(self._group)
+            await self._prepared.draw_term.fetchval(self._group)
         except asyncpg.InsufficientPrivilegeError as error:
-            self._reserving = False
-            log.warning(
-                "term_reservation_refused", group=self._group, error=error.message, fix=GRANT_HINT
-            )
+            self._drawing = False
+            log.warning("term_draw_refused", group=self._group, error=error.message, fix=GRANT_HINT)
 
     async def _release_if_granted(self) -> None:
         try:

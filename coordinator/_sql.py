@@ -135,12 +135,13 @@ class Statements:
           FROM {schema}.campaign($1, $2, $3, $4, $5, $6)
     """
 
-    # A blocking follower's next term, drawn durably before it waits
-    # (migrations/0015_terms_reserved_ahead.sql): taking office with it then
+    # The group's next term, drawn durably before a blocking follower waits
+    # (migrations/0015_terms_drawn_ahead.sql): taking office with it then
     # commits without a WAL flush. It writes nothing (and costs no flush)
-    # while the backend's reservation is still ahead of the group's term.
-    # $1 group; NULL: no leader row, or the group's terms are exhausted.
-    reserve_term: str = "SELECT {schema}.reserve_term($1)"
+    # while the number drawn is still above the group's term; the group's
+    # followers share it. $1 group; NULL: no leader row, or the group's
+    # terms are exhausted.
+    draw_term: str = "SELECT {schema}.draw_term($1)"
 
     unlock: str = "SELECT pg_advisory_unlock($1, $2)"
 

@@ -84,40 +84,39 @@ async def test_take_office_commits_synchronously_whatever_the_session_says(dsn: 
             assert await conn.fetchval("SHOW synchronous_commit") == "on"
 
 
-async def test_a_term_drawn_ahead_is_issued_without_a_flush_once_and_only_while_ahead(
+async def test_a_term_drawn_ahead_is_shared_by_the_followers_and_issued_without_a_flush(
     dsn: str,
 ) -> None:
-    """A follower's reservation is durable when drawn; taking office with it
-    commits asynchronously. A second draw while it is ahead writes nothing; once
-    used, or overtaken by a higher term, it is spent and the term is durable."""
-    counter = "SELECT last_reserved FROM coordinator.term_counters WHERE group_name = $1"
+    """The group's next term is drawn durably once, for every follower; taking
+    office with it commits asynchronously. Once used it is spent: the next term
+    is issued durably, or drawn again, and terms count on without gaps."""
+    counter = "SELECT last_drawn FROM coordinator.term_counters WHERE group_name = $1"
+    draw = "SELECT coordinator.draw_term($1)"
     take = "SELECT term FROM coordinator.take_office($1, 'a', 'h', 1, 5)"
     async with connected(dsn) as first, connected(dsn) as second:
         await first.execute("SELECT coordinator.register_groups($1, '{7}', 1, 5)", [GROUP])
-        drawn = await first.fetchval("SELECT coordinator.reserve_term($1)", GROUP)
-        assert await first.fetchval("SELECT coordinator.reserve_term($1)", GROUP) == drawn
+        drawn = await first.fetchval(draw, GROUP)
+        assert await second.fetchval(draw, GROUP) == drawn
         assert await first.fetchval(counter, GROUP) == drawn
         await first.execute("SELECT pg_advisory_lock(1, 7)")
         async with first.transaction():
             assert await first.fetchval(take, [GROUP]) == drawn
             assert await first.fetchval("SHOW synchronous_commit") == "off"
-        async with first.transaction():  # spent: the next term is drawn and durable
+        async with first.transaction():  # spent: the next term is issued durably
             assert await first.fetchval(take, [GROUP]) == drawn + 1
             assert await first.fetchval("SHOW synchronous_commit") == "on"
-        overtaken = await second.fetchval("SELECT coordinator.reserve_term($1)", GROUP)
-        ahead = await first.fetchval("SELECT coordinator.reserve_term($1)", GROUP)
-        assert drawn + 1 < overtaken < ahead
-        assert await first.fetchval(take, [GROUP]) == ahead
+        assert await second.fetchval(draw, GROUP) == drawn + 2
+        assert await first.fetchval(draw, GROUP) == drawn + 2
         await first.execute("SELECT pg_advisory_unlock(1, 7)")
         await second.execute("SELECT pg_advisory_lock(1, 7)")
-        async with second.transaction():  # its draw is below the term now: spent
-            assert await second.fetchval(take, [GROUP]) == ahead + 1
-            assert await second.fetchval("SHOW synchronous_commit") == "on"
+        async with second.transaction():
+            assert await second.fetchval(take, [GROUP]) == drawn + 2
+            assert await second.fetchval("SHOW synchronous_commit") == "off"
 
 
 async def test_a_term_lost_in_a_crash_is_never_issued_again(pg_server: Any) -> None:
-    """A term taken with a reservation is lost in a crash (its commit was never
-    written: the WAL writer waits 10 s); the reservations are gone after it, and
+    """A term drawn ahead and taken is lost in a crash (its commit was never
+    written: the WAL writer waits 10 s); what was drawn is forgotten with it, and
     the next term, drawn or not, is above the lost one."""
     if pg_server.local is None:
         pytest.skip("needs a server the suite runs itself")
@@ -127,17 +126,17 @@ async def test_a_term_lost_in_a_crash_is_never_issued_again(pg_server: Any) -> N
         await migrate(server.dsn)
         async with connected(server.dsn) as conn:
             await conn.execute("SELECT coordinator.register_groups($1, '{7}', 1, 5)", [GROUP])
-            drawn = await conn.fetchval("SELECT coordinator.reserve_term($1)", GROUP)
+            drawn = await conn.fetchval("SELECT coordinator.draw_term($1)", GROUP)
             await conn.execute("SELECT pg_advisory_lock(1, 7)")
             assert await conn.fetchval(take, [GROUP]) == drawn
             server.kill()
         server.start()
         async with connected(server.dsn) as conn, connected(server.dsn) as other:
             assert await conn.fetchval(term_now, GROUP) < drawn, "the crash lost the term"
-            assert not await conn.fetchval("SELECT count(*) FROM coordinator.term_reservations")
+            assert not await conn.fetchval("SELECT count(*) FROM coordinator.drawn_terms")
             await conn.execute("SELECT pg_advisory_lock(1, 7)")
             assert await conn.fetchval(take, [GROUP]) == drawn + 1
-            redrawn = await other.fetchval("SELECT coordinator.reserve_term($1)", GROUP)
+            redrawn = await other.fetchval("SELECT coordinator.draw_term($1)", GROUP)
             assert redrawn == drawn + 2
 
 

@@ -53,7 +53,7 @@ GRANT EXECUTE ON FUNCTION
     coordinator.take_office(text[], text, text, integer, float8),
     coordinator.take_free_offices(text[], text, text, integer, float8),
     coordinator.campaign(text, text, text, integer, float8, integer),
-    coordinator.reserve_term(text),
+    coordinator.draw_term(text),
     coordinator.rehearse_handover(text, text, integer, float8),
     coordinator.leader_heartbeat(text, integer, text[], bigint[]),
     coordinator.member_heartbeat(text[], text, text, integer),

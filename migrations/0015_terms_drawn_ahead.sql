@@ -1,5 +1,6 @@
--- pg-coordinator schema, version 15: a blocking follower draws its next term
--- durably while it waits, so that taking office needs no WAL flush.
+-- pg-coordinator schema, version 15: a group's next term is drawn durably
+-- ahead of time, by its waiting followers, so that taking office needs no
+-- WAL flush.
 --
 -- Until now every term was made durable by the commit that issued it
 -- (start_terms forces synchronous_commit on): a crash of the server could
@@ -8,33 +9,31 @@
 -- leader's code: about 1 ms of a graceful hand-over's 3.5 ms here.
 --
 -- Now the number is made durable ahead of time, and taking office only uses
--- it. A follower calls reserve_term(group) before it waits for the group's
--- lock: it draws the next number from the group's durable counter
--- (term_counters, committed synchronously) and keeps it as its backend's
--- reservation (term_reservations). When that backend is granted the lock and
--- takes office, start_terms issues the reserved number and commits
--- asynchronously; without a reservation that is still ahead of the group's
--- term for every group asked, it issues greatest(term + 1, the timeline's
--- first term, counter + 1) and commits synchronously, as before.
+-- it. A blocking follower calls draw_term(group) before it waits for the
+-- group's lock. Unless the group already has a number drawn that is above
+-- its term, that draws the next one from the group's durable counter
+-- (term_counters, committed synchronously) and notes it in drawn_terms.
+-- When a backend takes office and every group it asks for has such a
+-- number, start_terms issues those numbers and commits asynchronously;
+-- otherwise it issues greatest(term + 1, the timeline's first term,
+-- counter + 1) and commits synchronously, as before. The followers of a
+-- group share its one drawn number, so terms still count 1, 2, 3 ... from
+-- one hand-over to the next.
 --
 -- Why a term is still never issued twice:
 --
 -- * Every number issued asynchronously was drawn from the counter by a
 --   durable commit first, and every number issued synchronously is durable
---   itself. After a crash the counter is at least every number that may have
---   been issued and lost, and a term issued without a reservation is above
---   it.
--- * A reservation is used only while it is above the group's term, read
+--   itself (and above the counter). After a crash the counter is at least
+--   every number that may have been issued and lost.
+-- * A drawn number is used only while it is above the group's term, read
 --   under the leader row's lock: once used, or once a higher term exists,
 --   it is spent.
--- * term_reservations is UNLOGGED: any crash of the server, and any crash
---   recovery, empties it, so no reservation outlives a crash in which a term
---   drawn before it could have been lost; after one, every follower draws
---   again. A standby has none (unlogged tables are not replicated), and a
---   promoted standby starts a new timeline anyway.
--- * Reservations are kept per backend: only the backend that drew a number
---   can issue it (a pid reused by a later backend can only issue a number
---   nobody issued: above the group's term, drawn by one draw).
+-- * drawn_terms is UNLOGGED: any crash of the server, and any crash
+--   recovery, empties it, so no drawn number outlives a crash in which it
+--   could have been issued and lost; after one, the next number is drawn
+--   above the counter. A standby has none (unlogged tables are not
+--   replicated), and a promoted standby starts a new timeline anyway.
 --
 -- What an asynchronous term changes: a crash within a few hundred
 -- milliseconds of taking office (three wal_writer_delay, unless a later
@@ -44,72 +43,88 @@
 -- that commits durably flushes the term before it (WAL is flushed in
 -- order), so what a term did durably never outlives the record of the term.
 --
--- reserve_term(group) returns the backend's reservation, drawn now unless it
--- still has one ahead of the group's term (then it writes nothing, and the
--- call costs no flush), or NULL for a group without a leader row or whose
--- next term would not fit in a bigint. It is asked of a blocking follower's
--- session only; poll mode takes office without reservations, as before.
--- rehearse_handover reserves too, so that a new lock session has planned
--- that path as well before it is needed.
+-- draw_term(group) returns the group's number drawn ahead: the one noted,
+-- while it is above the group's term (then it writes nothing, and the call
+-- costs no flush), else a new one; NULL for a group without a leader row or
+-- whose next term would not fit in a bigint. It is asked by blocking
+-- followers only; poll mode takes office as before. rehearse_handover draws
+-- too, so that a new lock session has planned that path as well before it
+-- is needed.
 --
--- Rolling upgrade from version 14: earlier releases never reserve, and take
--- office synchronously as before; terms they issue skip past the numbers
--- drawn. Run `coordinator grant` again after migrating: the runtime role
--- needs EXECUTE on reserve_term.
+-- Rolling upgrade from version 14: earlier releases never draw; the terms
+-- they issue are durable and skip past the numbers drawn. Run
+-- `coordinator grant` again after migrating: the runtime role needs
+-- EXECUTE on draw_term.
 
--- The highest number drawn for each group's reservations.
+-- The highest number drawn ahead for each group.
 CREATE TABLE coordinator.term_counters (
-    group_name    text   PRIMARY KEY REFERENCES coordinator.leaders ON DELETE CASCADE,
-    last_reserved bigint NOT NULL
+    group_name text   PRIMARY KEY REFERENCES coordinator.leaders ON DELETE CASCADE,
+    last_drawn bigint NOT NULL
 );
 
--- Each backend's reservation per group: emptied by any crash of the server.
-CREATE UNLOGGED TABLE coordinator.term_reservations (
-    group_name  text    NOT NULL,
-    backend_pid integer NOT NULL,
-    term        bigint  NOT NULL,
-    PRIMARY KEY (backend_pid, group_name)
+-- Each group's number drawn since the server last started: emptied by any crash.
+CREATE UNLOGGED TABLE coordinator.drawn_terms (
+    group_name text   PRIMARY KEY,
+    term       bigint NOT NULL
 );
 
-CREATE FUNCTION coordinator.reserve_term(for_group text)
+-- The group's number drawn ahead, while it is above the group's term.
+CREATE FUNCTION coordinator.term_drawn_ahead(for_group text)
+RETURNS bigint
+LANGUAGE sql
+STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT d.term FROM coordinator.drawn_terms AS d
+      JOIN coordinator.leaders AS l ON l.group_name = d.group_name
+     WHERE d.group_name = term_drawn_ahead.for_group AND d.term > l.term
+$$;
+
+CREATE FUNCTION coordinator.draw_term(for_group text)
 RETURNS bigint
 LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    current_term bigint;
-    held bigint;
-    drawn bigint;
+    drawn bigint := coordinator.term_drawn_ahead(draw_term.for_group);
 BEGIN
-    SELECT l.term INTO current_term FROM coordinator.leaders AS l
-     WHERE l.group_name = reserve_term.for_group;
-    IF NOT FOUND THEN
-        RETURN NULL;
-    END IF;
-    SELECT r.term INTO held FROM coordinator.term_reservations AS r
-     WHERE r.backend_pid = pg_backend_pid() AND r.group_name = reserve_term.for_group;
-    IF held > current_term THEN
-        RETURN held;
+    IF drawn IS NOT NULL OR NOT EXISTS (SELECT 1 FROM coordinator.leaders AS l
+                                         WHERE l.group_name = draw_term.for_group) THEN
+        RETURN drawn;
     END IF;
     -- The draw must survive a crash: never commit it asynchronously.
     IF current_setting('synchronous_commit') IN ('off', 'local', 'remote_write') THEN
         PERFORM set_config('synchronous_commit', 'on', true);
     END IF;
+    -- Followers that draw at once take turns on the counter's row, and a
+    -- later one takes the number the first drew: terms count on without gaps.
+    INSERT INTO coordinator.term_counters (group_name, last_drawn)
+    VALUES (draw_term.for_group, 0)
+    ON CONFLICT (group_name) DO NOTHING;
+    PERFORM 1 FROM coordinator.term_counters AS c
+     WHERE c.group_name = draw_term.for_group FOR UPDATE;
+    drawn := coordinator.term_drawn_ahead(draw_term.for_group);
+    IF drawn IS NOT NULL THEN
+        RETURN drawn;
+    END IF;
     BEGIN
-        INSERT INTO coordinator.term_counters AS c (group_name, last_reserved)
-        VALUES (reserve_term.for_group,
-                greatest(current_term, coordinator.timeline_first_term() - 1) + 1)
-        ON CONFLICT (group_name) DO UPDATE
-           SET last_reserved = greatest(c.last_reserved, excluded.last_reserved - 1) + 1
-        RETURNING c.last_reserved INTO drawn;
+        UPDATE coordinator.term_counters AS c
+           SET last_drawn = greatest(c.last_drawn, l.term,
+                                     coordinator.timeline_first_term() - 1) + 1
+          FROM coordinator.leaders AS l
+         WHERE c.group_name = draw_term.for_group AND l.group_name = c.group_name
+        RETURNING c.last_drawn INTO drawn;
     EXCEPTION WHEN numeric_value_out_of_range THEN
         -- The group's terms are exhausted: taking office says so.
         RETURN NULL;
     END;
-    INSERT INTO coordinator.term_reservations AS r (group_name, backend_pid, term)
-    VALUES (reserve_term.for_group, pg_backend_pid(), drawn)
-    ON CONFLICT (backend_pid, group_name) DO UPDATE SET term = excluded.term;
+    IF drawn IS NULL THEN  -- the group was removed meanwhile
+        RETURN NULL;
+    END IF;
+    INSERT INTO coordinator.drawn_terms AS d (group_name, term)
+    VALUES (draw_term.for_group, drawn)
+    ON CONFLICT (group_name) DO UPDATE SET term = greatest(d.term, excluded.term);
     RETURN drawn;
 END
 $$;
@@ -165,15 +180,12 @@ BEGIN
          ORDER BY l.group_name
            FOR NO KEY UPDATE;
     END;
-    -- With the leader rows held, their terms are the latest: a reservation
-    -- above every one of them is this backend's to issue, and durable already.
-    ahead := EXISTS (SELECT 1 FROM coordinator.term_reservations AS r
-                      WHERE r.backend_pid = pg_backend_pid())
-             AND (SELECT count(*) FROM coordinator.leaders AS l
-                    JOIN coordinator.term_reservations AS r
-                      ON r.backend_pid = pg_backend_pid() AND r.group_name = l.group_name
-                   WHERE l.group_name = ANY(start_terms.group_names) AND r.term > l.term)
-                 = cardinality(start_terms.group_names);
+    -- With the leader rows held, their terms are the latest: a number drawn
+    -- above every one of them is durable already, and nobody's yet.
+    ahead := (SELECT count(*) FROM coordinator.leaders AS l
+                JOIN coordinator.drawn_terms AS d ON d.group_name = l.group_name
+               WHERE l.group_name = ANY(start_terms.group_names) AND d.term > l.term)
+             = cardinality(start_terms.group_names);
     -- A term handed out must survive a crash: one that was not drawn ahead is
     -- never committed asynchronously.
     IF ahead THEN
@@ -186,13 +198,12 @@ BEGIN
     RETURN QUERY
     WITH issued AS (
         SELECT l.group_name,
-               CASE WHEN ahead THEN r.term
-                    ELSE greatest(l.term + 1, first_term, coalesce(c.last_reserved, 0) + 1)
+               CASE WHEN ahead THEN d.term
+                    ELSE greatest(l.term + 1, first_term, coalesce(c.last_drawn, 0) + 1)
                END AS term
           FROM coordinator.leaders AS l
           LEFT JOIN coordinator.term_counters AS c ON c.group_name = l.group_name
-          LEFT JOIN coordinator.term_reservations AS r
-            ON ahead AND r.backend_pid = pg_backend_pid() AND r.group_name = l.group_name
+          LEFT JOIN coordinator.drawn_terms AS d ON ahead AND d.group_name = l.group_name
          WHERE l.group_name = ANY(start_terms.group_names)
     ), office AS (
         UPDATE coordinator.leaders AS l
@@ -203,10 +214,6 @@ BEGIN
           FROM issued
          WHERE l.group_name = issued.group_name
         RETURNING l.group_name, l.term, l.acquired_at
-    ), spent AS (
-        DELETE FROM coordinator.term_reservations AS r
-         WHERE ahead AND r.backend_pid = pg_backend_pid()
-           AND r.group_name = ANY(start_terms.group_names)
     ), handed_over AS (
         DELETE FROM coordinator.switchovers AS s
          WHERE s.group_name IN (SELECT office.group_name FROM office)
@@ -255,7 +262,7 @@ BEGIN
         INSERT INTO coordinator.leaders (group_name, lock_namespace, lock_key, ttl)
         VALUES (rehearsal_group, rehearsal_namespace, pg_backend_pid(),
                 make_interval(secs => rehearse_handover.ttl_s));
-        PERFORM coordinator.reserve_term(rehearsal_group);
+        PERFORM coordinator.draw_term(rehearsal_group);
         SELECT c.term INTO office
           FROM coordinator.campaign(rehearsal_group, rehearse_handover.instance_id,
                                     rehearse_handover.host, rehearse_handover.pid,
@@ -276,8 +283,8 @@ BEGIN
 END
 $$;
 
-REVOKE ALL ON FUNCTION coordinator.reserve_term(text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION coordinator.term_drawn_ahead(text), coordinator.draw_term(text) FROM PUBLIC;
 
-COMMENT ON FUNCTION coordinator.reserve_term(text) IS
-    'Draw the calling backend''s next term of the group durably, ahead of taking office '
+COMMENT ON FUNCTION coordinator.draw_term(text) IS
+    'Make sure the group has its next term drawn durably, ahead of taking office, and return it '
     '(NULL: no such group, or its terms are exhausted); taking office with it needs no WAL flush.';
