@@ -141,6 +141,7 @@ DECLARE
     first_term bigint := coordinator.timeline_first_term();
     ended integer[] := '{}';
     ahead boolean;
+    counted boolean;
 BEGIN
     -- A switchover in progress reserves the group for its target (or, without
     -- a target, for anyone but the leader that hands over) until it expires.
@@ -180,12 +181,16 @@ BEGIN
          ORDER BY l.group_name
            FOR NO KEY UPDATE;
     END;
-    -- With the leader rows held, their terms are the latest: a number drawn
-    -- above every one of them is durable already, and nobody's yet.
-    ahead := (SELECT count(*) FROM coordinator.leaders AS l
-                JOIN coordinator.drawn_terms AS d ON d.group_name = l.group_name
-               WHERE l.group_name = ANY(start_terms.group_names) AND d.term > l.term)
-             = cardinality(start_terms.group_names);
+    -- Groups that were never drawn for (poll mode) skip the look for a
+    -- number drawn. With the leader rows held, their terms are the latest: a
+    -- number drawn above every one of them is durable already, and nobody's yet.
+    counted := EXISTS (SELECT 1 FROM coordinator.term_counters AS c
+                        WHERE c.group_name = ANY(start_terms.group_names));
+    ahead := counted
+             AND (SELECT count(*) FROM coordinator.leaders AS l
+                    JOIN coordinator.drawn_terms AS d ON d.group_name = l.group_name
+                   WHERE l.group_name = ANY(start_terms.group_names) AND d.term > l.term)
+                 = cardinality(start_terms.group_names);
     -- A term handed out must survive a crash: one that was not drawn ahead is
     -- never committed asynchronously.
     IF ahead THEN
@@ -196,23 +201,23 @@ BEGIN
     -- Times are clock_timestamp(): the row lock may have been waited for, and
     -- the first heartbeat must not be born old.
     RETURN QUERY
-    WITH issued AS (
-        SELECT l.group_name,
-               CASE WHEN ahead THEN d.term
-                    ELSE greatest(l.term + 1, first_term, coalesce(c.last_drawn, 0) + 1)
-               END AS term
-          FROM coordinator.leaders AS l
-          LEFT JOIN coordinator.term_counters AS c ON c.group_name = l.group_name
-          LEFT JOIN coordinator.drawn_terms AS d ON ahead AND d.group_name = l.group_name
-         WHERE l.group_name = ANY(start_terms.group_names)
-    ), office AS (
+    WITH office AS (
         UPDATE coordinator.leaders AS l
-           SET term = issued.term, holder = start_terms.instance_id,
+           SET term = CASE WHEN ahead
+                           THEN (SELECT d.term FROM coordinator.drawn_terms AS d
+                                  WHERE d.group_name = l.group_name)
+                           WHEN counted
+                           THEN greatest(l.term + 1, first_term,
+                                         coalesce((SELECT c.last_drawn
+                                                     FROM coordinator.term_counters AS c
+                                                    WHERE c.group_name = l.group_name), 0) + 1)
+                           ELSE greatest(l.term + 1, first_term)
+                      END,
+               holder = start_terms.instance_id,
                holder_host = start_terms.host, holder_pid = start_terms.pid,
                backend_pid = pg_backend_pid(), acquired_at = clock_timestamp(),
                ttl = make_interval(secs => start_terms.ttl_s)
-          FROM issued
-         WHERE l.group_name = issued.group_name
+         WHERE l.group_name = ANY(start_terms.group_names)
         RETURNING l.group_name, l.term, l.acquired_at
     ), handed_over AS (
         DELETE FROM coordinator.switchovers AS s
