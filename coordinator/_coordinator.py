@@ -312,6 +312,8 @@ class Coordinator:
         if self._state is not RunState.RUNNING:
             return
         self._state = RunState.STOPPING
+        for elector in self._electors.values():
+            elector.request_stop()
         if self._enlisting is not None:
             self._enlisting.cancel()
             await asyncio.gather(self._enlisting, return_exceptions=True)

@@ -135,11 +135,19 @@ class Elector:
         if self.term is not None:
             self.term.end(DemotionReason.RESIGNED)
 
-    async def stop(self) -> None:
-        """Resign if leading, stop following, and wait until that is done."""
+    def request_stop(self) -> None:
+        """End the term now, if leading, and stop campaigning; :meth:`stop` waits for it.
+
+        A coordinator stopping many electors asks them all first, so that
+        every leader starts handing over on the loop's next turn.
+        """
         self._stopping.set()
         if self.term is not None:
             self.term.end(DemotionReason.STOPPING)
+
+    async def stop(self) -> None:
+        """Resign if leading, stop following, and wait until that is done."""
+        self.request_stop()
         if self._task is None:  # never campaigned (poll mode: not a candidate)
             await self._set_role(Role.STOPPED)
             return
