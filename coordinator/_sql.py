@@ -276,8 +276,8 @@ class Statements:
     # starts taking office meanwhile, and its term update waits for the
     # leader row, so it sees the resignation. This commit is asynchronous:
     # nothing it writes is a term, and it is durable by the time the next
-    # leader's term is (that commit is forced durable and flushes the WAL in
-    # order), or within three wal_writer_delay when nobody takes over. If
+    # leader's term is (the WAL is flushed in order), or within three
+    # wal_writer_delay. If
     # this term's fenced transactions outlast the lock_timeout, the statement
     # fails before the unlock (lock_not_available): the caller unlocks on
     # its own.
