@@ -180,17 +180,22 @@ async def test_a_role_granted_before_an_upgrade_is_told_to_run_grant(
         assert await conn.fetchval("SELECT count(*) FROM coordinator.leaders") == 0
 
 
-async def test_a_role_without_the_rehearsal_still_hands_over(
-    dsn: str, make_role: Callable[..., Awaitable[Role]]
+@pytest.mark.parametrize(
+    ("function", "event"),
+    [
+        ("rehearse_handover(text, text, integer, float8)", "handover_rehearsal_refused"),
+        ("draw_term(text)", "term_draw_refused"),
+    ],
+)
+async def test_a_role_without_a_hand_over_shortcut_still_hands_over(
+    dsn: str, make_role: Callable[..., Awaitable[Role]], function: str, event: str
 ) -> None:
-    """A role granted before schema version 13 may not rehearse a hand-over: each lock
-    session says so, naming the fix, and elects and hands over all the same."""
+    """A role granted before schema version 13 may not rehearse a hand-over, one
+    granted before 15 may not draw terms ahead: each lock session says so, naming
+    the fix, and elects and hands over all the same (terms 1, then 2)."""
     role = await make_role()
     async with connected(dsn) as conn:
-        await conn.execute(
-            "REVOKE EXECUTE ON FUNCTION coordinator.rehearse_handover(text, text, integer, "
-            f'float8) FROM "{role.name}"'
-        )
+        await conn.execute(f'REVOKE EXECUTE ON FUNCTION coordinator.{function} FROM "{role.name}"')
     first = coordinator(role.dsn, "a", GROUP, wait="block")
     second = coordinator(role.dsn, "b", GROUP, wait="block")
     with capture_logs() as logs:
@@ -200,8 +205,8 @@ async def test_a_role_without_the_rehearsal_still_hands_over(
                 await wait_until(lambda: lock_waiters(dsn), WAIT, what="the follower to wait")
                 await first.group(GROUP).resign()
                 assert await second.group(GROUP).wait_elected(WAIT) == 2
-    refused = [r for r in logs if r["event"] == "handover_rehearsal_refused"]
-    assert refused, "no lock session said it could not rehearse"
+    refused = [r for r in logs if r["event"] == event]
+    assert refused, f"no lock session said it may not call {function}"
     assert all("coordinator grant" in r["fix"] for r in refused)
 
 
