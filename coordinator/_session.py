@@ -266,12 +266,16 @@ class LockSession:
         that taking office commits without waiting for a WAL flush.
 
         A role granted before schema version 15 may not: it takes office as
-        before, with the flush on the hand-over's path.
+        before, with the flush on the hand-over's path. Neither can anyone
+        while the database is read-only; the follower waits all the same,
+        as it always did (taking office then fails, or commits with a flush).
         """
         if not self._drawing:
             return
         try:
             await self._prepared.draw_term.fetchval(self._group)
+        except asyncpg.ReadOnlySQLTransactionError:
+            return
         except asyncpg.InsufficientPrivilegeError as error:
             self._drawing = False
             log.warning("term_draw_refused", group=self._group, error=error.message, fix=GRANT_HINT)
