@@ -68,6 +68,20 @@ CREATE UNLOGGED TABLE coordinator.drawn_terms (
     term       bigint NOT NULL
 );
 
+-- The calling transaction commits durably (synchronous_commit at least
+-- 'on'), whatever the session, the role, the database or the server says.
+-- No SET clause: the setting must outlast this call, to the commit.
+CREATE FUNCTION coordinator.commit_durably()
+RETURNS void
+LANGUAGE plpgsql
+AS $$
+BEGIN
+    IF pg_catalog.current_setting('synchronous_commit') IN ('off', 'local', 'remote_write') THEN
+        PERFORM pg_catalog.set_config('synchronous_commit', 'on', true);
+    END IF;
+END
+$$;
+
 -- The group's number drawn ahead, while it is above the group's term.
 CREATE FUNCTION coordinator.term_drawn_ahead(for_group text)
 RETURNS bigint
@@ -94,9 +108,7 @@ BEGIN
         RETURN drawn;
     END IF;
     -- The draw must survive a crash: never commit it asynchronously.
-    IF current_setting('synchronous_commit') IN ('off', 'local', 'remote_write') THEN
-        PERFORM set_config('synchronous_commit', 'on', true);
-    END IF;
+    PERFORM coordinator.commit_durably();
     -- Followers that draw at once take turns on the counter's row, and a
     -- later one takes the number the first drew: terms count on without gaps.
     INSERT INTO coordinator.term_counters (group_name, last_drawn)
@@ -119,12 +131,9 @@ BEGIN
         -- The group's terms are exhausted: taking office says so.
         RETURN NULL;
     END;
-    IF drawn IS NULL THEN  -- the group was removed meanwhile
-        RETURN NULL;
-    END IF;
-    INSERT INTO coordinator.drawn_terms AS d (group_name, term)
+    INSERT INTO coordinator.drawn_terms (group_name, term)
     VALUES (draw_term.for_group, drawn)
-    ON CONFLICT (group_name) DO UPDATE SET term = greatest(d.term, excluded.term);
+    ON CONFLICT (group_name) DO UPDATE SET term = excluded.term;
     RETURN drawn;
 END
 $$;
@@ -195,8 +204,8 @@ BEGIN
     -- never committed asynchronously.
     IF ahead THEN
         PERFORM set_config('synchronous_commit', 'off', true);
-    ELSIF current_setting('synchronous_commit') IN ('off', 'local', 'remote_write') THEN
-        PERFORM set_config('synchronous_commit', 'on', true);
+    ELSE
+        PERFORM coordinator.commit_durably();
     END IF;
     -- Times are clock_timestamp(): the row lock may have been waited for, and
     -- the first heartbeat must not be born old.
@@ -288,7 +297,9 @@ BEGIN
 END
 $$;
 
-REVOKE ALL ON FUNCTION coordinator.term_drawn_ahead(text), coordinator.draw_term(text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION coordinator.commit_durably(), coordinator.term_drawn_ahead(text),
+    coordinator.draw_term(text)
+FROM PUBLIC;
 
 COMMENT ON FUNCTION coordinator.draw_term(text) IS
     'Make sure the group has its next term drawn durably, ahead of taking office, and return it '
