@@ -15,10 +15,11 @@
 -- (term_counters, committed synchronously) and notes it in drawn_terms.
 -- When a backend takes office and every group it asks for has such a
 -- number, start_terms issues those numbers and commits asynchronously;
--- otherwise it issues greatest(term + 1, the timeline's first term,
--- counter + 1) and commits synchronously, as before. The followers of a
--- group share its one drawn number, so terms still count 1, 2, 3 ... from
--- one hand-over to the next.
+-- otherwise it commits synchronously, as before, and issues the number
+-- drawn if one was drawn above the term meanwhile (the draw of the leader
+-- that just handed over often is), else greatest(term + 1, the timeline's
+-- first term, counter + 1). The followers of a group share its one drawn
+-- number, so terms still count 1, 2, 3 ... from one hand-over to the next.
 --
 -- Why a term is still never issued twice:
 --
@@ -212,14 +213,17 @@ BEGIN
     RETURN QUERY
     WITH office AS (
         UPDATE coordinator.leaders AS l
-           SET term = CASE WHEN ahead
-                           THEN (SELECT d.term FROM coordinator.drawn_terms AS d
-                                  WHERE d.group_name = l.group_name)
-                           WHEN counted
-                           THEN greatest(l.term + 1, first_term,
-                                         coalesce((SELECT c.last_drawn
-                                                     FROM coordinator.term_counters AS c
-                                                    WHERE c.group_name = l.group_name), 0) + 1)
+           -- Decided again in this statement's snapshot, where a number drawn
+           -- and the counter it was drawn from are seen together: a draw that
+           -- committed since ahead was read is used (durably), not skipped.
+           SET term = CASE WHEN counted
+                           THEN coalesce((SELECT d.term FROM coordinator.drawn_terms AS d
+                                           WHERE d.group_name = l.group_name AND d.term > l.term),
+                                         greatest(l.term + 1, first_term,
+                                                  coalesce((SELECT c.last_drawn
+                                                              FROM coordinator.term_counters AS c
+                                                             WHERE c.group_name = l.group_name),
+                                                           0) + 1))
                            ELSE greatest(l.term + 1, first_term)
                       END,
                holder = start_terms.instance_id,

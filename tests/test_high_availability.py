@@ -8,6 +8,8 @@ they crash, stop and promote it.
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import time
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -112,6 +114,31 @@ async def test_a_term_drawn_ahead_is_shared_by_the_followers_and_issued_without_
         async with second.transaction():
             assert await second.fetchval(take, [GROUP]) == drawn + 2
             assert await second.fetchval("SHOW synchronous_commit") == "off"
+
+
+async def test_a_number_drawn_while_taking_office_is_issued_not_skipped(dsn: str) -> None:
+    """A follower draws just as another backend takes office with no number
+    drawn (the follower that lost a switchover's race does that at once): the
+    draw can land after taking office looked for one and before it chose the
+    term. Hundreds of times, at staggered offsets, terms count on by one."""
+    take = "SELECT term FROM coordinator.take_office($1, 'a', 'h', 1, 5)"
+    draw = "SELECT coordinator.draw_term($1)"
+    async with connected(dsn) as taker, connected(dsn) as drawer:
+        await taker.execute("SELECT coordinator.register_groups($1, '{7}', 1, 5)", [GROUP])
+        await taker.execute("SELECT pg_advisory_lock(1, 7)")
+        terms = [await taker.fetchval(take, [GROUP])]
+        for attempt in range(300):
+            taking = asyncio.ensure_future(taker.fetchval(take, [GROUP]))
+            await asyncio.sleep(0)  # the statement is sent
+            stagger_until = time.perf_counter() + (attempt % 40) * 10e-6
+            while time.perf_counter() < stagger_until:
+                pass
+            drawing = asyncio.ensure_future(drawer.fetchval(draw, GROUP))
+            terms.append(await taking)
+            await drawing
+            terms.append(await taker.fetchval(take, [GROUP]))  # spends what was drawn
+    skipped = [(a, b) for a, b in itertools.pairwise(terms) if b != a + 1]
+    assert not skipped, f"{len(skipped)} terms skipped, the first {skipped[:5]}"
 
 
 async def test_a_term_lost_in_a_crash_is_never_issued_again(pg_server: Any) -> None:
