@@ -32,7 +32,7 @@ from coordinator._elector import Elector, Role
 from coordinator._errors import ConfigurationError, KeyCollisionError
 from coordinator._group import Group
 from coordinator._jobs import Jobs
-from coordinator._keys import group_lock_key, validate_group_name
+from coordinator._keys import first_invalid_group_name, group_lock_keys, validate_group_name
 from coordinator._logging import get_logger
 from coordinator._members import Members
 from coordinator._migrations import check_schema
@@ -155,23 +155,30 @@ class Coordinator:
         """
         if self._state is not RunState.NEW:
             raise RuntimeError("add groups before the coordinator starts")
-        joining: dict[str, int] = {}
-        names_by_key: dict[int, str] = {}
-        for name in names:
-            if name in self._keys_by_name or name in joining:
-                continue
-            validate_group_name(name)
-            key = group_lock_key(name)
-            other = self._names_by_key.get(key) or names_by_key.setdefault(key, name)
+        fresh = [name for name in dict.fromkeys(names) if name not in self._keys_by_name]
+        bad = first_invalid_group_name(fresh)
+        if bad is not None:
+            validate_group_name(fresh[bad])  # raises, saying what is wrong with it
+        joining = dict(zip(fresh, group_lock_keys(fresh), strict=True))
+        names_by_key = {key: name for name, key in joining.items()}
+        if len(names_by_key) < len(joining) or not names_by_key.keys().isdisjoint(
+            self._names_by_key
+        ):
+            self._refuse_shared_keys(joining)
+        # All or nothing: a refused list joins none of its groups.
+        self._keys_by_name.update(joining)
+        self._names_by_key.update(names_by_key)
+
+    def _refuse_shared_keys(self, joining: dict[str, int]) -> None:
+        """Raise KeyCollisionError for the first group of ``joining`` whose lock key is taken."""
+        names_by_key = dict(self._names_by_key)
+        for name, key in joining.items():
+            other = names_by_key.setdefault(key, name)
             if other != name:
                 raise KeyCollisionError(
                     f"groups {other!r} and {name!r} hash to the same lock key {key}: "
                     "rename one of them"
                 )
-            joining[name] = key
-        # All or nothing: a refused list joins none of its groups.
-        self._keys_by_name.update(joining)
-        self._names_by_key.update(names_by_key)
 
     def _group(self, name: str) -> Group:
         """The joined group ``name``, made (with its elector) on first use."""

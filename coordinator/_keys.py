@@ -11,14 +11,16 @@ refused by a unique constraint on the stored key, never silently shared.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from coordinator._errors import ConfigurationError
 
 __all__ = [
     "DEFAULT_LOCK_NAMESPACE",
     "MAX_GROUP_NAME_BYTES",
+    "first_invalid_group_name",
     "group_lock_key",
+    "group_lock_keys",
     "group_set",
     "validate_group_name",
 ]
@@ -50,10 +52,45 @@ def validate_group_name(name: str) -> str:
     return name
 
 
+#: A name of at most this many characters fits MAX_GROUP_NAME_BYTES (4 bytes a character).
+_SURELY_SHORT = MAX_GROUP_NAME_BYTES // 4
+
+
+def first_invalid_group_name(names: Sequence[str]) -> int | None:
+    """The index of the first name of ``names`` that cannot name a group, or None.
+
+    The same rules as :func:`validate_group_name` (which says what is wrong),
+    checked in one pass: a process of a fleet reads 100,000 names at start,
+    and a call per name was most of that.
+    """
+    fits = [
+        type(name) is str
+        and name.isprintable()
+        and 0 < len(name) <= _SURELY_SHORT
+        and not name[0].isspace()
+        and not name[-1].isspace()
+        for name in names
+    ]
+    if all(fits):
+        return None
+    for index, name in enumerate(names):  # the rare long name, or a bad one
+        if not fits[index]:
+            try:
+                validate_group_name(name)
+            except ConfigurationError:
+                return index
+    return None
+
+
 def group_lock_key(name: str) -> int:
     """The advisory-lock key of group ``name``: a non-negative int4."""
-    digest = hashlib.sha256(name.encode("utf-8")).digest()
-    return int.from_bytes(digest[:4], "big") & 0x7FFF_FFFF
+    return group_lock_keys([name])[0]
+
+
+def group_lock_keys(names: Iterable[str]) -> list[int]:
+    """:func:`group_lock_key` of each name, in one pass (100,000 names at a fleet's start)."""
+    sha256, from_bytes = hashlib.sha256, int.from_bytes
+    return [from_bytes(sha256(name.encode()).digest()[:4], "big") & 0x7FFF_FFFF for name in names]
 
 
 def group_set(names: Iterable[str]) -> str:

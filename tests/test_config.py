@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from coordinator import (
@@ -12,6 +14,7 @@ from coordinator import (
     group_lock_key,
 )
 from coordinator._dsn import redact_dsn
+from coordinator._keys import first_invalid_group_name, validate_group_name
 from helpers import COLLIDING_NAMES
 
 DSN = "postgresql://app:s3cret@db.example:5432/app"
@@ -59,6 +62,43 @@ def test_colliding_group_names_in_one_process_are_refused() -> None:
     coord.group(first)
     with pytest.raises(KeyCollisionError, match="same lock key"):
         coord.group(second)
+
+
+def test_a_list_with_colliding_or_bad_names_joins_none_of_them() -> None:
+    """add_groups checks a whole list before it joins any of it, naming the culprit."""
+    first, second = COLLIDING_NAMES
+    coord = Coordinator(DSN)
+    with pytest.raises(KeyCollisionError, match=f"{first!r} and {second!r}"):
+        coord.add_groups(["a", first, "b", second])
+    with pytest.raises(ConfigurationError, match=re.escape(repr("tab\there"))):
+        coord.add_groups(["a", "b", "tab\there", "c"])
+    coord.add_groups(["a", "a", "b"])  # each once
+    assert sorted(coord._keys_by_name) == ["a", "b"]
+
+
+NAMES = [
+    "scheduler", "", " ", " padded", "padded ", "tab\there", "new\nline", "nbsp\u00a0",
+    "\u00a0", "x" * 50, "x" * 51, "x" * 200, "x" * 201, "é" * 50, "é" * 100, "é" * 101,
+    "日本" * 33, "日本" * 34, "🙂" * 50, "🙂" * 51,
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("bad", range(len(NAMES)))
+def test_names_checked_in_one_pass_are_refused_exactly_as_one_by_one(bad: int) -> None:
+    """first_invalid_group_name finds the first name validate_group_name refuses."""
+
+    def refused(name: str) -> bool:
+        try:
+            validate_group_name(name)
+        except ConfigurationError:
+            return True
+        return False
+
+    names = NAMES[bad:] + NAMES[:bad]
+    expected = next((i for i, name in enumerate(names) if refused(name)), None)
+    assert first_invalid_group_name(names) == expected
+    good = [name for name in names if not refused(name)]
+    assert first_invalid_group_name(good) is None
 
 
 def test_lock_key_is_the_documented_stable_hash() -> None:

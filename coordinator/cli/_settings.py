@@ -25,7 +25,7 @@ from typing import Any, Literal, NamedTuple, get_args, get_origin, get_type_hint
 from coordinator._config import CoordinatorConfig
 from coordinator._errors import ConfigurationError
 from coordinator._health import ReadyWhen
-from coordinator._keys import validate_group_name
+from coordinator._keys import first_invalid_group_name, validate_group_name
 
 __all__ = [
     "CONFIG_ENV",
@@ -381,13 +381,17 @@ def read_groups_file(path: Path) -> list[str]:
     Each name is checked here, so that a bad one is refused with its line.
     """
     text = _read_text(path, "groups file", "--groups-file or $COORDINATOR_GROUPS_FILE")
-    names = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        name = line.strip()
-        if not name or name.startswith("#"):
-            continue
+    numbered = [
+        (number, name)
+        for number, line in enumerate(text.splitlines(), start=1)
+        if (name := line.strip()) and not name.startswith("#")
+    ]
+    names = [name for _, name in numbered]
+    bad = first_invalid_group_name(names)
+    if bad is not None:
+        number, name = numbered[bad]
         try:
-            names.append(validate_group_name(name))
+            validate_group_name(name)
         except ConfigurationError as error:
             raise ConfigurationError(f"groups file {path}, line {number}: {error}") from None
     if not names:
