@@ -128,6 +128,85 @@ async def test_a_read_only_window_shows_and_ends_with_the_group_led_again(
         assert coord.failing == {}
 
 
+async def test_a_follower_waits_quietly_through_a_read_only_window(
+    own_server: LocalPostgres,
+) -> None:
+    """The database turns read-only while the leader holds the lock (its ttl outlasts
+    the window): the blocking follower cannot draw the next term, and waits on in the
+    lock queue, wait after wait, with no failed attempt. Writable again, it takes the
+    next term when the leader hands over."""
+    dsn = own_server.dsn
+    await migrate(dsn)
+    lasting = {"ttl": 30.0, "heartbeat_interval": 5.0, "heartbeat_timeout": 5.0}
+    leader = coordinator(dsn, "a", **lasting)
+    follower = coordinator(dsn, "b", **lasting)
+    async with running(leader, follower), connected(dsn) as admin:
+        term = await leader.group("scheduler").wait_elected(WAIT)
+        await wait_until(lambda: _waiting_backend(admin), WAIT, what="the follower to wait")
+        await admin.execute("SET default_transaction_read_only = off")  # the admin writes
+        # Nothing drawn above the term, as right after a hand-over until the
+        # followers' next waits: the follower's next wait must draw, and cannot.
+        await admin.execute(
+            "UPDATE coordinator.term_counters AS c SET last_drawn = l.term "
+            "FROM coordinator.leaders AS l WHERE l.group_name = c.group_name"
+        )
+        await admin.execute(
+            "UPDATE coordinator.drawn_terms AS d SET term = l.term "
+            "FROM coordinator.leaders AS l WHERE l.group_name = d.group_name"
+        )
+        with capture_logs() as logs:
+            await admin.execute("ALTER SYSTEM SET default_transaction_read_only = on")
+            await admin.execute("SELECT pg_reload_conf()")
+            since = await admin.fetchval("SELECT clock_timestamp()")
+            try:
+                waits: set[datetime] = set()
+
+                async def two_waits_since() -> bool:
+                    # Each wait is sent after the draw before it: the second is
+                    # surely after a draw that the read-only database refused.
+                    started = await _wait_started(admin)
+                    if started is not None and started > since:
+                        waits.add(started)
+                    return len(waits) >= 2
+
+                await wait_until(two_waits_since, WAIT * 2, what="two waits in read-only time")
+                drawn = "SELECT coordinator.term_drawn_ahead('scheduler')"
+                assert await admin.fetchval(drawn) is None, "a draw was made in read-only time"
+                assert follower.failing == {}
+                failed = [r for r in logs if r["event"] == "election_attempt_failed"]
+                assert not failed, failed
+            finally:
+                await admin.execute("ALTER SYSTEM RESET default_transaction_read_only")
+                await admin.execute("SELECT pg_reload_conf()")
+        # The wait under way began read-only, and could not take office: the next one can.
+        writable = await admin.fetchval("SELECT clock_timestamp()")
+
+        async def waiting_since_writable() -> bool:
+            started = await _wait_started(admin)
+            return started is not None and started > writable
+
+        await wait_until(waiting_since_writable, WAIT, what="a wait in writable time")
+        await leader.group("scheduler").resign()
+        assert await follower.group("scheduler").wait_elected(WAIT) == term + 1
+
+
+async def _wait_started(admin: asyncpg.Connection) -> datetime | None:
+    """When the waiting follower's current wait for the lock was sent."""
+    started = await admin.fetchval(
+        "SELECT query_start FROM pg_stat_activity WHERE pid = $1 AND query LIKE '%campaign%'",
+        await _waiting_backend(admin),
+    )
+    return started if isinstance(started, datetime) else None
+
+
+async def _waiting_backend(admin: asyncpg.Connection) -> int | None:
+    """The backend waiting for an advisory lock, if one is."""
+    pid = await admin.fetchval(
+        "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND NOT granted LIMIT 1"
+    )
+    return None if pid is None else int(pid)
+
+
 async def test_a_serializable_default_and_terminated_backends_end_no_loop(
     dsn: str, wait: str
 ) -> None:
