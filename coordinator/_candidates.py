@@ -93,7 +93,7 @@ class Candidates:
         # which at 100,000 groups is a third faster than one sort of them all.
         by_shard: list[list[tuple[int, str]]] = [[] for _ in range(SHARDS)]
         for name, key in keys.items():
-            by_shard[key % SHARDS].append((key, name))
+            by_shard[shard_of(key)].append((key, name))
         shards = [
             (shard, [name for _, name in sorted(groups)])
             for shard, groups in enumerate(by_shard)

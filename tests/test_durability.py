@@ -34,7 +34,7 @@ from coordinator import (
 )
 from coordinator.cli.status import format_leaderless
 from coordinator.testing import LocalPostgres, capture_logs
-from helpers import FAST, connected, coordinator, wait_until
+from helpers import FAST, connected, coordinator, lock_waiters, wait_until
 
 #: The largest term a bigint column holds.
 BIGINT_MAX = 2**63 - 1
@@ -142,7 +142,7 @@ async def test_a_follower_waits_quietly_through_a_read_only_window(
     follower = coordinator(dsn, "b", **lasting)
     async with running(leader, follower), connected(dsn) as admin:
         term = await leader.group("scheduler").wait_elected(WAIT)
-        await wait_until(lambda: _waiting_backend(admin), WAIT, what="the follower to wait")
+        await wait_until(lambda: lock_waiters(dsn), WAIT, what="the follower to wait")
         await admin.execute("SET default_transaction_read_only = off")  # the admin writes
         # Nothing drawn above the term, as right after a hand-over until the
         # followers' next waits: the follower's next wait must draw, and cannot.
@@ -193,18 +193,10 @@ async def test_a_follower_waits_quietly_through_a_read_only_window(
 async def _wait_started(admin: asyncpg.Connection) -> datetime | None:
     """When the waiting follower's current wait for the lock was sent."""
     started = await admin.fetchval(
-        "SELECT query_start FROM pg_stat_activity WHERE pid = $1 AND query LIKE '%campaign%'",
-        await _waiting_backend(admin),
+        "SELECT query_start FROM pg_stat_activity WHERE query LIKE '%.campaign(%' AND pid IN "
+        "(SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND NOT granted)"
     )
     return started if isinstance(started, datetime) else None
-
-
-async def _waiting_backend(admin: asyncpg.Connection) -> int | None:
-    """The backend waiting for an advisory lock, if one is."""
-    pid = await admin.fetchval(
-        "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND NOT granted LIMIT 1"
-    )
-    return None if pid is None else int(pid)
 
 
 async def test_a_serializable_default_and_terminated_backends_end_no_loop(
